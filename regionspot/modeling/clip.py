@@ -1,0 +1,161 @@
+"""Frozen CLIP (any open_clip ViT): an image-level token map for the adapter, and class-name embeddings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.factory import convert_state_dict
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from torch import nn
+
+from regionspot.checkpoint import load_weights, read_state_dict, require_file
+
+# Tiny open_clip configs shipped with the package (e.g. "RegionSpot-Tiny-CLIP"), registered with open_clip.
+open_clip.add_model_config(Path(__file__).parent / "clip_configs")
+
+
+def _plain(name: str) -> str:
+    return f"{name}."
+
+
+# RegionSpot's 81 prompts: a plain "{}." and CLIP's 80 ImageNet templates.
+PROMPT_TEMPLATES: dict[str, tuple[Callable[[str], str], ...]] = {
+    "imagenet": (_plain, *OPENAI_IMAGENET_TEMPLATES),
+    "plain": (_plain,),
+}
+
+
+def build_clip(*, model_name: str, checkpoint: str | None = None) -> open_clip.CLIP:
+    """Build open_clip model `model_name` with random weights, then load `checkpoint` (a local file) if given."""
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+    if checkpoint is not None:
+        path = require_file(
+            checkpoint,
+            what=f"CLIP checkpoint for {model_name!r}",
+            hint="Save the open_clip weights (or OpenAI's original .pt) there, or set clip.checkpoint to their path.",
+        )
+    with _quiet_root_warnings():  # open_clip warns "initialized randomly" although weights come next
+        model = open_clip.create_model(model_name, pretrained=None, load_weights=False)
+    if checkpoint is not None:
+        state = convert_state_dict(model, read_state_dict(path))
+        if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
+            state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+        load_weights(model, state, path=path, model_name=f"open_clip {model_name}")
+    return model
+
+
+@contextmanager
+def _quiet_root_warnings():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+class ClipBackbone(nn.Module):
+    """A frozen CLIP giving the image token map (the adapter's keys and values) and text embeddings.
+
+    Args:
+        model: an open_clip CLIP whose visual tower is a VisionTransformer.
+        tokenizer: the model's open_clip tokenizer.
+        templates: prompt templates; a class embedding is the normalised mean over them.
+        text_batch_size: prompts per text-encoder call, to bound memory for large vocabularies.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: open_clip.CLIP,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        templates: Sequence[Callable[[str], str]] = PROMPT_TEMPLATES["imagenet"],
+        text_batch_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if not hasattr(model.visual, "forward_intermediates") or not hasattr(model.visual, "transformer"):
+            raise ValueError(f"{type(model.visual).__name__} has no token map; RegionSpot needs an open_clip ViT")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.templates = tuple(templates)
+        self.text_batch_size = text_batch_size
+        self._text_cache: dict[str, torch.Tensor] = {}
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        self.register_buffer("image_mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def width(self) -> int:
+        """D, the width of the visual transformer (768 for ViT-B, 1024 for ViT-L)."""
+        return self.model.visual.transformer.width
+
+    @property
+    def embed_dim(self) -> int:
+        """Dimension of the joint image-text space."""
+        return self.model.text_projection.shape[-1] if self.model.text_projection is not None else self.width
+
+    @property
+    def image_size(self) -> int:
+        return self.model.visual.image_size[0]
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp()
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 RGB -> (1, 3, s, s): the whole image resized to CLIP's input size (no crop)."""
+        tensor = torch.as_tensor(image, device=self.image_mean.device).permute(2, 0, 1)[None].float() / 255.0
+        return self.normalize(F.interpolate(tensor, size=(self.image_size, self.image_size), mode="bicubic"))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, s, s) in [0, 1] -> CLIP-normalised, in the backbone's dtype."""
+        return ((images.clamp(0, 1) - self.image_mean) / self.image_std).to(self.image_mean.dtype)
+
+    @torch.no_grad()
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, s, s) normalised images -> (B, 1 + HW, D): last block's tokens, CLS first, before ln_post."""
+        visual = self.model.visual
+        out = visual.forward_intermediates(
+            images,
+            indices=[len(visual.transformer.resblocks) - 1],
+            output_fmt="NLC",
+            intermediates_only=True,
+            output_extra_tokens=True,
+        )
+        return torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
+
+    @torch.no_grad()
+    def encode_vocabulary(self, names: Sequence[str]) -> torch.Tensor:
+        """Class names -> (C, E) unit-norm embeddings (template mean, normalised). Each name is encoded once."""
+        if len(names) == 0:
+            raise ValueError("the vocabulary is empty: give at least one class name")
+        bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+        if bad:
+            raise ValueError(f"class names must be non-empty strings, got {bad[:5]}")
+        new = list(dict.fromkeys(n for n in names if n not in self._text_cache))
+        if new:
+            self._text_cache.update(zip(new, self._encode_names(new), strict=True))
+        device = self.image_mean.device
+        return torch.stack([self._text_cache[n] for n in names]).to(device)
+
+    def _encode_names(self, names: list[str]) -> torch.Tensor:
+        prompts = [template(name) for name in names for template in self.templates]
+        device = self.image_mean.device
+        chunks = [
+            self.model.encode_text(self.tokenizer(prompts[i : i + self.text_batch_size]).to(device), normalize=True)
+            for i in range(0, len(prompts), self.text_batch_size)
+        ]
+        per_prompt = torch.cat(chunks).float().view(len(names), len(self.templates), -1)
+        return F.normalize(per_prompt.mean(dim=1), dim=-1).cpu()
+
+    def clear_text_cache(self) -> None:
+        self._text_cache.clear()
