@@ -1,0 +1,47 @@
+"""The one factory: a `RegionSpotConfig` (or its YAML) in, a ready `RegionSpot` out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import open_clip
+
+from regionspot.checkpoint import load_weights, read_state_dict, require_file
+from regionspot.config import RegionSpotConfig
+from regionspot.modeling.adapter import RegionFusionAdapter
+from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
+from regionspot.modeling.regionspot import RegionSpot
+from regionspot.modeling.sam import SamRegionEncoder, build_sam
+
+
+def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
+    """Build SAM, CLIP and the adapter from `config`, loading every checkpoint it names from local files."""
+    if not isinstance(config, RegionSpotConfig):
+        config = RegionSpotConfig.from_yaml(config)
+    adapter_path = None
+    if config.adapter.checkpoint is not None:
+        adapter_path = require_file(
+            config.adapter.checkpoint,
+            what="adapter checkpoint",
+            hint="Export one with `python train.py export` or set adapter.checkpoint to null for an untrained adapter.",
+        )
+    sam = SamRegionEncoder(
+        sam=build_sam(variant=config.sam.variant, checkpoint=config.sam.checkpoint), multimask=config.sam.multimask
+    )
+    clip = ClipBackbone(
+        model=build_clip(model_name=config.clip.model_name, checkpoint=config.clip.checkpoint),
+        tokenizer=open_clip.get_tokenizer(config.clip.model_name),
+        templates=PROMPT_TEMPLATES[config.clip.templates],
+    )
+    adapter = RegionFusionAdapter(
+        token_dim=sam.token_dim,
+        width=clip.width,
+        output_dim=clip.embed_dim,
+        depth=config.adapter.depth,
+        num_heads=config.adapter.num_heads,
+        ffn_dim=config.adapter.ffn_dim,
+        dropout=config.adapter.dropout,
+    )
+    if adapter_path is not None:
+        load_weights(adapter, read_state_dict(adapter_path), path=adapter_path, model_name="the RegionSpot adapter")
+    return RegionSpot(sam=sam, clip=clip, adapter=adapter)

@@ -1,0 +1,168 @@
+"""Turning user inputs (images of any kind, prompts in original pixels) into what the models take.
+
+Every check here raises ValueError with a message a user can act on, so that nothing bad reaches torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
+
+# A binary mask prompt becomes SAM logits of +-9.2 (logit of 1e-4): confident, like SAM's own outputs.
+_MASK_PROB_CLAMP = 1e-4
+
+
+def to_rgb_uint8(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
+    """Any supported image -> (H, W, 3) uint8 RGB.
+
+    Accepts PIL images; numpy arrays (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); tensors (H, W) or
+    (C, H, W) with C in 1, 3, 4. Integers must be uint8; floats must lie in [0, 1]; alpha is dropped.
+    """
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        array = image.detach().cpu()
+        if array.ndim == 3:
+            array = array.permute(1, 2, 0)
+        array = array.numpy()
+    elif isinstance(image, np.ndarray):
+        array = image
+    else:
+        raise ValueError(f"image must be a PIL image, numpy array or torch tensor, got {type(image).__name__}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"image of shape {tuple(image.shape)} is not an image: use (H, W), (H, W, 1|3|4) for numpy "
+            "or (H, W), (1|3|4, H, W) for tensors"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"image has no pixels (shape {tuple(image.shape)})")
+    array = _to_uint8(array)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError("image contains NaN or infinite values")
+        if array.min() < 0 or array.max() > 1:
+            raise ValueError(
+                f"float image values must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}]; "
+                "divide by 255 or pass uint8"
+            )
+        return np.round(array * 255).astype(np.uint8)
+    raise ValueError(f"image dtype {array.dtype} is not supported: use uint8 or float in [0, 1]")
+
+
+def clip_boxes(boxes: np.ndarray | torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """(N, 4) xyxy boxes in pixels -> float tensor clipped to the image; degenerate or non-finite boxes raise."""
+    boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not torch.is_tensor(boxes) else boxes).float()
+    if boxes.ndim == 1 and boxes.shape[0] == 4:
+        boxes = boxes[None]
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4) as x1, y1, x2, y2 in pixels, got {tuple(boxes.shape)}")
+    bad = (~torch.isfinite(boxes)).any(dim=1).nonzero().flatten()
+    if len(bad):
+        raise ValueError(f"boxes {bad.tolist()[:10]} contain NaN or infinite coordinates")
+    height, width = image_size
+    upper = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+    clipped = torch.minimum(boxes.clamp(min=0), upper)
+    empty = ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])).nonzero().flatten()
+    if len(empty):
+        raise ValueError(
+            f"boxes {empty.tolist()[:10]} have no area inside the {width}x{height} image "
+            f"(first: {boxes[empty[0]].tolist()}); boxes are x1, y1, x2, y2 with x2 > x1 and y2 > y1"
+        )
+    return clipped
+
+
+def prepare_prompts(
+    encoder: SamRegionEncoder,
+    *,
+    image_size: tuple[int, int],
+    boxes: np.ndarray | torch.Tensor | None = None,
+    points: np.ndarray | torch.Tensor | None = None,
+    point_labels: np.ndarray | torch.Tensor | None = None,
+    masks: np.ndarray | torch.Tensor | None = None,
+) -> tuple[SamPrompts, torch.Tensor | None]:
+    """Validate prompts given in original pixels and move them to SAM's input frame.
+
+    Args:
+        encoder: the SAM encoder (for its resize transform and mask-input size).
+        image_size: (H, W) of the original image.
+        boxes: (N, 4) xyxy. points: (N, P, 2) xy. point_labels: (N, P) in {0, 1} (default all 1).
+        masks: (N, H, W) binary masks at the image's size.
+
+    Returns:
+        The prompts in SAM's frame, and the clipped boxes in original pixels (None without boxes).
+    """
+    device = encoder.sam.device
+    clipped = None if boxes is None else clip_boxes(boxes, image_size)
+    sam_boxes = None if clipped is None else encoder.transform.apply_boxes_torch(clipped, image_size).to(device)
+    sam_points, sam_labels = None, None
+    if points is not None:
+        sam_points, sam_labels = _prepare_points(encoder, points, point_labels, image_size)
+    elif point_labels is not None:
+        raise ValueError("point_labels were given without points")
+    mask_logits = None if masks is None else _mask_logits(encoder, masks, image_size)
+    given = {"boxes": sam_boxes, "points": sam_points, "masks": mask_logits}
+    counts = {name: len(value) for name, value in given.items() if value is not None}
+    if not counts:
+        raise ValueError("give at least one prompt: boxes, points or masks")
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"prompts must describe the same regions, but their counts differ: {counts}")
+    if 0 in counts.values():
+        raise ValueError("prompts are empty: give at least one region")
+    return SamPrompts(sam_boxes, sam_points, sam_labels, mask_logits), clipped
+
+
+def _prepare_points(encoder, points, point_labels, image_size) -> tuple[torch.Tensor, torch.Tensor]:
+    points = torch.as_tensor(np.asarray(points, dtype=np.float32) if not torch.is_tensor(points) else points).float()
+    if points.ndim != 3 or points.shape[2] != 2 or points.shape[1] == 0:
+        raise ValueError(
+            f"points must have shape (N regions, P >= 1 points, 2) as x, y in pixels, got {tuple(points.shape)}; "
+            "for one point per region use points[:, None]"
+        )
+    if not torch.isfinite(points).all():
+        raise ValueError("points contain NaN or infinite coordinates")
+    height, width = image_size
+    outside = (points[..., 0] < 0) | (points[..., 0] > width) | (points[..., 1] < 0) | (points[..., 1] > height)
+    if outside.any():
+        regions = outside.any(dim=1).nonzero().flatten().tolist()[:10]
+        raise ValueError(f"points of regions {regions} lie outside the {width}x{height} image")
+    if point_labels is None:
+        labels = torch.ones(points.shape[:2])
+    else:
+        labels = torch.as_tensor(np.asarray(point_labels) if not torch.is_tensor(point_labels) else point_labels)
+        if labels.shape != points.shape[:2]:
+            raise ValueError(f"point_labels must have shape {tuple(points.shape[:2])}, got {tuple(labels.shape)}")
+        if not ((labels == 0) | (labels == 1)).all():
+            raise ValueError("point_labels must be 1 (foreground) or 0 (background)")
+    device = encoder.sam.device
+    return encoder.transform.apply_coords_torch(points, image_size).to(device), labels.to(device, torch.int)
+
+
+def _mask_logits(encoder: SamRegionEncoder, masks, image_size: tuple[int, int]) -> torch.Tensor:
+    masks = torch.as_tensor(np.asarray(masks) if not torch.is_tensor(masks) else masks)
+    if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(image_size):
+        height, width = image_size
+        raise ValueError(f"masks must have shape (N, {height}, {width}) like the image, got {tuple(masks.shape)}")
+    masks = masks.float()
+    if not ((masks >= 0) & (masks <= 1)).all():
+        raise ValueError("masks must be binary (bool, or 0/1 values)")
+    resized = encoder.transform.get_preprocess_shape(*image_size, encoder.image_size)
+    masks = F.interpolate(masks[:, None], size=resized, mode="bilinear", align_corners=False)
+    masks = F.pad(masks, (0, encoder.image_size - resized[1], 0, encoder.image_size - resized[0]))
+    masks = F.interpolate(masks, size=encoder.mask_input_size, mode="area")
+    return torch.logit(masks.clamp(_MASK_PROB_CLAMP, 1 - _MASK_PROB_CLAMP)).to(encoder.sam.device)
