@@ -1,0 +1,102 @@
+"""Fusion adapter, focal loss and the whole model's training contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch.testing import assert_close
+
+from regionspot.modeling.adapter import RegionFusionAdapter
+from regionspot.modeling.losses import region_focal_loss, sigmoid_focal_loss
+
+
+def _millions(module):
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+@pytest.mark.parametrize(("width", "text_dim", "expected"), [(768, 512, 24.2), (1024, 768, 38.9)])
+def test_default_adapter_has_regionspots_size(width, text_dim, expected):
+    """RegionSpot reports 24.2M trainable parameters with CLIP-B/16 and 38.9M with CLIP-L."""
+    adapter = RegionFusionAdapter(token_dim=256, width=width, output_dim=text_dim)
+    assert _millions(adapter) == pytest.approx(expected, abs=0.1)
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (0.5, 1.0), (-1.0, 0.0), (0.25, 0.5)])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_focal_loss_equals_torchvision(alpha, gamma, reduction):
+    logits = torch.randn(7, 11) * 4
+    targets = (torch.rand(7, 11) > 0.8).float()
+    ours = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction=reduction)
+    reference = torchvision.ops.sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction=reduction)
+    assert_close(ours, reference)
+
+
+def test_focal_loss_gradients_equal_torchvision():
+    logits = (torch.randn(5, 9) * 3).requires_grad_()
+    targets = (torch.rand(5, 9) > 0.7).float()
+    sigmoid_focal_loss(logits, targets, reduction="sum").backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    torchvision.ops.sigmoid_focal_loss(logits, targets, reduction="sum").backward()
+    assert_close(ours, logits.grad)
+
+
+def test_region_focal_loss_is_per_box_sum_over_vocabulary():
+    logits = torch.randn(4, 6)
+    labels = torch.tensor([0, 5, 2, 2])
+    targets = torch.nn.functional.one_hot(labels, 6).float()
+    expected = torchvision.ops.sigmoid_focal_loss(logits, targets, reduction="sum") / 4
+    assert_close(region_focal_loss(logits, labels), expected)
+    assert region_focal_loss(logits[:0], labels[:0]).item() == 0.0
+    with pytest.raises(ValueError, match="expected logits"):
+        region_focal_loss(logits, labels[:3])
+
+
+def test_focal_loss_rejects_unknown_reduction():
+    with pytest.raises(ValueError, match="reduction"):
+        sigmoid_focal_loss(torch.zeros(2), torch.zeros(2), reduction="avg")
+
+
+def test_adapter_width_must_split_into_heads():
+    with pytest.raises(ValueError, match="not divisible"):
+        RegionFusionAdapter(token_dim=16, width=30, output_dim=8, num_heads=8)
+
+
+@torch.no_grad()
+def test_padding_does_not_change_results(tiny_model):
+    """Images batched with different region counts give what each gives alone."""
+    tokens = [torch.randn(3, 1, tiny_model.sam.token_dim), torch.randn(1, 1, tiny_model.sam.token_dim)]
+    clip_tokens = torch.randn(2, 65, tiny_model.clip.width)
+    together = tiny_model.region_features(tokens, clip_tokens)
+    for i in range(2):
+        alone = tiny_model.region_features([tokens[i]], clip_tokens[i : i + 1])[0]
+        assert_close(together[i], alone, atol=1e-5, rtol=1e-5)
+        assert_close(together[i].norm(dim=-1), torch.ones(together[i].shape[:2]))
+
+
+def test_region_features_rejects_bad_batches(tiny_model):
+    with pytest.raises(ValueError, match="2 region sets for 1 images"):
+        tiny_model.region_features([torch.randn(1, 1, 64)] * 2, torch.randn(1, 65, 64))
+    with pytest.raises(ValueError, match="N >= 1"):
+        tiny_model.region_features([torch.randn(0, 1, 64)], torch.randn(1, 65, 64))
+
+
+def test_only_the_adapter_trains(tiny_config):
+    from regionspot import build_regionspot
+
+    model = build_regionspot(tiny_config).train()
+    assert not model.sam.training and not model.clip.training and model.adapter.training
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("adapter.") for n in trainable)
+    counts = model.parameter_counts()
+    assert counts["trainable"] == sum(p.numel() for p in model.adapter.parameters())
+    assert "trainable=" in repr(model) and "frozen=" in repr(model)
+
+    tokens = [torch.randn(2, 1, model.sam.token_dim)]
+    text = torch.nn.functional.normalize(torch.randn(5, model.clip.embed_dim), dim=-1)
+    logits = model(tokens, torch.randn(1, 65, model.clip.width), text)[0]
+    assert logits.shape == (2, 1, 5)
+    region_focal_loss(logits[:, 0], torch.tensor([1, 3])).backward()
+    assert all(p.grad is not None for p in model.adapter.parameters())
+    assert all(p.grad is None for p in model.clip.parameters())

@@ -1,0 +1,168 @@
+"""The predictor: every accepted image format, prompt kinds, outputs, and the documented errors."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from segment_anything import SamPredictor
+from torch.testing import assert_close
+
+from regionspot import RegionSpotPredictor, build_regionspot
+from regionspot.transforms import to_rgb_uint8
+
+VOCAB = ["red square", "blue square", "background", "cat"]
+BOXES = [[30, 20, 90, 60], [100, 50, 150, 90], [-20, -5, 400, 300]]
+
+
+@pytest.fixture
+def predictor(tiny_model, image):
+    predictor = RegionSpotPredictor(tiny_model)
+    predictor.set_image(image)
+    return predictor
+
+
+def test_predict_boxes(predictor, image, tiny_model):
+    result = predictor.predict(boxes=BOXES, vocabulary=VOCAB, top_k=2, return_all_scores=True)
+    assert len(result) == 3
+    assert result.scores.shape == result.class_ids.shape == (3, 2)
+    assert all(len(labels) == 2 and set(labels) <= set(VOCAB) for labels in result.labels)
+    assert (result.scores[:, 0] >= result.scores[:, 1]).all()
+    assert_close(result.all_scores.sum(-1), torch.ones(3))
+    assert_close(result.all_scores.gather(1, result.class_ids), result.scores)
+    assert result.masks.shape == (3, *image.shape[:2]) and result.masks.dtype == torch.bool
+    assert result.boxes[2].tolist() == [0, 0, 160, 96]  # clipped to the image
+    assert result.to_list()[0]["labels"] == result.labels[0]
+
+
+def test_predict_masks_equal_sam_predictor(predictor, tiny_model, image):
+    result = predictor.predict(boxes=BOXES, vocabulary=VOCAB)
+    reference = SamPredictor(tiny_model.sam.sam)
+    reference.set_image(image)
+    boxes = reference.transform.apply_boxes_torch(result.boxes, image.shape[:2])
+    masks, scores, _ = reference.predict_torch(None, None, boxes=boxes, multimask_output=False)
+    assert torch.equal(result.masks, masks[:, 0])
+    assert_close(result.mask_scores, scores[:, 0])
+
+
+def test_points_masks_and_combinations(predictor, image):
+    points = np.array([[[50, 40]], [[120, 70]]])
+    by_points = predictor.predict(points=points, vocabulary=VOCAB, activation="sigmoid")
+    assert len(by_points) == 2 and by_points.boxes is None
+    assert ((by_points.scores > 0) & (by_points.scores < 1)).all()
+    masks = np.zeros((2, *image.shape[:2]), dtype=bool)
+    masks[0, 20:60, 30:90] = masks[1, 50:90, 100:150] = True
+    combined = predictor.predict(
+        boxes=BOXES[:2],
+        points=np.concatenate([points, points[::-1]], axis=1),
+        point_labels=[[1, 0], [1, 0]],
+        masks=masks,
+        vocabulary=VOCAB,
+    )
+    assert len(combined) == 2
+    by_masks = predictor.predict(masks=torch.from_numpy(masks), vocabulary=VOCAB)
+    assert not torch.equal(by_masks.scores, combined.scores)
+
+
+def test_multimask_reports_the_best_mask(tiny_config, image):
+    config = copy.deepcopy(tiny_config)
+    config.sam.multimask = True
+    predictor = RegionSpotPredictor(build_regionspot(config))
+    predictor.set_image(image)
+    result = predictor.predict(points=[[[50, 40]]], vocabulary=VOCAB)
+    embedding = predictor._image["sam_embedding"]
+    from regionspot.transforms import prepare_prompts
+
+    prompts, _ = prepare_prompts(predictor.model.sam, image_size=image.shape[:2], points=[[[50, 40]]])
+    regions = predictor.model.sam.decode(embedding, prompts)
+    assert result.mask_scores[0] == regions.mask_scores[0].max()
+
+
+def _formats(image):
+    rgba = np.concatenate([image, np.full((*image.shape[:2], 1), 255, np.uint8)], axis=2)
+    return {
+        "numpy uint8": image,
+        "numpy float": image.astype(np.float32) / 255,
+        "numpy rgba": rgba,
+        "PIL": Image.fromarray(image),
+        "tensor uint8 CHW": torch.from_numpy(image).permute(2, 0, 1),
+        "tensor float CHW": torch.from_numpy(image).permute(2, 0, 1).double() / 255,
+    }
+
+
+def test_every_image_format_gives_the_same_result(tiny_model, image):
+    predictor = RegionSpotPredictor(tiny_model)
+    results = {}
+    for name, value in _formats(image).items():
+        predictor.set_image(value)
+        results[name] = predictor.predict(boxes=BOXES, vocabulary=VOCAB, return_all_scores=True).all_scores
+    for name, scores in results.items():
+        assert_close(scores, results["numpy uint8"], msg=name)
+
+
+def test_grayscale_and_odd_sizes(tiny_model):
+    predictor = RegionSpotPredictor(tiny_model)
+    gray = np.tile(np.linspace(0, 255, 37, dtype=np.uint8), (301, 1))
+    assert to_rgb_uint8(gray).shape == (301, 37, 3)
+    predictor.set_image(gray)
+    result = predictor.predict(boxes=[[0, 0, 37, 301]], vocabulary=VOCAB)
+    assert result.masks.shape == (1, 301, 37)
+    predictor.set_image(torch.rand(1, 5, 900))
+    assert predictor.predict(boxes=[[1, 1, 800, 4]], vocabulary=VOCAB).masks.shape == (1, 5, 900)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"boxes": [[10, 10, 10, 40]]}, "no area"),
+        ({"boxes": [[50, 50, 20, 80]]}, "x2 > x1"),
+        ({"boxes": [[500, 500, 600, 600]]}, "no area inside the 160x96 image"),
+        ({"boxes": [[0, 0, float("nan"), 9]]}, "NaN"),
+        ({"boxes": [[0, 0, 9]]}, r"shape \(N, 4\)"),
+        ({"boxes": np.zeros((0, 4))}, "at least one region"),
+        ({"points": [[10, 10]]}, r"points\[:, None\]"),
+        ({"points": [[[10, 10]]], "point_labels": [[2]]}, "must be 1 .* or 0"),
+        ({"points": [[[1000, 10]]]}, "outside"),
+        ({"points": [[[10, 10]]], "point_labels": [[1, 1]]}, "point_labels must have shape"),
+        ({"point_labels": [[1]]}, "without points"),
+        ({"boxes": BOXES, "points": [[[10, 10]]]}, "counts differ"),
+        ({"masks": np.zeros((1, 10, 10))}, "like the image"),
+        ({"masks": np.full((1, 96, 160), 3.0)}, "binary"),
+        ({}, "at least one prompt"),
+    ],
+)
+def test_bad_prompts_are_value_errors(predictor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(vocabulary=VOCAB, **kwargs)
+
+
+def test_bad_calls(tiny_model, predictor):
+    with pytest.raises(RuntimeError, match="set_image"):
+        RegionSpotPredictor(tiny_model).predict(boxes=BOXES, vocabulary=VOCAB)
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        predictor.predict(boxes=BOXES, vocabulary=[])
+    with pytest.raises(ValueError, match="activation"):
+        predictor.predict(boxes=BOXES, vocabulary=VOCAB, activation="relu")
+    with pytest.raises(ValueError, match="top_k"):
+        predictor.predict(boxes=BOXES, vocabulary=VOCAB, top_k=0)
+    assert predictor.predict(boxes=BOXES, vocabulary=VOCAB[:1], top_k=5).scores.shape == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.zeros((4, 4, 2), np.uint8), "is not an image"),
+        (np.zeros((0, 4, 3), np.uint8), "no pixels"),
+        (np.full((4, 4, 3), 200.0), r"\[0, 1\].*divide by 255"),
+        (np.full((4, 4), np.nan), "NaN"),
+        (np.zeros((4, 4, 3), np.int64), "dtype int64"),
+        (torch.zeros(2, 3, 4, 4), "is not an image"),
+        ("image.png", "PIL image, numpy array or torch tensor"),
+    ],
+)
+def test_bad_images_are_value_errors(tiny_model, image, message):
+    with pytest.raises(ValueError, match=message):
+        RegionSpotPredictor(tiny_model).set_image(image)

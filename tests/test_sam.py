@@ -1,0 +1,124 @@
+"""SAM wrapper: parity with segment_anything's own modules, batching, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from segment_anything import SamPredictor, sam_model_registry
+from torch.testing import assert_close
+
+from regionspot.checkpoint import CheckpointMismatchError
+from regionspot.modeling.sam import SamPrompts, SamRegionEncoder, build_sam, build_tiny_sam
+from regionspot.transforms import prepare_prompts
+
+BOXES = torch.tensor([[10.0, 12.0, 80.0, 70.0], [90.0, 40.0, 155.0, 95.0], [0.0, 0.0, 160.0, 96.0], [40, 30, 60, 50]])
+
+
+def _reference_tokens(sam, embedding, boxes):
+    """The decoder's transformer output, composed by hand from segment_anything's modules."""
+    sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    decoder = sam.mask_decoder
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([output_tokens[None].expand(len(boxes), -1, -1), sparse], dim=1)
+    src = embedding.repeat(len(boxes), 1, 1, 1) + dense
+    pos = sam.prompt_encoder.get_dense_pe().repeat(len(boxes), 1, 1, 1)
+    hidden, _ = decoder.transformer(src, pos, tokens)
+    return hidden
+
+
+@torch.no_grad()
+def test_region_tokens_match_segment_anything(tiny_sam, image):
+    encoder = SamRegionEncoder(sam=tiny_sam)
+    sam_input, _ = encoder.preprocess(image)
+    embedding = encoder.embed_images(sam_input)
+    prompts, _ = prepare_prompts(encoder, image_size=image.shape[:2], boxes=BOXES)
+    regions = encoder.decode(embedding, prompts)
+    hidden = _reference_tokens(tiny_sam, embedding, prompts.boxes)
+    assert regions.tokens.shape == (4, 1, tiny_sam.mask_decoder.transformer_dim)
+    assert_close(regions.tokens[:, 0], hidden[:, 1])
+
+    multimask = SamRegionEncoder(sam=tiny_sam, multimask=True).decode(embedding, prompts)
+    assert multimask.tokens.shape[1] == 3 and multimask.mask_logits.shape[1] == 3
+    assert_close(multimask.tokens, hidden[:, 2:5])
+
+
+@torch.no_grad()
+def test_masks_match_sam_predictor(tiny_sam, image):
+    """Same image, same boxes: our masks and IoU scores equal SamPredictor's."""
+    encoder = SamRegionEncoder(sam=tiny_sam)
+    sam_input, input_size = encoder.preprocess(image)
+    prompts, _ = prepare_prompts(encoder, image_size=image.shape[:2], boxes=BOXES)
+    regions = encoder.decode(encoder.embed_images(sam_input), prompts)
+    masks = encoder.upscale_masks(regions.mask_logits, input_size, image.shape[:2])
+
+    reference = SamPredictor(tiny_sam)
+    reference.set_image(image)
+    ref_masks, ref_scores, ref_low_res = reference.predict_torch(
+        point_coords=None,
+        point_labels=None,
+        boxes=reference.transform.apply_boxes_torch(BOXES, image.shape[:2]),
+        multimask_output=False,
+    )
+    assert_close(regions.mask_logits, ref_low_res)
+    assert_close(regions.mask_scores, ref_scores)
+    assert torch.equal(masks, ref_masks)
+
+
+@torch.no_grad()
+def test_batched_prompts_equal_one_at_a_time(tiny_sam, image):
+    encoder = SamRegionEncoder(sam=tiny_sam, multimask=True, prompt_batch_size=3)
+    embedding = encoder.embed_images(encoder.preprocess(image)[0])
+    points = torch.tensor([[[20.0, 30.0], [70.0, 60.0]]]).repeat(4, 1, 1)
+    labels = torch.tensor([[1, 0]]).repeat(4, 1)
+    prompts, _ = prepare_prompts(encoder, image_size=image.shape[:2], boxes=BOXES, points=points, point_labels=labels)
+    together = encoder.decode(embedding, prompts)
+    for i, one in enumerate(prompts.chunk(1)):
+        alone = encoder.decode(embedding, one)
+        assert_close(together.tokens[i : i + 1], alone.tokens, atol=1e-5, rtol=1e-5)
+        assert_close(together.mask_logits[i : i + 1], alone.mask_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_decode_rejects_bad_calls(tiny_sam):
+    encoder = SamRegionEncoder(sam=tiny_sam)
+    with pytest.raises(ValueError, match="one image embedding"):
+        encoder.decode(torch.zeros(2, 64, 8, 8), SamPrompts(boxes=torch.zeros(1, 4)))
+    with pytest.raises(ValueError, match="at least one prompt"):
+        encoder.decode(torch.zeros(1, 64, 8, 8), SamPrompts())
+
+
+@pytest.mark.parametrize("variant", ["tiny", "vit_b"])
+def test_segment_anything_checkpoint_loads(tmp_path, variant):
+    """A state dict saved from segment_anything's own model class loads with no missing or unexpected keys."""
+    torch.manual_seed(1)
+    original = build_tiny_sam() if variant == "tiny" else sam_model_registry["vit_b"]()
+    path = tmp_path / f"sam_{variant}.pth"
+    torch.save(original.state_dict(), path)
+    loaded = build_sam(variant=variant, checkpoint=str(path))
+    for (name, expected), actual in zip(original.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(expected, actual), name
+
+
+def test_missing_sam_checkpoint_names_file_and_official_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"vit_h.*nowhere\.pth.*sam_vit_h_4b8939\.pth"):
+        build_sam(variant="vit_h", checkpoint=str(tmp_path / "nowhere.pth"))
+
+
+def test_mismatched_sam_checkpoint_names_keys(tmp_path):
+    other = build_tiny_sam(embed_dim=32)
+    path = tmp_path / "other.pth"
+    torch.save(other.state_dict(), path)
+    with pytest.raises(CheckpointMismatchError, match=r"other\.pth.*SAM tiny.*wrong shape.*image_encoder"):
+        build_sam(variant="tiny", checkpoint=str(path))
+
+    partial = {k: v for k, v in build_tiny_sam().state_dict().items() if not k.startswith("mask_decoder.")}
+    partial["extra.weight"] = torch.zeros(1)
+    torch.save({"model": partial}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"missing \(first: mask_decoder\..*1 unexpected \(first: extra"):
+        build_sam(variant="tiny", checkpoint=str(path))
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatchError, match=r"cannot read .*broken\.pth"):
+        build_sam(variant="tiny", checkpoint=str(path))
