@@ -1,0 +1,12 @@
+"""Evaluation: LVIS/COCO scoring with the official protocols."""
+
+from regionspot.evaluation.lvis_eval import (
+    LVIS_METRICS,
+    check_annotations,
+    format_metrics,
+    is_lvis,
+    load_annotations,
+    score_detections,
+)
+
+__all__ = ["LVIS_METRICS", "check_annotations", "format_metrics", "is_lvis", "load_annotations", "score_detections"]
