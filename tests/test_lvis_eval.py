@@ -141,3 +141,30 @@ def test_no_detections_and_table():
     assert metrics["AP"] == 0.0
     table = format_metrics({**metrics, "APs": -1.0})
     assert "APr" in table and "n/a" in table
+
+
+def test_region_detections_format_and_scores():
+    import torch
+    from pycocotools import mask as mask_utils
+
+    from regionspot.evaluation.detections import region_detections
+
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 5.0, 8.0]])
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    masks = torch.zeros(2, 70, 60, dtype=torch.bool)
+    masks[0, 20:60, 10:50] = True
+    dets = region_detections(
+        image_id=4,
+        boxes=boxes,
+        class_probs=probs,
+        category_ids=[11, 12, 13],
+        box_scores=torch.tensor([0.5, 1.0]),
+        masks=masks,
+        top_k=2,
+    )
+    assert len(dets) == 4
+    assert dets[0] == {**dets[0], "image_id": 4, "category_id": 11, "bbox": [10.0, 20.0, 40.0, 40.0]}
+    assert dets[0]["score"] == pytest.approx(0.35) and dets[2]["score"] == pytest.approx(0.8)
+    assert mask_utils.area(dets[0]["segmentation"]) == 1600
+    with pytest.raises(ValueError, match="class_probs must be"):
+        region_detections(image_id=1, boxes=boxes, class_probs=probs[:, :2], category_ids=[1, 2, 3])

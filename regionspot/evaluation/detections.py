@@ -1,0 +1,65 @@
+"""Region scores -> detections in the COCO/LVIS results format (xywh boxes, optional RLE masks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+
+def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
+    """(N, 4) x1, y1, x2, y2 -> (N, 4) x, y, w, h."""
+    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+
+
+def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """(N, H, W) bool -> N COCO RLEs with string counts (JSON-ready)."""
+    rles = mask_utils.encode(np.asfortranarray(masks.cpu().numpy().astype(np.uint8).transpose(1, 2, 0)))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def region_detections(
+    *,
+    image_id: int,
+    boxes: torch.Tensor,
+    class_probs: torch.Tensor,
+    category_ids: Sequence[int],
+    box_scores: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
+    top_k: int = 10,
+) -> list[dict[str, Any]]:
+    """Each region's `top_k` classes as detections; score = class probability x box score (if any).
+
+    RegionSpot's protocol: with detector boxes the final score is the detector's score times the
+    region's class probability; with ground-truth boxes it is the class probability alone. The
+    per-image cap (300 for LVIS) is the scorer's to apply, as the official loader does.
+
+    Args:
+        image_id: the image's id in the ground truth.
+        boxes: (N, 4) xyxy pixels. class_probs: (N, C) probabilities over the vocabulary.
+        category_ids: C ground-truth category ids, in vocabulary order.
+        box_scores: (N,) the detector's scores, or None for ground-truth boxes.
+        masks: (N, H, W) bool masks, to add RLE "segmentation" for mask AP.
+        top_k: classes kept per region.
+    """
+    if class_probs.shape != (len(boxes), len(category_ids)):
+        raise ValueError(f"class_probs must be (N={len(boxes)}, C={len(category_ids)}), got {tuple(class_probs.shape)}")
+    scores = class_probs.float()
+    if box_scores is not None:
+        scores = scores * box_scores.float()[:, None]
+    top_scores, top_classes = scores.topk(min(top_k, scores.shape[1]), dim=1)
+    xywh = xyxy_to_xywh(boxes.float()).tolist()
+    rles = encode_masks(masks) if masks is not None else None
+    detections = []
+    for i, (row_scores, row_classes) in enumerate(zip(top_scores.tolist(), top_classes.tolist(), strict=True)):
+        for score, cls in zip(row_scores, row_classes, strict=True):
+            det = {"image_id": image_id, "category_id": int(category_ids[cls]), "bbox": xywh[i], "score": score}
+            if rles is not None:
+                det["segmentation"] = rles[i]
+            detections.append(det)
+    return detections
