@@ -93,6 +93,8 @@ def check_detections(detections: Sequence[dict[str, Any]], gt: dict[str, Any], *
     category_ids = {cat["id"] for cat in gt["categories"]}
     geometry = "bbox" if iou_type == "bbox" else "segmentation"
     for i, det in enumerate(detections):
+        if not isinstance(det, dict):
+            raise ValueError(f"detection {i} is not a JSON object: {det!r:.80}")
         absent = [f for f in ("image_id", "category_id", "score", geometry) if f not in det]
         if absent:
             raise ValueError(f"detection {i} lacks {absent}")
@@ -135,6 +137,10 @@ def score_detections(
     check_annotations(data)
     detections = list(detections)
     check_detections(detections, data, iou_type=iou_type)
+    # Copies: the official loader writes area, id and box polygons into the dicts it is given. For mask AP
+    # the box is dropped so that the loader takes each detection's area from its mask, not its box (as
+    # detectron2 does), which decides the small/medium/large split.
+    detections = [{k: v for k, v in d.items() if iou_type == "bbox" or k != "bbox"} for d in detections]
     if not is_lvis(data):
         return _score_coco(data, detections, iou_type)
     if not detections:
