@@ -15,7 +15,7 @@ _DISAMBIGUATOR = re.compile(r"\s*\([^()]*\)")
 
 
 def clean_class_name(name: str, *, keep_disambiguator: bool = True) -> str:
-    """"bow_(weapon)" -> "bow (weapon)" (or "bow" without the disambiguator); spaces collapsed.
+    """ "bow_(weapon)" -> "bow (weapon)" (or "bow" without the disambiguator); spaces collapsed.
 
     Raises:
         ValueError: if `name` is not a string or nothing readable is left.

@@ -155,6 +155,21 @@ def score_detections(
     return {key: float(evaluator.results[key]) for key in LVIS_METRICS}
 
 
+def score_results(
+    gt: dict[str, Any] | str | Path, detections: Sequence[dict[str, Any]], *, fixed_ap: bool = False
+) -> dict[str, Any]:
+    """Box metrics (`score_detections`), plus mask metrics under "segm" when the detections carry masks and
+    every ground-truth annotation has a segmentation."""
+    data = load_annotations(gt) if isinstance(gt, str | Path) else gt
+    metrics: dict[str, Any] = score_detections(data, detections, iou_type="bbox", fixed_ap=fixed_ap)
+    has_masks = bool(detections) and all("segmentation" in det for det in detections)
+    if has_masks and data["annotations"] and all("segmentation" in ann for ann in data["annotations"]):
+        metrics["segm"] = score_detections(data, detections, iou_type="segm", fixed_ap=fixed_ap)
+    elif has_masks:
+        logging.getLogger(__name__).warning("the ground truth has no segmentations: mask AP is not reported")
+    return metrics
+
+
 def _score_coco(data: dict[str, Any], detections: list[dict[str, Any]], iou_type: str) -> dict[str, float]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
