@@ -57,11 +57,7 @@ def _run(argv: list[str]) -> dict:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = vars(parser.parse_args(argv))
     args["devices"] = int(args["devices"]) if args["devices"].isdigit() else args["devices"]
-    try:
-        settings = EvalSettings(**args)
-    except ValueError as err:
-        parser.error(str(err))
-    return evaluate(settings)
+    return evaluate(EvalSettings(**args))
 
 
 def _score(argv: list[str]) -> dict:

@@ -104,6 +104,37 @@ def evaluate(settings: EvalSettings) -> dict[str, Any]:
 
     On ranks other than 0 of a multi-process launch that re-runs the script (strategy "ddp"), returns {}.
     """
+    gt, plan = plan_run(settings)
+    precision = settings.precision or ("bf16-mixed" if _uses_gpu(settings.accelerator) else "32-true")
+    fabric = Fabric(
+        accelerator=settings.accelerator, devices=settings.devices, strategy=settings.strategy, precision=precision
+    )
+    out = Path(settings.out)
+    if fabric.global_rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_or_write_run_file(out, _fingerprint(settings, precision=precision, max_dets=plan.max_dets))
+    fabric.launch(recognise_shard, settings, plan)
+    if fabric.global_rank != 0:
+        return {}
+    return merge_and_score(settings, plan, gt)
+
+
+@dataclass
+class RunPlan:
+    """The checked inputs of a run: what every rank needs besides the settings (small: it is sent to each)."""
+
+    vocabulary: list[str]  # cleaned class names, in category id order
+    category_ids: list[int]
+    jobs: list[ImageJob]
+    max_dets: int | None  # detections kept per image
+
+
+def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
+    """Read and check every input file, raising a clear error before any model or process starts.
+
+    Returns:
+        The ground truth (for scoring, on rank 0 only) and the plan the ranks share.
+    """
     _check_model_files(settings)
     gt = load_annotations(settings.ann)
     vocabulary, category_ids = vocabulary_from_categories(gt["categories"])
@@ -113,26 +144,10 @@ def evaluate(settings: EvalSettings) -> dict[str, Any]:
     jobs = image_jobs(gt, source=settings.source, proposals=proposals)[: settings.max_images]
     missing = check_images_exist(jobs, Path(settings.images), ann_path=settings.ann)
     if missing:
-        log.warning(
-            "%d of %d images are not in %s (first ids %s); they are skipped",
-            len(missing),
-            len(jobs),
-            settings.images,
-            missing[:5],
-        )
+        log.warning("%d of %d images are not in %s (first ids %s); they are skipped", len(missing), len(jobs),
+                    settings.images, missing[:5])  # fmt: skip
     max_dets = settings.max_dets_per_image or _protocol_max_dets(gt, fixed_ap=settings.fixed_ap)
-    precision = settings.precision or ("bf16-mixed" if _uses_gpu(settings.accelerator) else "32-true")
-    fabric = Fabric(
-        accelerator=settings.accelerator, devices=settings.devices, strategy=settings.strategy, precision=precision
-    )
-    out = Path(settings.out)
-    if fabric.global_rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _check_or_write_run_file(out, _fingerprint(settings, precision=precision, max_dets=max_dets))
-    fabric.launch(_recognise_shard, settings, jobs, vocabulary, category_ids, max_dets)
-    if fabric.global_rank != 0:
-        return {}
-    return _merge_and_score(settings, gt, jobs)
+    return gt, RunPlan(vocabulary=vocabulary, category_ids=category_ids, jobs=jobs, max_dets=max_dets)
 
 
 def _check_model_files(settings: EvalSettings) -> None:
@@ -191,20 +206,14 @@ def _check_or_write_run_file(out: Path, fingerprint: dict[str, Any]) -> None:
     run_file.write_text(json.dumps(fingerprint, indent=2))
 
 
-def _recognise_shard(
-    fabric: Any,
-    settings: EvalSettings,
-    jobs: list[ImageJob],
-    vocabulary: list[str],
-    category_ids: list[int],
-    max_dets: int | None,
-) -> None:
+def recognise_shard(fabric: Any, settings: EvalSettings, plan: RunPlan) -> None:
     """One rank's work: every image not yet done whose position in the remaining list is this rank's."""
     from tqdm import tqdm
 
     out = Path(settings.out)
     done = finished_image_ids(out)
     fabric.barrier()  # every rank has read the same parts before any rank appends to them
+    jobs = plan.jobs
     remaining = [job for job in jobs if job.image_id not in done]
     mine = remaining[fabric.global_rank :: fabric.world_size]
     if fabric.global_rank == 0 and done:
@@ -212,7 +221,7 @@ def _recognise_shard(
     if not mine:
         fabric.barrier()
         return
-    recogniser = _ImageRecogniser(fabric, settings, vocabulary, category_ids, max_dets)
+    recogniser = _ImageRecogniser(fabric, settings, plan)
     with _PartWriter(part_file(out, fabric.global_rank)) as writer:
         show = settings.progress and fabric.global_rank == 0
         for job in tqdm(mine, desc=f"rank 0 of {fabric.world_size}", unit="img", disable=not show):
@@ -223,9 +232,7 @@ def _recognise_shard(
 class _ImageRecogniser:
     """Image file -> one JSON record: its detections, or why it was skipped."""
 
-    def __init__(
-        self, fabric: Any, settings: EvalSettings, vocabulary: list[str], category_ids: list[int], max_dets: int | None
-    ) -> None:
+    def __init__(self, fabric: Any, settings: EvalSettings, plan: RunPlan) -> None:
         config = RegionSpotConfig.from_yaml(settings.config)
         if settings.adapter is not None:
             config.adapter.checkpoint = settings.adapter
@@ -233,8 +240,13 @@ class _ImageRecogniser:
             log.warning("no adapter weights given (--adapter): the adapter is untrained and the AP is meaningless")
         torch.manual_seed(settings.seed)
         self.model = build_regionspot(config).to(fabric.device).eval()
-        self.text = self.model.clip.encode_vocabulary(vocabulary)  # (C, E), once for all images
-        self.fabric, self.settings, self.category_ids, self.max_dets = fabric, settings, category_ids, max_dets
+        self.text = self.model.clip.encode_vocabulary(plan.vocabulary)  # (C, E), once for all images
+        self.fabric, self.settings, self.category_ids, self.max_dets = (
+            fabric,
+            settings,
+            plan.category_ids,
+            plan.max_dets,
+        )
         self.images = Path(settings.images)
         self.generator = None
         if settings.source == "sam":
@@ -364,8 +376,9 @@ def finished_image_ids(out: str | Path) -> set[int]:
     return set(read_parts(out)[0])
 
 
-def _merge_and_score(settings: EvalSettings, gt: dict[str, Any], jobs: list[ImageJob]) -> dict[str, Any]:
-    out = Path(settings.out)
+def merge_and_score(settings: EvalSettings, plan: RunPlan, gt: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0, once every rank is done: the parts -> detections.json, skipped.json and metrics.json."""
+    out, jobs = Path(settings.out), plan.jobs
     done, skipped = read_parts(out)
     job_ids = [job.image_id for job in jobs]
     records = [done[i] for i in job_ids if i in done]
