@@ -79,8 +79,21 @@ def test_gt_boxes_through_the_cli_score_as_the_official_api(data, tmp_path, tiny
     adapter = tmp_path / "adapter.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_model.adapter.state_dict().items()}, str(adapter))
     out = tmp_path / "out"
-    metrics = main(["--config", TINY, "--adapter", str(adapter), "--ann", str(data["ann"]),
-                    "--images", str(data["images"]), "--out", str(out), "--no-progress"])  # fmt: skip
+    metrics = main(
+        [
+            "--config",
+            TINY,
+            "--adapter",
+            str(adapter),
+            "--ann",
+            str(data["ann"]),
+            "--images",
+            str(data["images"]),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     written = json.loads((out / runner.METRICS_FILE).read_text())
     assert written == metrics and set(LVIS_METRICS) <= set(written) and set(LVIS_METRICS) <= set(written["segm"])
     assert written["images"] == {"total": 4, "evaluated": 4, "skipped": 0, "regions_dropped": 0}
@@ -188,8 +201,10 @@ def test_two_ranks_shard_and_merge_to_the_detections_of_one(data, tmp_path, gt_r
     settings = _settings(data, tmp_path)
     gt, plan = runner.plan_run(settings)
     barrier = threading.Barrier(2)
-    ranks = [threading.Thread(target=runner.recognise_shard, args=(_ThreadRank(r, barrier), settings, plan))
-             for r in range(2)]  # fmt: skip
+    ranks = [
+        threading.Thread(target=runner.recognise_shard, args=(_ThreadRank(r, barrier), settings, plan))
+        for r in range(2)
+    ]
     for rank in ranks:
         rank.start()
     for rank in ranks:
@@ -223,8 +238,14 @@ def test_score_command_equals_official_api(data, tmp_path):
         for _ in range(1000)
     ]
     for ann in gt["annotations"][:6]:
-        detections.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "bbox": ann["bbox"],
-                           "score": float(rng.random())})  # fmt: skip
+        detections.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": ann["bbox"],
+                "score": float(rng.random()),
+            }
+        )
     dt_path, out = tmp_path / "dt.json", tmp_path / "metrics.json"
     dt_path.write_text(json.dumps(detections))
     main(["score", "--gt", str(data["ann"]), "--detections", str(dt_path), "--out", str(out)])
@@ -237,8 +258,13 @@ def test_score_command_equals_official_api(data, tmp_path):
 
 def test_per_image_cap_keeps_what_the_official_loader_keeps():
     probs = torch.rand(40, 30).round(decimals=2)  # many ties
-    kwargs = {"image_id": 1, "boxes": torch.rand(40, 4) * 10 + torch.tensor([0, 0, 10, 10]), "class_probs": probs,
-              "category_ids": list(range(30)), "top_k": 20}  # fmt: skip
+    kwargs = {
+        "image_id": 1,
+        "boxes": torch.rand(40, 4) * 10 + torch.tensor([0, 0, 10, 10]),
+        "class_probs": probs,
+        "category_ids": list(range(30)),
+        "top_k": 20,
+    }
     full = region_detections(**kwargs)
     capped = region_detections(**kwargs, max_per_image=300)
     assert capped == sorted(full, key=lambda d: d["score"], reverse=True)[:300]
@@ -251,8 +277,9 @@ def test_missing_and_corrupt_images_are_skipped_counted_and_retried(data, tmp_pa
         (images / png.name).write_bytes(png.read_bytes())
     (images / "000000000017.png").unlink()
     (images / "000000000024.png").write_bytes(b"not a png")
-    settings = EvalSettings(config=TINY, ann=str(data["ann"]), images=str(images), out=str(tmp_path / "out"),
-                            progress=False)  # fmt: skip
+    settings = EvalSettings(
+        config=TINY, ann=str(data["ann"]), images=str(images), out=str(tmp_path / "out"), progress=False
+    )
     metrics = evaluate(settings)
     assert metrics["images"]["evaluated"] == 2 and metrics["images"]["skipped"] == 2
     skipped = json.loads((tmp_path / "out" / runner.SKIPPED_FILE).read_text())

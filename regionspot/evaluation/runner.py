@@ -144,8 +144,13 @@ def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
     jobs = image_jobs(gt, source=settings.source, proposals=proposals)[: settings.max_images]
     missing = check_images_exist(jobs, Path(settings.images), ann_path=settings.ann)
     if missing:
-        log.warning("%d of %d images are not in %s (first ids %s); they are skipped", len(missing), len(jobs),
-                    settings.images, missing[:5])  # fmt: skip
+        log.warning(
+            "%d of %d images are not in %s (first ids %s); they are skipped",
+            len(missing),
+            len(jobs),
+            settings.images,
+            missing[:5],
+        )
     max_dets = settings.max_dets_per_image or _protocol_max_dets(gt, fixed_ap=settings.fixed_ap)
     return gt, RunPlan(vocabulary=vocabulary, category_ids=category_ids, jobs=jobs, max_dets=max_dets)
 
@@ -241,12 +246,10 @@ class _ImageRecogniser:
         torch.manual_seed(settings.seed)
         self.model = build_regionspot(config).to(fabric.device).eval()
         self.text = self.model.clip.encode_vocabulary(plan.vocabulary)  # (C, E), once for all images
-        self.fabric, self.settings, self.category_ids, self.max_dets = (
-            fabric,
-            settings,
-            plan.category_ids,
-            plan.max_dets,
-        )
+        self.fabric = fabric
+        self.settings = settings
+        self.category_ids = plan.category_ids
+        self.max_dets = plan.max_dets
         self.images = Path(settings.images)
         self.generator = None
         if settings.source == "sam":
