@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(argv: list[str]) -> dict:
-    from regionspot.evaluation.runner import EvalSettings, evaluate
+    from regionspot.evaluation.runner import PRECISIONS, EvalSettings, evaluate
 
     parser = argparse.ArgumentParser(
         prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,7 +49,7 @@ def _run(argv: list[str]) -> dict:
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--devices", default="1", help="number of devices, or 'auto'")
     parser.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ...")
-    parser.add_argument("--precision", help="default bf16-mixed on GPU, 32-true on CPU")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default bf16-mixed on GPU, 32-true on CPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sam-points-per-side", type=int, default=32)
     parser.add_argument("--sam-pred-iou-thresh", type=float, default=0.88)

@@ -52,6 +52,9 @@ SKIPPED_FILE = "skipped.json"  # images that could not be read: [{"image_id", "r
 RUN_FILE = "run.json"  # the settings that shape the results, checked when a run resumes
 PART_GLOB = "detections.rank*.jsonl"  # one JSON line per finished image, per rank
 COCO_MAX_DETS_PER_IMAGE = 100  # the COCO challenge's limit
+# Mixed precision autocasts the frozen encoders; "-true" precisions would need the model converted, which the
+# frozen fp32 heads (decoder, adapter, scores) are meant to avoid.
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 def part_file(out: Path, rank: int) -> Path:
@@ -77,7 +80,7 @@ class EvalSettings:
     accelerator: str = "auto"
     devices: int | str = 1
     strategy: str = "auto"
-    precision: str | None = None  # default "bf16-mixed" on GPU, "32-true" on CPU; applies to the backbones
+    precision: str | None = None  # one of PRECISIONS; default "bf16-mixed" on GPU, "32-true" on CPU
     seed: int = 0  # makes models built without checkpoints (random weights) identical on every rank
     sam_points_per_side: int = 32  # "sam" source: SamAutomaticMaskGenerator's point grid
     sam_pred_iou_thresh: float = 0.88  # ... its mask-quality filter
@@ -91,6 +94,8 @@ class EvalSettings:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
         if (self.source == "proposals") != (self.proposals is not None):
             raise ValueError("give --proposals exactly when the region source is 'proposals'")
+        if self.precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
         if self.max_dets_per_image is not None and self.max_dets_per_image < 1:
