@@ -8,6 +8,7 @@ from regionspot.evaluation.lvis_eval import (
     is_lvis,
     load_annotations,
     score_detections,
+    score_results,
 )
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "load_annotations",
     "region_detections",
     "score_detections",
+    "score_results",
     "xyxy_to_xywh",
 ]

@@ -32,6 +32,7 @@ def region_detections(
     box_scores: torch.Tensor | None = None,
     masks: torch.Tensor | None = None,
     top_k: int = 10,
+    max_per_image: int | None = None,
 ) -> list[dict[str, Any]]:
     """Each region's `top_k` classes as detections; score = class probability x box score (if any).
 
@@ -46,6 +47,9 @@ def region_detections(
         box_scores: (N,) the detector's scores, or None for ground-truth boxes.
         masks: (N, H, W) bool masks, to add RLE "segmentation" for mask AP.
         top_k: classes kept per region.
+        max_per_image: keep only the image's `max_per_image` best detections, chosen exactly as the official
+            LVIS loader chooses them (a stable sort by score of the list this function would otherwise return),
+            so that capping here changes no metric while it keeps the results file small.
     """
     if class_probs.shape != (len(boxes), len(category_ids)):
         raise ValueError(f"class_probs must be (N={len(boxes)}, C={len(category_ids)}), got {tuple(class_probs.shape)}")
@@ -53,13 +57,21 @@ def region_detections(
     if box_scores is not None:
         scores = scores * box_scores.float()[:, None]
     top_scores, top_classes = scores.topk(min(top_k, scores.shape[1]), dim=1)
+    keep = torch.ones_like(top_scores, dtype=torch.bool)
+    if max_per_image is not None and top_scores.numel() > max_per_image:
+        # Everything below the cap's threshold is ranked after at least `max_per_image` others: never kept.
+        threshold = top_scores.flatten().topk(max_per_image).values[-1]
+        keep = top_scores >= threshold
     xywh = xyxy_to_xywh(boxes.float()).tolist()
-    rles = encode_masks(masks) if masks is not None else None
+    regions = keep.any(dim=1).nonzero().flatten().tolist()
+    rles = dict(zip(regions, encode_masks(masks[regions]), strict=True)) if masks is not None and regions else {}
     detections = []
-    for i, (row_scores, row_classes) in enumerate(zip(top_scores.tolist(), top_classes.tolist(), strict=True)):
-        for score, cls in zip(row_scores, row_classes, strict=True):
+    for i in regions:
+        for score, cls in zip(top_scores[i][keep[i]].tolist(), top_classes[i][keep[i]].tolist(), strict=True):
             det = {"image_id": image_id, "category_id": int(category_ids[cls]), "bbox": xywh[i], "score": score}
-            if rles is not None:
+            if masks is not None:
                 det["segmentation"] = rles[i]
             detections.append(det)
+    if max_per_image is not None:
+        detections = sorted(detections, key=lambda det: det["score"], reverse=True)[:max_per_image]
     return detections

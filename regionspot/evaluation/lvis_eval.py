@@ -93,6 +93,8 @@ def check_detections(detections: Sequence[dict[str, Any]], gt: dict[str, Any], *
     category_ids = {cat["id"] for cat in gt["categories"]}
     geometry = "bbox" if iou_type == "bbox" else "segmentation"
     for i, det in enumerate(detections):
+        if not isinstance(det, dict):
+            raise ValueError(f"detection {i} is not a JSON object: {det!r:.80}")
         absent = [f for f in ("image_id", "category_id", "score", geometry) if f not in det]
         if absent:
             raise ValueError(f"detection {i} lacks {absent}")
@@ -135,6 +137,10 @@ def score_detections(
     check_annotations(data)
     detections = list(detections)
     check_detections(detections, data, iou_type=iou_type)
+    # Copies: the official loader writes area, id and box polygons into the dicts it is given. For mask AP
+    # the box is dropped so that the loader takes each detection's area from its mask, not its box (as
+    # detectron2 does), which decides the small/medium/large split.
+    detections = [{k: v for k, v in d.items() if iou_type == "bbox" or k != "bbox"} for d in detections]
     if not is_lvis(data):
         return _score_coco(data, detections, iou_type)
     if not detections:
@@ -147,6 +153,21 @@ def score_detections(
     evaluator = LVISEval(gt_index, results, iou_type=iou_type)
     evaluator.run()
     return {key: float(evaluator.results[key]) for key in LVIS_METRICS}
+
+
+def score_results(
+    gt: dict[str, Any] | str | Path, detections: Sequence[dict[str, Any]], *, fixed_ap: bool = False
+) -> dict[str, Any]:
+    """Box metrics (`score_detections`), plus mask metrics under "segm" when the detections carry masks and
+    every ground-truth annotation has a segmentation."""
+    data = load_annotations(gt) if isinstance(gt, str | Path) else gt
+    metrics: dict[str, Any] = score_detections(data, detections, iou_type="bbox", fixed_ap=fixed_ap)
+    has_masks = bool(detections) and all("segmentation" in det for det in detections)
+    if has_masks and data["annotations"] and all("segmentation" in ann for ann in data["annotations"]):
+        metrics["segm"] = score_detections(data, detections, iou_type="segm", fixed_ap=fixed_ap)
+    elif has_masks:
+        logging.getLogger(__name__).warning("the ground truth has no segmentations: mask AP is not reported")
+    return metrics
 
 
 def _score_coco(data: dict[str, Any], detections: list[dict[str, Any]], iou_type: str) -> dict[str, float]:

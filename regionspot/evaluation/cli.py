@@ -1,0 +1,89 @@
+"""Command line of evaluate.py: recognise the regions of a data set and score them, or score a results file.
+
+    python evaluate.py --config configs/model/regionspot_bl.yaml --adapter adapter.safetensors \\
+        --ann lvis_v1_val.json --images coco/ [--proposals glip_lvis_val.json | --source sam] [--out eval/]
+    python evaluate.py score --gt lvis_v1_val.json --detections eval/detections.json --out metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from regionspot.evaluation.lvis_eval import format_metrics, score_results
+from regionspot.evaluation.sources import SOURCES
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse `argv` (default: sys.argv), run, and return the metrics."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _score(argv[1:]) if argv[:1] == ["score"] else _run(argv)
+    except (FileNotFoundError, ValueError) as err:  # bad inputs: the message says which file and what to do
+        raise SystemExit(f"error: {err}") from err
+
+
+def _run(argv: list[str]) -> dict:
+    from regionspot.evaluation.runner import PRECISIONS, EvalSettings, evaluate
+
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="model YAML (configs/model/)")
+    parser.add_argument("--adapter", help="trained adapter weights (.safetensors); overrides the YAML's")
+    parser.add_argument("--ann", required=True, help="LVIS or COCO annotation JSON (e.g. lvis_v1_val.json)")
+    parser.add_argument("--images", required=True, help="folder of the images (LVIS: COCO's train2017/val2017 files)")
+    parser.add_argument("--source", choices=SOURCES, help="regions: gt boxes (default), proposals, or sam (SAM's AMG)")
+    parser.add_argument("--proposals", help="another detector's results (COCO results JSON with scores)")
+    parser.add_argument("--out", default="eval_out", help="output folder; a rerun resumes the run in it")
+    parser.add_argument("--fixed-ap", action="store_true", help="Fixed AP: no per-image cap, 10k per class")
+    parser.add_argument("--no-masks", dest="masks", action="store_false", help="boxes only (no mask AP)")
+    parser.add_argument("--top-k", type=int, default=300, help="classes kept per region (default 300)")
+    parser.add_argument("--max-dets-per-image", type=int, help="default: the protocol's (LVIS 300, COCO 100)")
+    parser.add_argument("--max-images", type=int, help="only the first N images (scored on those alone)")
+    parser.add_argument("--accelerator", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--devices", default="1", help="number of devices, or 'auto'")
+    parser.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ...")
+    parser.add_argument("--precision", choices=PRECISIONS, help="default bf16-mixed on GPU, 32-true on CPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sam-points-per-side", type=int, default=32)
+    parser.add_argument("--sam-pred-iou-thresh", type=float, default=0.88)
+    parser.add_argument("--sam-stability-score-thresh", type=float, default=0.95)
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = vars(parser.parse_args(argv))
+    args["devices"] = int(args["devices"]) if args["devices"].isdigit() else args["devices"]
+    return evaluate(EvalSettings(**args))
+
+
+def _score(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="evaluate.py score", description="Score a results file.")
+    parser.add_argument("--gt", required=True, help="LVIS or COCO annotation JSON")
+    parser.add_argument("--detections", required=True, help="results JSON (a list of detections)")
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
+    parser.add_argument("--fixed-ap", action="store_true", help="Fixed AP: no per-image cap, 10k per class")
+    args = parser.parse_args(argv)
+    detections = _read_detections(Path(args.detections))
+    metrics = score_results(args.gt, detections, fixed_ap=args.fixed_ap)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(metrics, indent=2))
+    print(format_metrics(metrics))
+    if "segm" in metrics:
+        print("mask:\n" + format_metrics(metrics["segm"]))
+    return metrics
+
+
+def _read_detections(path: Path) -> list:
+    if not path.is_file():
+        raise FileNotFoundError(f"detections file not found: {path}")
+    try:
+        detections = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"detections file {path} is not valid JSON: {err}") from err
+    if not isinstance(detections, list):
+        raise ValueError(f"detections file {path} must hold a JSON list (COCO results format)")
+    return detections

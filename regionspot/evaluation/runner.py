@@ -1,0 +1,425 @@
+"""LVIS/COCO evaluation of a RegionSpot model: regions in, detections out, scored by the official API.
+
+One call of `evaluate` does everything: it checks the inputs, launches one process per device with
+Lightning Fabric, lets each rank recognise its share of the images (each image's regions in one pass),
+appends each finished image to that rank's JSONL file, and, on rank 0, merges the parts into
+`detections.json` and scores them into `metrics.json`. A rerun with the same `out` folder skips the
+images already done, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.fabric import Fabric
+from PIL import Image
+
+from regionspot.build import build_regionspot
+from regionspot.checkpoint import require_file
+from regionspot.config import RegionSpotConfig
+from regionspot.evaluation.detections import region_detections
+from regionspot.evaluation.lvis_eval import (
+    LVIS_MAX_DETS_PER_IMAGE,
+    format_metrics,
+    is_lvis,
+    load_annotations,
+    score_results,
+)
+from regionspot.evaluation.sources import (
+    SOURCES,
+    ImageJob,
+    check_images_exist,
+    image_jobs,
+    keep_boxes_inside,
+    load_proposals,
+    sam_everything,
+)
+from regionspot.predictor import embed_image, score_regions
+from regionspot.vocabulary import vocabulary_from_categories
+
+log = logging.getLogger(__name__)
+
+DETECTIONS_FILE = "detections.json"  # all detections, COCO/LVIS results format
+METRICS_FILE = "metrics.json"  # box metrics at the top level, mask metrics under "segm", image counts
+SKIPPED_FILE = "skipped.json"  # images that could not be read: [{"image_id", "reason"}]
+RUN_FILE = "run.json"  # the settings that shape the results, checked when a run resumes
+PART_GLOB = "detections.rank*.jsonl"  # one JSON line per finished image, per rank
+COCO_MAX_DETS_PER_IMAGE = 100  # the COCO challenge's limit
+# Mixed precision autocasts the frozen encoders; "-true" precisions would need the model converted, which the
+# frozen fp32 heads (decoder, adapter, scores) are meant to avoid.
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+
+
+def part_file(out: Path, rank: int) -> Path:
+    return out / f"detections.rank{rank}.jsonl"
+
+
+@dataclass
+class EvalSettings:
+    """Everything one evaluation run needs. Paths are local files; nothing is downloaded."""
+
+    config: str  # model YAML (configs/model/*.yaml)
+    ann: str  # LVIS/COCO annotation JSON
+    images: str  # folder of the images (LVIS: COCO's files, found by the basename of coco_url)
+    out: str  # output folder; holds the parts of an unfinished run, which a rerun resumes
+    adapter: str | None = None  # trained adapter (.safetensors); overrides adapter.checkpoint of `config`
+    source: str | None = None  # "gt", "proposals" or "sam"; default "proposals" if `proposals` is given, else "gt"
+    proposals: str | None = None  # another detector's results (COCO results JSON with scores)
+    fixed_ap: bool = False  # Fixed AP: no per-image cap, top 10k detections per class
+    masks: bool = True  # write SAM's mask of each region and report mask AP too (when the GT has masks)
+    top_k: int = 300  # classes kept per region
+    max_dets_per_image: int | None = None  # default: the protocol's (LVIS 300, COCO 100, Fixed AP none)
+    max_images: int | None = None  # evaluate only the first N images (by id), scored on those alone
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str | None = None  # one of PRECISIONS; default "bf16-mixed" on GPU, "32-true" on CPU
+    seed: int = 0  # makes models built without checkpoints (random weights) identical on every rank
+    sam_points_per_side: int = 32  # "sam" source: SamAutomaticMaskGenerator's point grid
+    sam_pred_iou_thresh: float = 0.88  # ... its mask-quality filter
+    sam_stability_score_thresh: float = 0.95  # ... its stability filter
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            self.source = "proposals" if self.proposals else "gt"
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if (self.source == "proposals") != (self.proposals is not None):
+            raise ValueError("give --proposals exactly when the region source is 'proposals'")
+        if self.precision not in (None, *PRECISIONS):
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.max_dets_per_image is not None and self.max_dets_per_image < 1:
+            raise ValueError(f"max_dets_per_image must be at least 1, got {self.max_dets_per_image}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be at least 1, got {self.max_images}")
+
+
+def evaluate(settings: EvalSettings) -> dict[str, Any]:
+    """Run the evaluation `settings` describes; return the metrics that were written to `out/metrics.json`.
+
+    On ranks other than 0 of a multi-process launch that re-runs the script (strategy "ddp"), returns {}.
+    """
+    gt, plan = plan_run(settings)
+    precision = settings.precision or ("bf16-mixed" if _uses_gpu(settings.accelerator) else "32-true")
+    fabric = Fabric(
+        accelerator=settings.accelerator, devices=settings.devices, strategy=settings.strategy, precision=precision
+    )
+    out = Path(settings.out)
+    if fabric.global_rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_or_write_run_file(out, _fingerprint(settings, precision=precision, max_dets=plan.max_dets))
+    fabric.launch(recognise_shard, settings, plan)
+    if fabric.global_rank != 0:
+        return {}
+    return merge_and_score(settings, plan, gt)
+
+
+@dataclass
+class RunPlan:
+    """The checked inputs of a run: what every rank needs besides the settings (small: it is sent to each)."""
+
+    vocabulary: list[str]  # cleaned class names, in category id order
+    category_ids: list[int]
+    jobs: list[ImageJob]
+    max_dets: int | None  # detections kept per image
+
+
+def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
+    """Read and check every input file, raising a clear error before any model or process starts.
+
+    Returns:
+        The ground truth (for scoring, on rank 0 only) and the plan the ranks share.
+    """
+    _check_model_files(settings)
+    gt = load_annotations(settings.ann)
+    vocabulary, category_ids = vocabulary_from_categories(gt["categories"])
+    proposals = None
+    if settings.source == "proposals":
+        proposals = load_proposals(settings.proposals, gt, ann_path=settings.ann)
+    jobs = image_jobs(gt, source=settings.source, proposals=proposals)[: settings.max_images]
+    missing = check_images_exist(jobs, Path(settings.images), ann_path=settings.ann)
+    if missing:
+        log.warning(
+            "%d of %d images are not in %s (first ids %s); they are skipped",
+            len(missing),
+            len(jobs),
+            settings.images,
+            missing[:5],
+        )
+    max_dets = settings.max_dets_per_image or _protocol_max_dets(gt, fixed_ap=settings.fixed_ap)
+    return gt, RunPlan(vocabulary=vocabulary, category_ids=category_ids, jobs=jobs, max_dets=max_dets)
+
+
+def _check_model_files(settings: EvalSettings) -> None:
+    """Fail before any process starts on a wrong model YAML or adapter path."""
+    config = RegionSpotConfig.from_yaml(settings.config)
+    adapter = settings.adapter or config.adapter.checkpoint
+    if adapter is not None:
+        require_file(adapter, what="adapter weights", hint="Pass the .safetensors file that training exported.")
+
+
+def _protocol_max_dets(gt: dict[str, Any], *, fixed_ap: bool) -> int | None:
+    if fixed_ap:
+        return None
+    return LVIS_MAX_DETS_PER_IMAGE if is_lvis(gt) else COCO_MAX_DETS_PER_IMAGE
+
+
+def _uses_gpu(accelerator: str) -> bool:
+    return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def _fingerprint(settings: EvalSettings, *, precision: str, max_dets: int | None) -> dict[str, Any]:
+    """The settings that decide the detections: a resumed run must share them all."""
+    return {
+        "config": {"path": str(Path(settings.config).resolve()), "sha256": _sha256(settings.config)},
+        "adapter": None
+        if settings.adapter is None
+        else {"path": str(Path(settings.adapter).resolve()), "sha256": _sha256(settings.adapter)},
+        "ann": str(Path(settings.ann).resolve()),
+        "source": settings.source,
+        "proposals": None if settings.proposals is None else str(Path(settings.proposals).resolve()),
+        "masks": settings.masks,
+        "top_k": settings.top_k,
+        "max_dets_per_image": max_dets,
+        "precision": precision,
+        "seed": settings.seed,
+        "sam": [settings.sam_points_per_side, settings.sam_pred_iou_thresh, settings.sam_stability_score_thresh]
+        if settings.source == "sam"
+        else None,
+    }
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else ""
+
+
+def _check_or_write_run_file(out: Path, fingerprint: dict[str, Any]) -> None:
+    run_file = out / RUN_FILE
+    if run_file.is_file() and any(out.glob(PART_GLOB)):
+        previous = json.loads(run_file.read_text())
+        changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
+        if changed:
+            raise ValueError(
+                f"{out} holds an earlier run with different {', '.join(changed)} (see {run_file}); its detections "
+                "cannot be mixed with these. Use another --out folder, or delete that one to start afresh."
+            )
+    run_file.write_text(json.dumps(fingerprint, indent=2))
+
+
+def recognise_shard(fabric: Any, settings: EvalSettings, plan: RunPlan) -> None:
+    """One rank's work: every image not yet done whose position in the remaining list is this rank's."""
+    from tqdm import tqdm
+
+    out = Path(settings.out)
+    done = finished_image_ids(out)
+    fabric.barrier()  # every rank has read the same parts before any rank appends to them
+    jobs = plan.jobs
+    remaining = [job for job in jobs if job.image_id not in done]
+    mine = remaining[fabric.global_rank :: fabric.world_size]
+    if fabric.global_rank == 0 and done:
+        log.info("resuming: %d images already done, %d to go", len(jobs) - len(remaining), len(remaining))
+    if not mine:
+        fabric.barrier()
+        return
+    recogniser = _ImageRecogniser(fabric, settings, plan)
+    with _PartWriter(part_file(out, fabric.global_rank)) as writer:
+        show = settings.progress and fabric.global_rank == 0
+        for job in tqdm(mine, desc=f"rank 0 of {fabric.world_size}", unit="img", disable=not show):
+            writer.write(recogniser(job))
+    fabric.barrier()  # rank 0 merges only once every rank has written its last image
+
+
+class _ImageRecogniser:
+    """Image file -> one JSON record: its detections, or why it was skipped."""
+
+    def __init__(self, fabric: Any, settings: EvalSettings, plan: RunPlan) -> None:
+        config = RegionSpotConfig.from_yaml(settings.config)
+        if settings.adapter is not None:
+            config.adapter.checkpoint = settings.adapter
+        if config.adapter.checkpoint is None:
+            log.warning("no adapter weights given (--adapter): the adapter is untrained and the AP is meaningless")
+        torch.manual_seed(settings.seed)
+        self.model = build_regionspot(config).to(fabric.device).eval()
+        self.text = self.model.clip.encode_vocabulary(plan.vocabulary)  # (C, E), once for all images
+        self.fabric = fabric
+        self.settings = settings
+        self.category_ids = plan.category_ids
+        self.max_dets = plan.max_dets
+        self.images = Path(settings.images)
+        self.generator = None
+        if settings.source == "sam":
+            from segment_anything import SamAutomaticMaskGenerator
+
+            self.generator = SamAutomaticMaskGenerator(
+                self.model.sam.sam,
+                points_per_side=settings.sam_points_per_side,
+                pred_iou_thresh=settings.sam_pred_iou_thresh,
+                stability_score_thresh=settings.sam_stability_score_thresh,
+            )
+
+    @torch.no_grad()
+    def __call__(self, job: ImageJob) -> dict[str, Any]:
+        rgb, problem = _read_image(job, self.images)
+        if rgb is None:
+            log.warning("skipping image %s: %s", job.image_id, problem)
+            return {"image_id": job.image_id, "skipped": problem}
+        if job.size is not None and rgb.shape[:2] != job.size:
+            log.warning(
+                "image %s is %s on disk but %s in the annotations: its boxes may not fit",
+                job.image_id,
+                rgb.shape[:2],
+                job.size,
+            )
+        boxes, box_scores, masks, sam_embedding = self._regions(job, rgb)
+        keep = keep_boxes_inside(boxes, rgb.shape[:2])
+        record: dict[str, Any] = {"image_id": job.image_id, "detections": [], "dropped_regions": int((~keep).sum())}
+        if not keep.any():
+            return record
+        boxes = boxes[keep]
+        box_scores = None if box_scores is None else box_scores[keep]
+        with self.fabric.autocast():  # the heavy backbones run in the run's precision
+            embedded = embed_image(self.model, rgb, sam_embedding=sam_embedding)
+        embedded = {k: v.float() if torch.is_tensor(v) else v for k, v in embedded.items()}
+        sam_masks = self.settings.masks and masks is None
+        scored = score_regions(self.model, embedded, text_embeddings=self.text, boxes=boxes, return_masks=sam_masks)
+        if self.settings.masks:
+            masks = scored.masks if masks is None else masks[keep]
+        record["detections"] = region_detections(
+            image_id=job.image_id,
+            boxes=scored.boxes,
+            class_probs=scored.probs,
+            category_ids=self.category_ids,
+            box_scores=box_scores,
+            masks=masks if self.settings.masks else None,
+            top_k=self.settings.top_k,
+            max_per_image=self.max_dets,
+        )
+        return record
+
+    def _regions(self, job: ImageJob, rgb: np.ndarray):
+        """(boxes (N, 4) xyxy, box scores (N,) or None, masks (N, H, W) or None, SAM embedding or None)."""
+        if self.generator is None:
+            boxes = torch.tensor(job.boxes, dtype=torch.float32).reshape(-1, 4)
+            scores = None if job.box_scores is None else torch.tensor(job.box_scores, dtype=torch.float32)
+            return boxes, scores, None, None
+        with self.fabric.autocast():
+            boxes, scores, masks = sam_everything(self.generator, rgb)
+        # The generator embedded this very image (one crop layer): reuse it rather than run SAM's encoder again.
+        return boxes, scores, masks, self.generator.predictor.features
+
+
+def _read_image(job: ImageJob, images: Path) -> tuple[np.ndarray | None, str]:
+    path = next((p for p in job.candidate_paths(images) if p.is_file()), None)
+    if path is None:
+        return None, f"file not found (looked for {' and '.join(str(p) for p in job.candidate_paths(images))})"
+    try:
+        with Image.open(path) as image:
+            rgb = np.array(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return None, f"cannot read {path}: {err}"
+    if rgb.ndim != 3 or 0 in rgb.shape:
+        return None, f"{path} has no pixels"
+    return rgb, ""
+
+
+class _PartWriter:
+    """Appends one JSON line per image and flushes it, so a killed run loses at most the image in flight."""
+
+    def __init__(self, path: Path) -> None:
+        _drop_partial_last_line(path)
+        self.path = path
+
+    def __enter__(self) -> _PartWriter:
+        self.file = self.path.open("a", encoding="utf-8")
+        return self
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """Cut a line left half-written by a killed run, so that the next line starts on its own."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def read_parts(out: str | Path) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """All ranks' finished images: ({image id: its record}, {image id: why it was skipped}).
+
+    A half-written last line (a killed run) is ignored; an image skipped once but done later counts as done.
+    """
+    done: dict[int, dict[str, Any]] = {}
+    skipped: dict[int, str] = {}
+    for path in sorted(Path(out).glob(PART_GLOB)):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "skipped" in record:
+                skipped[record["image_id"]] = record["skipped"]
+            else:
+                done[record["image_id"]] = record
+    return done, {k: v for k, v in skipped.items() if k not in done}
+
+
+def finished_image_ids(out: str | Path) -> set[int]:
+    return set(read_parts(out)[0])
+
+
+def merge_and_score(settings: EvalSettings, plan: RunPlan, gt: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0, once every rank is done: the parts -> detections.json, skipped.json and metrics.json."""
+    out, jobs = Path(settings.out), plan.jobs
+    done, skipped = read_parts(out)
+    job_ids = [job.image_id for job in jobs]
+    records = [done[i] for i in job_ids if i in done]
+    detections = [det for record in records for det in record["detections"]]
+    (out / DETECTIONS_FILE).write_text(json.dumps(detections))
+    skipped_list = [{"image_id": i, "reason": skipped[i]} for i in job_ids if i in skipped]
+    (out / SKIPPED_FILE).write_text(json.dumps(skipped_list, indent=1))
+    if skipped_list:
+        log.warning(
+            "%d images were skipped (see %s); they count as images with no detections, so this AP is "
+            "not comparable with published numbers",
+            len(skipped_list),
+            out / SKIPPED_FILE,
+        )
+    if settings.max_images is not None:
+        gt = _subset(gt, set(job_ids))
+    metrics = score_results(gt, detections, fixed_ap=settings.fixed_ap)
+    metrics["images"] = {
+        "total": len(jobs),
+        "evaluated": len(records),
+        "skipped": len(skipped_list),
+        "regions_dropped": sum(record["dropped_regions"] for record in records),  # no area inside the image
+    }
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    print(format_metrics(metrics))
+    if "segm" in metrics:
+        print("mask:\n" + format_metrics(metrics["segm"]))
+    return metrics
+
+
+def _subset(gt: dict[str, Any], image_ids: set[int]) -> dict[str, Any]:
+    return {
+        **gt,
+        "images": [img for img in gt["images"] if img["id"] in image_ids],
+        "annotations": [ann for ann in gt["annotations"] if ann["image_id"] in image_ids],
+    }

@@ -1,0 +1,153 @@
+"""Where the regions to recognise come from: ground-truth boxes, another detector's boxes, or SAM itself.
+
+The data set is first turned into a list of `ImageJob`s (one per image: which file, which boxes),
+checked as a whole before any model runs, so that a wrong file or id fails in seconds with a message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SOURCES = ("gt", "proposals", "sam")
+
+
+@dataclass
+class ImageJob:
+    """One image to evaluate and its given regions (none for the "sam" source)."""
+
+    image_id: int
+    file_name: str  # the file's name: `file_name`, or the basename of `coco_url` (LVIS)
+    subfolder: str | None = None  # the folder in `coco_url` ("val2017"), tried under the images folder
+    size: tuple[int, int] | None = None  # (height, width) the annotation declares
+    boxes: list[list[float]] = field(default_factory=list)  # x1, y1, x2, y2 in pixels
+    box_scores: list[float] | None = None  # the detector's scores, for the "proposals" source
+
+    def candidate_paths(self, images: Path) -> list[Path]:
+        paths = [images / self.file_name]
+        if self.subfolder:
+            paths.append(images / self.subfolder / Path(self.file_name).name)
+        return paths
+
+
+def image_jobs(gt: dict[str, Any], *, source: str, proposals: list[dict[str, Any]] | None = None) -> list[ImageJob]:
+    """The ground truth's images, in ascending id order, with the regions `source` gives for each.
+
+    Args:
+        gt: a checked COCO/LVIS annotation dict (`load_annotations`).
+        source: "gt" (every annotated box), "proposals" (the boxes of `proposals`) or "sam" (none given).
+        proposals: detections in the COCO results format (xywh boxes with scores), for "proposals".
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown region source {source!r}; choose one of {SOURCES}")
+    jobs = {img["id"]: _job(img) for img in sorted(gt["images"], key=lambda img: img["id"])}
+    if source == "gt":
+        for ann in gt["annotations"]:
+            if ann["image_id"] in jobs:
+                jobs[ann["image_id"]].boxes.append(_xywh_to_xyxy(ann["bbox"]))
+    elif source == "proposals":
+        if proposals is None:
+            raise ValueError("the 'proposals' source needs a proposals file")
+        for job in jobs.values():
+            job.box_scores = []
+        for det in proposals:
+            jobs[det["image_id"]].boxes.append(_xywh_to_xyxy(det["bbox"]))
+            jobs[det["image_id"]].box_scores.append(float(det["score"]))
+    return list(jobs.values())
+
+
+def _job(img: dict[str, Any]) -> ImageJob:
+    size = (int(img["height"]), int(img["width"])) if "height" in img and "width" in img else None
+    if img.get("file_name"):
+        return ImageJob(image_id=img["id"], file_name=str(img["file_name"]), size=size)
+    url = str(img.get("coco_url") or "")
+    parts = url.rstrip("/").split("/")
+    if not url or not parts[-1]:
+        raise ValueError(f"image {img['id']} has neither 'file_name' nor 'coco_url': the file cannot be found")
+    return ImageJob(image_id=img["id"], file_name=parts[-1], subfolder=parts[-2] if len(parts) > 1 else None, size=size)
+
+
+def _xywh_to_xyxy(box: list[float]) -> list[float]:
+    x, y, w, h = (float(v) for v in box)
+    return [x, y, x + w, y + h]
+
+
+def check_images_exist(jobs: list[ImageJob], images: Path, *, ann_path: str) -> list[int]:
+    """Ids of images not found; raises FileNotFoundError when none is found (a wrong --images folder)."""
+    if not images.is_dir():
+        raise FileNotFoundError(f"images folder not found: {images}")
+    missing = [job.image_id for job in jobs if not any(p.is_file() for p in job.candidate_paths(images))]
+    if jobs and len(missing) == len(jobs):
+        tried = " or ".join(str(p) for p in jobs[0].candidate_paths(images))
+        raise FileNotFoundError(
+            f"none of the {len(jobs)} images of {ann_path} is in {images} (image {jobs[0].image_id} was looked "
+            f"for as {tried}); point --images at the folder that holds the image files"
+        )
+    return missing
+
+
+def load_proposals(path: str | Path, gt: dict[str, Any], *, ann_path: str) -> list[dict[str, Any]]:
+    """Read another detector's results (COCO results format) and check them against the ground truth.
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file and the offending entries or image ids.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"proposals file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"proposals file {path} is not valid JSON: {err}") from err
+    if not isinstance(data, list):
+        raise ValueError(f"proposals file {path} must hold a JSON list of detections (COCO results format)")
+    for i, det in enumerate(data):
+        if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
+            raise ValueError(f"proposals file {path}: entry {i} needs image_id, bbox (x, y, w, h) and score")
+        if not (isinstance(det["bbox"], list) and len(det["bbox"]) == 4 and np.isfinite(det["bbox"]).all()):
+            raise ValueError(f"proposals file {path}: entry {i} has bbox {det['bbox']!r}, not 4 finite numbers")
+    unknown = sorted({det["image_id"] for det in data} - {img["id"] for img in gt["images"]})
+    if unknown:
+        raise ValueError(
+            f"proposals file {path} names {len(unknown)} image ids that are not in {ann_path}: {unknown[:10]}; "
+            "use proposals made for this split (e.g. LVIS v1 val) or the matching annotation file"
+        )
+    return data
+
+
+def keep_boxes_inside(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """(N,) bool: boxes (N, 4 xyxy) that are finite and keep some area once clipped to the (H, W) image."""
+    if len(boxes) == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    height, width = image_size
+    upper = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+    clipped = torch.minimum(boxes.clamp(min=0), upper)
+    finite = torch.isfinite(boxes).all(dim=1)
+    return finite & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+
+
+def sam_everything(generator: Any, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SAM's automatic mask generator as a proposal source ("recognise everything").
+
+    Args:
+        generator: a segment_anything `SamAutomaticMaskGenerator` (output_mode "binary_mask").
+        rgb: (H, W, 3) uint8 image.
+
+    Returns:
+        boxes (N, 4) xyxy around the pixels of each mask, scores (N,) SAM's predicted mask IoU clipped to [0, 1] (the
+        region's "objectness"), masks (N, H, W) bool.
+    """
+    records = generator.generate(rgb)
+    height, width = rgb.shape[:2]
+    if not records:
+        return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, height, width, dtype=torch.bool)
+    # SAM's box spans mask pixel indices inclusively; the pixels themselves cover one more pixel each way.
+    boxes = torch.tensor([_xywh_to_xyxy(r["bbox"]) for r in records], dtype=torch.float32) + torch.tensor([0, 0, 1, 1])
+    scores = torch.tensor([r["predicted_iou"] for r in records], dtype=torch.float32).clamp(0, 1)
+    masks = torch.from_numpy(np.stack([r["segmentation"] for r in records])).bool()
+    return boxes, scores, masks
