@@ -196,7 +196,7 @@ def load_coco_detection(
             skipped["image_without_file_name"] += 1
     by_image = _group_boxes(data["annotations"], images, label_of, skipped)
     records = []
-    for image_id, (image, file_name) in images.items():
+    for image_id, (_, file_name) in images.items():
         if image_id not in by_image:
             skipped["image_without_boxes"] += 1
             continue
