@@ -130,7 +130,8 @@ class RegionSpotModule(L.LightningModule):
                 raise KeyError(f"no vocabulary for data set {name!r}; call register_vocabulary({name!r}, names)")
             names = self.vocabularies[name]
             log.info("encoding the %d class names of data set %s", len(names), name)
-            self._class_embedding_cache[name] = self.model.clip.encode_vocabulary(names).float()
+            with torch.inference_mode(False):  # a plain tensor, usable in training after a validation run
+                self._class_embedding_cache[name] = self.model.clip.encode_vocabulary(names).float().clone()
         return self._class_embedding_cache[name].to(self.device)
 
     def _vocabularies_of_loaders(self) -> dict[str, list[str]]:
