@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from regionspot.training.export import save_adapter
 
@@ -51,6 +51,9 @@ class ExportAdapter(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
+            return
+        if "FSDP" in type(trainer.strategy).__name__:  # the adapter's weights are shards here
+            rank_zero_warn("not exporting under FSDP: run `python train.py export --ckpt <last.ckpt>` instead")
             return
         weights, config = save_adapter(
             pl_module.model.adapter.state_dict(), pl_module.model_config, self.output_path(trainer)
