@@ -254,7 +254,8 @@ class RegionSpotModule(L.LightningModule):
             ground_truth = _subset(self._val_dataset().ground_truth, set(image_ids))
             metrics = score_detections(ground_truth, detections)
         metrics = _broadcast(metrics)
-        self.log_dict({f"val/{k}": v for k, v in metrics.items() if v >= 0})  # -1: no ground truth for it
+        # -1 marks a metric without ground truth; the values are equal on every rank, so syncing changes nothing
+        self.log_dict({f"val/{k}": v for k, v in metrics.items() if v >= 0}, sync_dist=True)
         self._val_detections, self._val_image_ids = [], []
 
     def _val_dataset(self):
