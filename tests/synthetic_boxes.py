@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
@@ -56,3 +58,12 @@ def write_colour_boxes(
     ann_file = root / f"{split}.json"
     ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return ann_file, image_dir
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """Tiny models on a shared CPU: one intra-op thread is several times faster than oversubscribed threads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

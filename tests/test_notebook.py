@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 NOTEBOOK = Path("notebooks/train_tiny.ipynb")
 
 

@@ -9,11 +9,12 @@ import pytest
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
-from synthetic_boxes import write_colour_boxes
+from synthetic_boxes import one_cpu_thread, write_colour_boxes  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
 from regionspot.training.cli import LoggingConfig, RegionSpotCLI, build_loggers, export_main
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TRAIN_CONFIGS = sorted(p for p in Path("configs").glob("*.yaml") if p.name != "fsdp.yaml")
 BACKBONE_PAIRS = ("bb", "bl", "bl336")
 

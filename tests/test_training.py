@@ -6,12 +6,13 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from synthetic_boxes import write_colour_boxes
+from synthetic_boxes import one_cpu_thread, write_colour_boxes  # noqa: F401 (a fixture)
 
 from regionspot import build_regionspot
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TINY = "configs/model/tiny.yaml"
 
 
@@ -19,7 +20,7 @@ TINY = "configs/model/tiny.yaml"
 def toy_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
     train = write_colour_boxes(root, num_images=32)
-    return {"train": train, "val": write_colour_boxes(root, num_images=16, seed=1, split="val")}
+    return {"train": train, "val": write_colour_boxes(root, num_images=12, seed=1, split="val")}
 
 
 def make_data(toy_data, **kwargs) -> RegionDataModule:
@@ -83,7 +84,7 @@ def trained(toy_data, tmp_path_factory):
     module, data, recorder = make_module(), make_data(toy_data), LossRecorder()
     frozen = {k: v.clone() for k, v in module.model.state_dict().items() if not k.startswith("adapter.")}
     ap_before = validation_ap(module, data, root)
-    trainer = make_trainer(root, max_steps=16, callbacks=[recorder])
+    trainer = make_trainer(root, max_steps=12, callbacks=[recorder])
     trainer.fit(module, data)
     ap_after = validation_ap(module, data, root)
     return {
@@ -99,7 +100,7 @@ def trained(toy_data, tmp_path_factory):
 
 def test_training_lowers_the_loss_and_raises_validation_ap(trained):
     losses = trained["recorder"].losses
-    assert len(losses) == 16
+    assert len(losses) == 12
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.5 * first, losses
     ap_before, ap_after = trained["ap"]
@@ -195,7 +196,8 @@ class RankRecorder(L.Callback):
 
 
 @pytest.mark.slow  # two spawned processes: ~10 s on an idle 2-core machine, 30-40 s on a busy one
-def test_ddp_two_cpu_processes_keep_identical_adapters(toy_data, tmp_path):
+def test_ddp_two_cpu_processes_keep_identical_adapters(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on a shared CPU
     module = make_module()
     initial = adapter_state(module)
     trainer = make_trainer(
