@@ -63,7 +63,7 @@ class RegionSpotCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ImagesPerSecond, "throughput")
         parser.add_lightning_class_args(ExportAdapter, "export")
-        parser.add_dataclass_arguments(LoggingConfig, "logging")
+        parser.add_class_arguments(LoggingConfig, "logging")
 
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
