@@ -82,6 +82,6 @@ def test_adapter_checkpoint_round_trip(tiny_config, tmp_path, image):
 
 
 def test_model_code_does_not_import_lightning():
-    code = "import sys, regionspot; regionspot.build_regionspot; print('lightning' in sys.modules)"
+    code = "import sys, regionspot, regionspot.data; regionspot.build_regionspot; print('lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,0 +1,101 @@
+"""Training augmentations on (image, boxes): horizontal flip, multi-scale resize, random crop.
+
+Every geometric change is applied to the boxes too, so a box always covers the same pixels.
+Images are (H, W, 3) uint8 arrays and boxes (N, 4) float32 x1, y1, x2, y2 in pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+
+def _default_short_edges() -> list[int]:
+    return list(range(480, 801, 32))  # RegionSpot's multi-scale range, 480-800
+
+
+@dataclass
+class AugmentConfig:
+    """How training images are perturbed (validation images never are)."""
+
+    flip_prob: float = 0.5  # chance of a horizontal flip
+    short_edges: list[int] = field(default_factory=_default_short_edges)  # shortest edge drawn from these; [] = keep
+    max_size: int = 1333  # cap on the longest edge after resizing
+    crop_prob: float = 0.5  # chance of a random crop (which always keeps at least one box)
+    crop_min_scale: float = 0.5  # each crop side is at least this fraction of the image side
+    min_box_size: float = 2.0  # boxes narrower or lower than this many pixels after a crop are dropped
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.flip_prob <= 1.0 or not 0.0 <= self.crop_prob <= 1.0:
+            raise ValueError("augment.flip_prob and augment.crop_prob must lie in [0, 1]")
+        if not 0.0 < self.crop_min_scale <= 1.0:
+            raise ValueError(f"augment.crop_min_scale must lie in (0, 1], got {self.crop_min_scale}")
+        if any(edge < 1 for edge in self.short_edges) or self.max_size < 1:
+            raise ValueError("augment.short_edges and augment.max_size must be positive")
+
+
+def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    width = image.shape[1]
+    flipped = boxes.copy()
+    flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return np.ascontiguousarray(image[:, ::-1]), flipped
+
+
+def resize_short_edge(
+    image: np.ndarray, boxes: np.ndarray, short_edge: int, max_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize so the shortest edge is `short_edge`, unless that makes the longest exceed `max_size`."""
+    height, width = image.shape[:2]
+    scale = min(short_edge / min(height, width), max_size / max(height, width))
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    if (new_h, new_w) == (height, width):
+        return image, boxes
+    resized = np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    factors = np.array([new_w / width, new_h / height, new_w / width, new_h / height], dtype=np.float32)
+    return resized, boxes * factors
+
+
+def random_crop(
+    image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, *, min_scale: float, min_box_size: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crop a random window around the centre of one random box; returns (image, boxes, indices of kept boxes).
+
+    Boxes are clipped to the window; those left smaller than `min_box_size` are dropped. If none
+    would survive, the image is returned uncropped.
+    """
+    height, width = image.shape[:2]
+    crop_w = max(1, round(width * rng.uniform(min_scale, 1.0)))
+    crop_h = max(1, round(height * rng.uniform(min_scale, 1.0)))
+    anchor = boxes[rng.integers(len(boxes))]
+    cx, cy = (anchor[0] + anchor[2]) / 2, (anchor[1] + anchor[3]) / 2
+    x0 = int(rng.uniform(max(0.0, cx - crop_w), min(cx, width - crop_w)))
+    y0 = int(rng.uniform(max(0.0, cy - crop_h), min(cy, height - crop_h)))
+    x0, y0 = min(max(x0, 0), width - crop_w), min(max(y0, 0), height - crop_h)
+    shifted = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
+    clipped = np.clip(shifted, 0, [crop_w, crop_h, crop_w, crop_h]).astype(np.float32)
+    keep = np.flatnonzero(
+        (clipped[:, 2] - clipped[:, 0] >= min_box_size) & (clipped[:, 3] - clipped[:, 1] >= min_box_size)
+    )
+    if len(keep) == 0:
+        return image, boxes, np.arange(len(boxes))
+    window = np.ascontiguousarray(image[y0 : y0 + crop_h, x0 : x0 + crop_w])
+    return window, clipped[keep], keep
+
+
+def augment(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator, config: AugmentConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flip, resize the shortest edge to a random scale, then maybe crop; labels follow the kept boxes."""
+    if rng.random() < config.flip_prob:
+        image, boxes = hflip(image, boxes)
+    if config.short_edges:
+        short_edge = int(config.short_edges[rng.integers(len(config.short_edges))])
+        image, boxes = resize_short_edge(image, boxes, short_edge, config.max_size)
+    if rng.random() < config.crop_prob:
+        image, boxes, keep = random_crop(
+            image, boxes, rng, min_scale=config.crop_min_scale, min_box_size=config.min_box_size
+        )
+        labels = labels[keep]
+    return image, boxes, labels

@@ -1,0 +1,17 @@
+"""Training with Lightning (the model package never imports it): module, data module, callbacks, export."""
+
+from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond
+from regionspot.training.datamodule import RegionDataModule
+from regionspot.training.export import export_adapter, read_training_checkpoint, save_adapter
+from regionspot.training.module import RegionSpotModule, resolve_model_config
+
+__all__ = [
+    "ExportAdapter",
+    "ImagesPerSecond",
+    "RegionDataModule",
+    "RegionSpotModule",
+    "export_adapter",
+    "read_training_checkpoint",
+    "resolve_model_config",
+    "save_adapter",
+]

@@ -1,0 +1,84 @@
+"""The command line behind train.py: LightningCLI over RegionSpotModule and RegionDataModule, plus `export`.
+
+python train.py fit --config configs/stage1_bl.yaml [--data.train.objects365.ann_file ...]
+python train.py validate --config configs/stage1_bl.yaml --ckpt_path last.ckpt
+python train.py export --ckpt last.ckpt --out adapter.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond
+from regionspot.training.datamodule import RegionDataModule
+from regionspot.training.export import export_adapter
+from regionspot.training.module import RegionSpotModule
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go: wandb (offline unless told otherwise, never a login prompt) and always a CSV file."""
+
+    wandb: bool = True  # False, or WANDB_MODE=disabled, or wandb not installed: CSV only
+    project: str = "regionspot"
+    run_name: str | None = None
+    offline: bool = True  # offline runs can be uploaded later with `wandb sync <dir>`
+
+
+def build_loggers(save_dir: str | Path, config: LoggingConfig) -> list[Logger]:
+    """A CSV logger under `<save_dir>/logs`, and a wandb logger beside it when wandb is wanted and usable."""
+    loggers: list[Logger] = [CSVLogger(save_dir, name="logs")]
+    if not config.wandb or os.environ.get("WANDB_MODE") == "disabled":
+        return loggers
+    try:
+        import wandb  # noqa: F401
+        from lightning.pytorch.loggers import WandbLogger
+    except ImportError:
+        rank_zero_warn("wandb is not installed: logging to CSV only")
+        return loggers
+    if config.offline:
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+    loggers.append(
+        WandbLogger(project=config.project, name=config.run_name, save_dir=str(save_dir), offline=config.offline)
+    )
+    return loggers
+
+
+class RegionSpotCLI(LightningCLI):
+    """LightningCLI with RegionSpot's defaults: no Lightning-injected sampler, seeded, loggers from `logging`."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("trainer_defaults", {"use_distributed_sampler": False})
+        super().__init__(RegionSpotModule, RegionDataModule, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ImagesPerSecond, "throughput")
+        parser.add_lightning_class_args(ExportAdapter, "export")
+        parser.add_class_arguments(LoggingConfig, "logging")
+
+    def instantiate_trainer(self, **kwargs):
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True):
+            root = trainer_config.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = build_loggers(root, self._get(self.config_init, "logging"))
+        return super().instantiate_trainer(**kwargs)
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="train.py export", description="Write a trained adapter as .safetensors plus a model YAML that loads it."
+    )
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by `python train.py fit`")
+    parser.add_argument("--out", default="adapter.safetensors", help="output .safetensors (the YAML goes beside it)")
+    args = parser.parse_args(argv)
+    weights, config = export_adapter(args.ckpt, args.out)
+    print(f"wrote {weights} and {config}; use it with build_regionspot({str(config)!r})")

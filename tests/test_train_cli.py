@@ -1,0 +1,121 @@
+"""train.py: every shipped config parses, `fit` on the tiny config writes the adapter, `export` matches it."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch.loggers import CSVLogger
+from safetensors.torch import load_file
+from synthetic_boxes import one_cpu_thread, write_colour_boxes  # noqa: F401 (a fixture)
+
+from regionspot import RegionSpotConfig
+from regionspot.training.cli import LoggingConfig, RegionSpotCLI, build_loggers, export_main
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+TRAIN_CONFIGS = sorted(p for p in Path("configs").glob("*.yaml") if p.name != "fsdp.yaml")
+BACKBONE_PAIRS = ("bb", "bl", "bl336")
+
+
+def parsed(capsys, *args: str) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        RegionSpotCLI(args=["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_configs_are_shipped():
+    names = {p.stem for p in TRAIN_CONFIGS}
+    assert {"tiny"} | {f"stage{s}_{pair}" for s in (1, 2) for pair in BACKBONE_PAIRS} <= names
+
+
+@pytest.mark.parametrize("pair", BACKBONE_PAIRS)
+def test_stage_configs_follow_the_regionspot_recipe(pair, capsys):
+    stage1 = parsed(capsys, "--config", f"configs/stage1_{pair}.yaml")
+    stage2 = parsed(capsys, "--config", f"configs/stage2_{pair}.yaml")
+    for config in (stage1, stage2):
+        model, data, trainer = config["model"], config["data"], config["trainer"]
+        assert RegionSpotConfig.from_yaml(model["model_config"]).sam.variant == "vit_b"
+        assert (model["lr"], model["weight_decay"], model["warmup_steps"]) == (2.5e-5, 1e-4, 1000)
+        assert model["lr_milestones"] == [350_000, 420_000] and model["lr_gamma"] == 0.1
+        assert (model["focal_alpha"], model["focal_gamma"]) == (0.25, 2.0)
+        assert data["batch_size"] * trainer["devices"] * trainer["num_nodes"] == 16
+        assert trainer["max_steps"] == 450_000 and trainer["gradient_clip_val"] == 1.0
+        assert trainer["precision"] == "bf16-mixed" and trainer["strategy"] == "ddp"
+        assert trainer["use_distributed_sampler"] is False
+    assert list(stage1["data"]["train"]) == ["objects365"]
+    assert list(stage2["data"]["train"]) == ["objects365", "v3det", "openimages"]
+    assert {d["ratio"] for d in stage2["data"]["train"].values()} == {1.0}
+    stage1_export = Path(stage1["trainer"]["default_root_dir"]) / "adapter.safetensors"
+    assert stage2["model"]["model_overrides"]["adapter"]["checkpoint"] == str(stage1_export)
+
+
+def test_paths_and_lengths_are_overridable_from_the_command_line(capsys):
+    config = parsed(
+        capsys,
+        "--config",
+        "configs/stage2_bl.yaml",
+        "--config",
+        "configs/fsdp.yaml",
+        "--data.train.v3det.ann_file=/elsewhere/v3det.json",
+        "--data.val.image_dir=/elsewhere/images",
+        "--trainer.max_steps=10",
+        "--trainer.val_check_interval=5",
+    )
+    assert config["data"]["train"]["v3det"]["ann_file"] == "/elsewhere/v3det.json"
+    assert config["data"]["train"]["objects365"]["ann_file"].startswith("data/objects365")
+    assert config["data"]["val"]["image_dir"] == "/elsewhere/images"
+    assert (config["trainer"]["max_steps"], config["trainer"]["val_check_interval"]) == (10, 5)
+    assert config["trainer"]["strategy"]["class_path"].endswith("FSDPStrategy")
+
+
+def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_path):
+    train_ann, images = write_colour_boxes(tmp_path / "data", num_images=12)
+    val_ann, _ = write_colour_boxes(tmp_path / "data", num_images=4, seed=1, split="val")
+    run = tmp_path / "run"
+    RegionSpotCLI(
+        args=[
+            "fit",
+            "--config=configs/tiny.yaml",
+            f"--data.train.toy.ann_file={train_ann}",
+            f"--data.train.toy.image_dir={images}",
+            f"--data.val.ann_file={val_ann}",
+            f"--data.val.image_dir={images}",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            f"--trainer.default_root_dir={run}",
+            "--trainer.log_every_n_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
+    adapter, model_yaml = run / "adapter.safetensors", run / "adapter.yaml"
+    assert adapter.is_file() and RegionSpotConfig.from_yaml(model_yaml).adapter.checkpoint == str(adapter)
+    log_dir = run / "logs" / "version_0"
+    rows = list(csv.DictReader((log_dir / "metrics.csv").open()))
+    assert any(r.get("val/AP") for r in rows) and any(r.get("train/images_per_sec") for r in rows)
+    export_main(["--ckpt", str(log_dir / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "exported.safetensors")])
+    at_end, exported = load_file(adapter), load_file(tmp_path / "exported.safetensors")
+    assert at_end.keys() == exported.keys() and all((at_end[k] == exported[k]).all() for k in at_end)
+
+
+def test_export_explains_a_wrong_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="training checkpoint not found"):
+        export_main(["--ckpt", str(tmp_path / "missing.ckpt")])
+    (tmp_path / "not.ckpt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="cannot read"):
+        export_main(["--ckpt", str(tmp_path / "not.ckpt")])
+
+
+def test_loggers_are_wandb_offline_with_a_csv_fallback(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    loggers = build_loggers(tmp_path, LoggingConfig(run_name="r"))
+    assert [type(x).__name__ for x in loggers] == ["CSVLogger", "WandbLogger"]
+    import os
+
+    assert os.environ["WANDB_MODE"] == "offline"  # no network, no login prompt
+    assert [type(x) for x in build_loggers(tmp_path, LoggingConfig(wandb=False))] == [CSVLogger]
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert [type(x) for x in build_loggers(tmp_path, LoggingConfig())] == [CSVLogger]

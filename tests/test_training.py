@@ -1,0 +1,220 @@
+"""Training: the tiny model learns colour on CPU, checkpoints hold the adapter only, resume is exact, export loads."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from synthetic_boxes import one_cpu_thread, write_colour_boxes  # noqa: F401 (a fixture)
+
+from regionspot import build_regionspot
+from regionspot.data import AugmentConfig, DatasetConfig
+from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+TINY = "configs/model/tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    train = write_colour_boxes(root, num_images=32)
+    return {"train": train, "val": write_colour_boxes(root, num_images=12, seed=1, split="val")}
+
+
+def make_data(toy_data, **kwargs) -> RegionDataModule:
+    (train_ann, train_images), (val_ann, val_images) = toy_data["train"], toy_data["val"]
+    return RegionDataModule(
+        train={"toy": DatasetConfig(ann_file=str(train_ann), image_dir=str(train_images))},
+        val=DatasetConfig(ann_file=str(val_ann), image_dir=str(val_images)),
+        val_name="toy_val",
+        batch_size=4,
+        val_batch_size=8,
+        num_workers=0,
+        augment=AugmentConfig(short_edges=[64, 80], max_size=128, crop_prob=0.3),
+        **kwargs,
+    )
+
+
+def make_trainer(root, **kwargs) -> L.Trainer:
+    settings = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "use_distributed_sampler": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        "gradient_clip_val": 1.0,
+        "default_root_dir": str(root),
+    }
+    return L.Trainer(**{**settings, **kwargs})
+
+
+def make_module(**kwargs) -> RegionSpotModule:
+    torch.manual_seed(0)
+    return RegionSpotModule(model_config=TINY, **{"lr": 3e-3, "warmup_steps": 3, **kwargs})
+
+
+def adapter_state(module: RegionSpotModule) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.model.adapter.state_dict().items()}
+
+
+class LossRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.backbones_trained = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+        self.backbones_trained |= pl_module.model.sam.training or pl_module.model.clip.training
+
+
+def validation_ap(module: RegionSpotModule, data: RegionDataModule, root) -> float:
+    metrics = make_trainer(root, limit_val_batches=1.0).validate(module, data, verbose=False)[0]
+    return metrics["val/AP"]
+
+
+@pytest.fixture(scope="module")
+def trained(toy_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    module, data, recorder = make_module(), make_data(toy_data), LossRecorder()
+    frozen = {k: v.clone() for k, v in module.model.state_dict().items() if not k.startswith("adapter.")}
+    ap_before = validation_ap(module, data, root)
+    trainer = make_trainer(root, max_steps=12, callbacks=[recorder])
+    trainer.fit(module, data)
+    ap_after = validation_ap(module, data, root)
+    return {
+        "module": module,
+        "data": data,
+        "trainer": trainer,
+        "frozen": frozen,
+        "recorder": recorder,
+        "ap": (ap_before, ap_after),
+        "root": root,
+    }
+
+
+def test_training_lowers_the_loss_and_raises_validation_ap(trained):
+    losses = trained["recorder"].losses
+    assert len(losses) == 12
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, losses
+    ap_before, ap_after = trained["ap"]
+    assert ap_after > ap_before + 0.2 and ap_after > 0.8, trained["ap"]
+
+
+def test_only_the_adapter_trains(trained):
+    module, trainer = trained["module"], trained["trainer"]
+    assert not trained["recorder"].backbones_trained  # SAM and CLIP stayed in eval mode in every step
+    for key, value in module.model.state_dict().items():
+        if key in trained["frozen"]:
+            torch.testing.assert_close(value, trained["frozen"][key], rtol=0, atol=0)
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {id(p) for p in module.model.adapter.parameters()}
+
+
+def test_checkpoint_holds_the_adapter_and_config_and_export_gives_the_same_logits(trained, tmp_path):
+    module, trainer = trained["module"], trained["trainer"]
+    ckpt = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    assert set(saved["state_dict"]) == {f"model.adapter.{k}" for k in module.model.adapter.state_dict()}
+    assert saved["regionspot_model_config"]["sam"]["variant"] == "tiny"
+    assert {"optimizer_states", "lr_schedulers", "loops"} <= set(saved)
+
+    reloaded = RegionSpotModule.load_from_checkpoint(ckpt)
+    for key, value in adapter_state(module).items():
+        torch.testing.assert_close(reloaded.model.adapter.state_dict()[key], value)
+
+    _, model_yaml = export_adapter(ckpt, tmp_path / "adapter.safetensors")
+    torch.manual_seed(0)  # the tiny backbones are random: rebuild the same ones (real ones come from files)
+    exported = build_regionspot(model_yaml)  # the predictor's path: adapter.checkpoint in the model config
+    batch = next(iter(trained["data"].val_dataloader()))
+    module.eval()
+    expected = module(batch["images"], batch["boxes"], "toy_val")
+    torch.manual_seed(0)
+    from_export = RegionSpotModule(model_config=str(model_yaml)).eval()
+    from_export.register_vocabulary("toy_val", trained["data"].vocabularies["toy_val"])
+    got = from_export(batch["images"], batch["boxes"], "toy_val")
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(a, b)
+    for key, value in adapter_state(module).items():
+        torch.testing.assert_close(exported.adapter.state_dict()[key], value)
+
+
+def test_resume_matches_an_uninterrupted_run(toy_data, tmp_path):
+    def run(root, max_steps, ckpt_path=None) -> RegionSpotModule:
+        module = make_module(model_overrides={"adapter": {"dropout": 0.2}}, warmup_steps=2, lr_milestones=[3])
+        every2 = ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_top_k=-1)
+        trainer = make_trainer(root, max_steps=max_steps, enable_checkpointing=True, callbacks=[every2])
+        trainer.fit(module, make_data(toy_data, batches_per_epoch=3), ckpt_path=ckpt_path)  # stops mid-epoch
+        return module
+
+    uninterrupted = run(tmp_path / "full", 5)
+    run(tmp_path / "stopped", 2)
+    resumed = run(tmp_path / "resumed", 5, ckpt_path=tmp_path / "stopped" / "epoch=0-step=2.ckpt")
+    for key, value in adapter_state(uninterrupted).items():
+        torch.testing.assert_close(adapter_state(resumed)[key], value, rtol=1e-5, atol=1e-6)
+    untrained = make_module().model.adapter.output_proj.weight
+    assert not torch.equal(adapter_state(uninterrupted)["output_proj.weight"], untrained)
+
+
+def test_bf16_mixed_steps_on_cpu(toy_data, tmp_path):
+    module, recorder = make_module(), LossRecorder()
+    before = adapter_state(module)
+    make_trainer(tmp_path, max_steps=2, precision="bf16-mixed", callbacks=[recorder]).fit(module, make_data(toy_data))
+    assert next(module.model.sam.parameters()).dtype == torch.bfloat16
+    assert next(module.model.clip.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in module.model.adapter.parameters())  # mixed, not pure, bf16
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in recorder.losses) and len(recorder.losses) == 2
+    assert not torch.equal(before["output_proj.weight"], module.model.adapter.output_proj.weight)
+
+
+class RankRecorder(L.Callback):
+    """Saves what each DDP rank saw and ended with (spawned processes cannot return it)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.image_ids: list[list[int]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.image_ids.append(list(batch["image_ids"]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(
+            {
+                "adapter": {k: v.cpu() for k, v in pl_module.model.adapter.state_dict().items()},
+                "image_ids": self.image_ids,
+                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            },
+            f"{self.out_dir}/rank{trainer.global_rank}.pt",
+        )
+
+
+@pytest.mark.slow  # two spawned processes: ~10 s on an idle 2-core machine, 30-40 s on a busy one
+def test_ddp_two_cpu_processes_keep_identical_adapters(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on a shared CPU
+    module = make_module()
+    initial = adapter_state(module)
+    trainer = make_trainer(
+        tmp_path,
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=2,
+        limit_val_batches=1,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        callbacks=[RankRecorder(str(tmp_path))],
+    )
+    trainer.fit(module, make_data(toy_data))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for key, value in ranks[0]["adapter"].items():
+        torch.testing.assert_close(ranks[1]["adapter"][key], value, rtol=0, atol=0)
+    assert not torch.equal(ranks[0]["adapter"]["output_proj.weight"], initial["output_proj.weight"])
+    for ids0, ids1 in zip(ranks[0]["image_ids"], ranks[1]["image_ids"], strict=True):
+        assert not set(ids0) & set(ids1)  # each rank trains on its own images
+    assert ranks[0]["metrics"]["val/AP"] == ranks[1]["metrics"]["val/AP"] >= 0  # scored once over both ranks
