@@ -17,12 +17,11 @@ from regionspot.data import (
     ShardSampler,
     augment,
     build_dataset,
-    clean_class_name,
     collate_detections,
     load_coco_detection,
     load_hf_detection,
-    vocabulary_from_categories,
 )
+from regionspot.vocabulary import clean_class_name, vocabulary_from_categories
 
 
 @pytest.mark.parametrize(
@@ -42,7 +41,11 @@ def test_clean_class_name(raw, clean):
 
 
 def test_colliding_names_keep_their_disambiguator():
-    cats = [{"name": "bow_(weapon)"}, {"name": "bow_(decorative_ribbons)"}, {"name": "aerosol_can"}]
+    cats = [
+        {"id": 1, "name": "bow_(weapon)"},
+        {"id": 2, "name": "bow_(decorative_ribbons)"},
+        {"id": 3, "name": "aerosol_can"},
+    ]
     assert vocabulary_from_categories(cats) == ["bow (weapon)", "bow (decorative ribbons)", "aerosol can"]
 
 

@@ -9,7 +9,6 @@ from regionspot.data.detection import (
     load_hf_detection,
 )
 from regionspot.data.sampling import MixedBatchSampler, MixedDetectionDataset, ShardSampler, collate_detections
-from regionspot.data.vocabulary import clean_class_name, vocabulary_from_categories
 
 __all__ = [
     "AugmentConfig",
@@ -20,9 +19,7 @@ __all__ = [
     "ShardSampler",
     "augment",
     "build_dataset",
-    "clean_class_name",
     "collate_detections",
     "load_coco_detection",
     "load_hf_detection",
-    "vocabulary_from_categories",
 ]

@@ -22,8 +22,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from regionspot.data.augment import AugmentConfig, augment
-from regionspot.data.vocabulary import clean_class_name, vocabulary_from_categories
 from regionspot.evaluation.lvis_eval import load_annotations
+from regionspot.vocabulary import clean_class_name, vocabulary_from_categories
 
 log = logging.getLogger(__name__)
 

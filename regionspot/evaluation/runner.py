@@ -142,7 +142,8 @@ def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
     """
     _check_model_files(settings)
     gt = load_annotations(settings.ann)
-    vocabulary, category_ids = vocabulary_from_categories(gt["categories"])
+    categories = sorted(gt["categories"], key=lambda cat: cat["id"])
+    vocabulary, category_ids = vocabulary_from_categories(categories), [cat["id"] for cat in categories]
     proposals = None
     if settings.source == "proposals":
         proposals = load_proposals(settings.proposals, gt, ann_path=settings.ann)
