@@ -220,7 +220,11 @@ def _clutter(image: np.ndarray, owner: np.ndarray, rng: np.random.Generator, cou
 
 
 def render_image(
-    classes: Sequence[SyntheticClass], *, size: int, rng: np.random.Generator
+    classes: Sequence[SyntheticClass],
+    *,
+    size: int,
+    rng: np.random.Generator,
+    object_size: tuple[float, float] = (0.18, 0.38),
 ) -> tuple[np.ndarray, list[tuple[SyntheticClass, np.ndarray]]]:
     """Draw one image with one object per entry of `classes` (an object that finds no place is dropped).
 
@@ -234,7 +238,7 @@ def render_image(
     _clutter(image, owner, rng, int(rng.integers(2, 6)))
     kept: list[tuple[SyntheticClass, np.ndarray]] = []
     for cls in classes:
-        mask = _place(cls, kept, owner, grid, size, rng)
+        mask = _place(cls, kept, owner, grid, size, rng, object_size)
         if mask is None:
             continue
         colour = np.clip(np.asarray(COLOURS[cls.colour], dtype=np.float64) + rng.uniform(-20, 20, size=3), 0, 255)
@@ -247,11 +251,11 @@ def render_image(
     return np.clip(image, 0, 255).astype(np.uint8), visible
 
 
-def _place(cls, kept, owner, grid, size, rng) -> np.ndarray | None:
+def _place(cls, kept, owner, grid, size, rng, object_size) -> np.ndarray | None:
     """A mask for `cls` that leaves every earlier object at least `_MIN_VISIBLE` visible, or None."""
     full_areas = [mask.sum() for _, mask in kept]
     for _ in range(_PLACEMENT_TRIES):
-        mask = _shape_mask(cls.shape, float(rng.uniform(0.18, 0.38) * size), grid, rng)
+        mask = _shape_mask(cls.shape, float(rng.uniform(*object_size) * size), grid, rng)
         trial = np.where(mask, len(kept), owner)
         if all((trial == i).sum() >= _MIN_VISIBLE * area for i, area in enumerate(full_areas)):
             return mask
@@ -275,14 +279,16 @@ def _annotation(ann_id: int, image_id: int, cls: SyntheticClass, mask: np.ndarra
     }
 
 
-def _write_split(split, draws, *, root, image_size, start_ids, neg_fraction, all_ids, seeds) -> dict[str, Any]:
+def _write_split(
+    split, draws, *, root, image_size, object_size, start_ids, neg_fraction, all_ids, seeds
+) -> dict[str, Any]:
     """Render and save the split's images; return its images and annotations (categories come later)."""
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     image_id, ann_id = start_ids
     images, annotations = [], []
     for classes, seed in zip(draws, seeds, strict=True):
         rng = np.random.default_rng(seed)
-        pixels, objects = render_image(classes, size=image_size, rng=rng)
+        pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size)
         file_name = f"images/{split}/{image_id:06d}.png"
         Image.fromarray(pixels).save(root / file_name, optimize=False)
         present = {cls.id for cls, _ in objects}
@@ -347,6 +353,7 @@ def generate_dataset(
     textures: Sequence[str] = TEXTURES,
     shapes: Sequence[str] = SHAPES,
     objects_per_image: tuple[int, int] = (2, 6),
+    object_size: tuple[float, float] = (0.18, 0.38),
     neg_fraction: float = 0.5,
 ) -> GeneratedDataset:
     """Write the synthetic data set under `out_dir` (see the module docstring); the same arguments give the same files.
@@ -359,6 +366,7 @@ def generate_dataset(
         num_heldout: classes kept out of the training split.
         colours, textures, shapes: the attributes whose combinations are the classes.
         objects_per_image: inclusive range of objects drawn per image.
+        object_size: range of an object's size (its circumscribed circle's diameter) as a fraction of the image side.
         neg_fraction: chance that a class absent from an image is listed in its `neg_category_ids`
             (verified absent); unlisted absent classes are not evaluated on that image, as in LVIS.
     """
@@ -394,6 +402,7 @@ def generate_dataset(
             draws,
             root=root,
             image_size=image_size,
+            object_size=object_size,
             start_ids=next_ids,
             neg_fraction=neg_fraction,
             all_ids=all_ids,
@@ -416,7 +425,14 @@ def generate_dataset(
         json.dumps(
             {
                 **info,
-                "settings": {"num_train": num_train, "num_val": num_val, "num_test": num_test},
+                "settings": {
+                    "num_train": num_train,
+                    "num_val": num_val,
+                    "num_test": num_test,
+                    "objects_per_image": list(objects_per_image),
+                    "object_size": list(object_size),
+                    "neg_fraction": neg_fraction,
+                },
                 "image_size": image_size,
                 "annotation_files": {split: path.name for split, path in files.items()},
                 "heldout_categories": [c.name for c in heldout],
