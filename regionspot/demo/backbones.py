@@ -59,7 +59,7 @@ def fit_backbones(
     out_dir: str | Path,
     seed: int = 0,
     sam_steps: int = 300,
-    clip_steps: int = 300,
+    clip_steps: int = 600,
     batch_size: int = 16,
     sam_lr: float = 1e-3,
     clip_lr: float = 2e-3,
@@ -277,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for sam.pth and clip.pt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sam-steps", type=int, default=300)
-    parser.add_argument("--clip-steps", type=int, default=300)
+    parser.add_argument("--clip-steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     fitted = fit_backbones(
