@@ -344,7 +344,7 @@ def generate_dataset(
     *,
     out_dir: str | Path,
     seed: int = 0,
-    num_train: int = 600,
+    num_train: int = 1500,
     num_val: int = 200,
     num_test: int = 0,
     image_size: int = 128,
@@ -508,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write the data set into")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=600)
+    parser.add_argument("--num-train", type=int, default=1500)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--num-test", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=128)
