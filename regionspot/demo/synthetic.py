@@ -481,7 +481,7 @@ def load_split(ann_file: str | Path, *, exclude_category_ids: Sequence[int] = ()
         path = ann_file.parent / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {info['id']} of {ann_file} not found: {path}")
-        pixels = np.asarray(Image.open(path).convert("RGB"))
+        pixels = np.array(Image.open(path).convert("RGB"))  # writable: torch warns on read-only arrays
         masks = np.stack([_decode_segmentation(a, pixels.shape[:2]) for a in anns])
         xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float32)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
