@@ -1,0 +1,298 @@
+"""Tiny stand-ins for SAM and CLIP, fitted on the synthetic training split with our own code, then frozen.
+
+RegionSpot freezes SAM and CLIP pretrained on the web. The offline demo cannot download them, and frozen
+random tiny backbones carry colour but not shape, so it first fits two tiny models of the same classes:
+
+- SAM (`build_tiny_sam`, 128 px): box prompt -> the object's visible mask, with BCE + dice on the
+  low-resolution mask logits and an MSE on the IoU head, as SAM is trained (single-mask output).
+- CLIP (open_clip `RegionSpot-Demo-CLIP`, 128 px, 8 px patches): region-text contrastive. The CLIP
+  tokens under an object's mask, average-pooled as CLIP's own "avg" pooling does and projected, are
+  matched against text phrases naming the object: its full class name and every part of it ("red",
+  "striped triangle", ...), each kind of phrase a softmax over the phrases of that kind seen in
+  training. The parts teach the text tower words, so that unseen combinations get sensible embeddings.
+
+Only the training split is read; held-out classes never reach either model. The checkpoints are saved
+in the formats `build_regionspot` loads (a segment_anything Sam state dict; an open_clip state dict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+from regionspot.demo.synthetic import AnnotatedImage, load_split
+from regionspot.evaluation.lvis_eval import load_annotations
+from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
+from regionspot.modeling.sam import SamRegionEncoder, build_sam
+
+DEMO_CLIP = "RegionSpot-Demo-CLIP"
+DEMO_SAM = "tiny"
+_MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp on its learned temperature
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FittedBackbones:
+    sam_checkpoint: Path
+    clip_checkpoint: Path
+    sam_losses: list[float]  # one per step
+    clip_losses: list[float]
+    seconds: dict[str, float]  # "sam", "clip": wall time of each fit
+
+
+def fit_backbones(
+    *,
+    ann_file: str | Path,
+    out_dir: str | Path,
+    seed: int = 0,
+    sam_steps: int = 300,
+    clip_steps: int = 600,
+    batch_size: int = 16,
+    sam_lr: float = 1e-3,
+    clip_lr: float = 2e-3,
+) -> FittedBackbones:
+    """Fit the tiny SAM and CLIP on the training split `ann_file`; save `out_dir`/sam.pth and `out_dir`/clip.pt."""
+    data = load_annotations(ann_file)
+    examples = load_split(ann_file, exclude_category_ids=data.get("heldout_category_ids", ()))
+    if not examples:
+        raise ValueError(f"{ann_file} has no annotated images to fit on")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    start = time.perf_counter()
+    sam, sam_losses = fit_sam(examples, seed=seed, steps=sam_steps, batch_size=batch_size, lr=sam_lr)
+    seconds["sam"] = time.perf_counter() - start
+    torch.save(sam.state_dict(), out_dir / "sam.pth")
+    start = time.perf_counter()
+    attributes = {c["id"]: tuple(c["attributes"]) for c in data["categories"]}
+    clip, clip_losses = fit_clip(examples, attributes, seed=seed, steps=clip_steps, batch_size=batch_size, lr=clip_lr)
+    seconds["clip"] = time.perf_counter() - start
+    torch.save(clip.state_dict(), out_dir / "clip.pt")
+    return FittedBackbones(out_dir / "sam.pth", out_dir / "clip.pt", sam_losses, clip_losses, seconds)
+
+
+def _optimizer(params, *, lr: float, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with a short linear warm-up, then cosine decay to zero."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    warmup = max(1, steps // 10)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ---------------------------------------------------------------------------------------------------- SAM
+
+
+def fit_sam(
+    examples: Sequence[AnnotatedImage], *, seed: int, steps: int, batch_size: int, lr: float
+) -> tuple[Sam, list[float]]:
+    """Train a tiny SAM from scratch to segment each object from its (jittered) box."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sam = build_sam(variant=DEMO_SAM)
+    encoder = SamRegionEncoder(sam=sam)
+    inputs, boxes, targets = _sam_inputs(encoder, examples)
+    optimizer, schedule = _optimizer(sam.parameters(), lr=lr, steps=steps)
+    sam.train()
+    losses = []
+    for _ in range(steps):
+        batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
+        embeddings = sam.image_encoder(inputs[batch])  # (B, C, h, w)
+        loss = torch.stack(
+            [_sam_loss(sam, embeddings[i : i + 1], _jitter(boxes[b], rng), targets[b]) for i, b in enumerate(batch)]
+        ).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return sam.eval(), losses
+
+
+def _sam_inputs(encoder: SamRegionEncoder, examples: Sequence[AnnotatedImage]):
+    """SAM-normalised images (B, 3, S, S), boxes in SAM's frame, and soft low-resolution target masks."""
+    inputs, boxes, targets = [], [], []
+    low_res = encoder.mask_input_size
+    for example in examples:
+        image, (height, width) = encoder.preprocess(example.pixels)
+        inputs.append(image[0])
+        size = example.pixels.shape[:2]
+        boxes.append(encoder.transform.apply_boxes_torch(torch.as_tensor(example.boxes), size))
+        masks = F.interpolate(torch.as_tensor(example.masks)[:, None].float(), size=(height, width), mode="bilinear")
+        masks = F.pad(masks, (0, encoder.image_size - width, 0, encoder.image_size - height))
+        targets.append(F.interpolate(masks, size=low_res, mode="area"))  # (N, 1, 4h, 4w) in [0, 1]
+    return torch.stack(inputs), boxes, targets
+
+
+def _jitter(boxes: torch.Tensor, rng: np.random.Generator, scale: float = 0.05) -> torch.Tensor:
+    """Move each box side by N(0, scale x side length), as SAM's box-prompt training does (robust to loose boxes)."""
+    sides = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    noise = torch.as_tensor(rng.normal(0, scale, size=boxes.shape), dtype=boxes.dtype) * sides
+    return boxes + noise
+
+
+def _sam_loss(sam: Sam, embedding: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE + dice on the single-mask logits, plus MSE of the IoU head against the mask's true IoU."""
+    sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    logits, iou_pred = sam.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )  # (N, 1, 4h, 4w), (N, 1)
+    bce = F.binary_cross_entropy_with_logits(logits, targets)
+    prob = logits.sigmoid().flatten(1)
+    flat = targets.flatten(1)
+    dice = 1 - (2 * (prob * flat).sum(1) + 1) / (prob.sum(1) + flat.sum(1) + 1)
+    with torch.no_grad():
+        predicted, truth = logits.flatten(1) > 0, flat > 0.5
+        iou = (predicted & truth).sum(1) / (predicted | truth).sum(1).clamp(min=1)
+    return bce + dice.mean() + F.mse_loss(iou_pred[:, 0], iou.float())
+
+
+# ---------------------------------------------------------------------------------------------------- CLIP
+
+
+def attribute_phrases(attributes: Sequence[Sequence[str]]) -> dict[tuple[int, ...], list[str]]:
+    """For each non-empty subset of attribute positions, the distinct phrases the given classes produce.
+
+    E.g. ("red", "striped", "triangle") gives "red", ..., "red triangle", ..., "red striped triangle".
+    """
+    width = len(attributes[0])
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for size in range(1, width + 1):
+        for parts in itertools.combinations(range(width), size):
+            groups[parts] = sorted({_phrase(attrs, parts) for attrs in attributes})
+    return groups
+
+
+def _phrase(attrs: Sequence[str], parts: tuple[int, ...]) -> str:
+    return " ".join(attrs[i] for i in parts)
+
+
+def fit_clip(
+    examples: Sequence[AnnotatedImage],
+    attributes: dict[int, tuple[str, ...]],
+    *,
+    seed: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+) -> tuple[open_clip.CLIP, list[float]]:
+    """Train a tiny open_clip CLIP from scratch, region-text contrastive (see the module docstring)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_clip(model_name=DEMO_CLIP)
+    backbone = ClipBackbone(
+        model=model, tokenizer=open_clip.get_tokenizer(DEMO_CLIP), templates=PROMPT_TEMPLATES["plain"]
+    )
+    seen = sorted({attributes[int(c)] for e in examples for c in e.category_ids})
+    groups = attribute_phrases(seen)
+    prompts = [backbone.templates[0](p) for phrases in groups.values() for p in phrases]
+    text_tokens = backbone.tokenizer(prompts)
+    labels = [_phrase_labels(e, attributes, groups) for e in examples]  # per image: (N, G) phrase index per group
+    images = torch.stack([torch.as_tensor(e.pixels.copy()).permute(2, 0, 1) for e in examples])  # (B, 3, H, W) uint8
+    weights = [region_weights(torch.as_tensor(e.masks), backbone) for e in examples]
+    optimizer, schedule = _optimizer(model.parameters(), lr=lr, steps=steps)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
+        regions = region_embeddings(backbone, images[batch], [weights[b] for b in batch])  # (R, E)
+        text = model.encode_text(text_tokens, normalize=True)  # (P, E)
+        loss = _grouped_loss(model.logit_scale.exp() * regions @ text.T, torch.cat([labels[b] for b in batch]), groups)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
+def _phrase_labels(example: AnnotatedImage, attributes, groups) -> torch.Tensor:
+    """(N, G): for each object and phrase group, the index of its phrase within the group."""
+    rows = []
+    for category_id in example.category_ids:
+        attrs = attributes[int(category_id)]
+        rows.append([phrases.index(_phrase(attrs, parts)) for parts, phrases in groups.items()])
+    return torch.tensor(rows)
+
+
+def region_weights(masks: torch.Tensor, backbone: ClipBackbone) -> torch.Tensor:
+    """(N, H, W) bool -> (N, HW) share of each CLIP patch covered by the mask, after resizing to CLIP's input."""
+    size = backbone.image_size
+    grid = size // backbone.model.visual.patch_size[0]
+    resized = F.interpolate(masks[:, None].float(), size=(size, size), mode="bilinear")
+    return F.adaptive_avg_pool2d(resized, grid).flatten(1)
+
+
+def region_embeddings(backbone: ClipBackbone, images: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """Mask-weighted average of CLIP's patch tokens per region, through ln_post and the projection, unit norm."""
+    visual = backbone.model.visual
+    size = backbone.image_size
+    pixels = F.interpolate(images.float() / 255.0, size=(size, size), mode="bicubic")
+    out = visual.forward_intermediates(
+        backbone.normalize(pixels),
+        indices=[len(visual.transformer.resblocks) - 1],
+        output_fmt="NLC",
+        intermediates_only=True,
+    )
+    tokens = visual.ln_post(out["image_intermediates"][0])  # (B, HW, D), the same tokens RegionSpot reads
+    pooled = torch.cat([w @ t / w.sum(1, keepdim=True).clamp(min=1e-6) for w, t in zip(weights, tokens, strict=True)])
+    return F.normalize(pooled @ visual.proj, dim=-1)
+
+
+def _grouped_loss(logits: torch.Tensor, labels: torch.Tensor, groups: dict[tuple[int, ...], list[str]]):
+    """Mean over phrase groups of the cross-entropy among that group's phrases. logits: (R, P); labels: (R, G)."""
+    losses, start = [], 0
+    for column, phrases in enumerate(groups.values()):
+        losses.append(F.cross_entropy(logits[:, start : start + len(phrases)], labels[:, column]))
+        start += len(phrases)
+    return torch.stack(losses).mean()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fit the demo's tiny SAM and CLIP on a synthetic training split.")
+    parser.add_argument("--ann-file", required=True, help="the training split's LVIS json")
+    parser.add_argument("--out", required=True, help="folder for sam.pth and clip.pt")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sam-steps", type=int, default=300)
+    parser.add_argument("--clip-steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    fitted = fit_backbones(
+        ann_file=args.ann_file,
+        out_dir=args.out,
+        seed=args.seed,
+        sam_steps=args.sam_steps,
+        clip_steps=args.clip_steps,
+        batch_size=args.batch_size,
+    )
+    for name in ("sam", "clip"):
+        curve = getattr(fitted, f"{name}_losses")
+        print(f"{name}: loss {curve[0]:.3f} -> {np.mean(curve[-20:]):.3f} in {fitted.seconds[name]:.0f} s")
+    print(f"saved {fitted.sam_checkpoint} and {fitted.clip_checkpoint}")
+
+
+if __name__ == "__main__":
+    main()

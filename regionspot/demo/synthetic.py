@@ -1,0 +1,530 @@
+"""A small detection data set in LVIS v1 format, drawn from a seed: coloured, textured shapes named by text.
+
+Every class is a colour x texture x shape combination named like "red striped triangle". Images hold
+2-6 objects of varied size over a noisy background with clutter (marks of no class); later objects may
+hide part of earlier ones, and the annotation is the visible mask. The same seed gives the same files.
+
+Frequency groups follow LVIS: a class is rare (r) in 1-10 training images, common (c) in 11-100 and
+frequent (f) in more; training instances are dealt out by per-class quotas so that all three groups
+exist. A few classes are held out of training entirely: unseen combinations of seen attributes (every
+attribute pair they use is seen in training). They appear only in the evaluation splits, have no
+training images and are therefore marked rare, as in the open-vocabulary LVIS protocol where the
+novel classes are the rare ones. Evaluation splits draw classes uniformly, so every class is scored.
+
+Layout written under `out_dir`: `{split}.json` (LVIS v1 annotations plus `heldout_category_ids` and
+`train_category_ids`), `images/{split}/*.png` (`file_name` is relative to the JSON's folder), and
+`manifest.json` (settings, class lists, file paths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 40, 40),
+    "green": (40, 175, 60),
+    "blue": (45, 85, 215),
+    "yellow": (230, 205, 40),
+}
+TEXTURES = ("solid", "striped", "dotted")
+SHAPES = ("circle", "square", "triangle")
+# Clutter is drawn in colours no class uses, so it is never a missed object.
+CLUTTER_COLOURS = ((20, 20, 20), (240, 240, 240), (120, 120, 120), (120, 80, 50))
+SPLITS = ("train", "val", "test")
+GENERATOR_VERSION = 1
+
+RARE_MAX_IMAGES = 10  # LVIS: rare = 1-10 training images, common = 11-100, frequent = more
+COMMON_MAX_IMAGES = 100
+_RARE_QUOTA = (2, 9)  # instance quotas drawn per class, [low, high)
+_COMMON_QUOTA = (16, 70)
+_MIN_VISIBLE = 0.5  # an object keeps at least half of its pixels visible
+_PLACEMENT_TRIES = 20
+
+
+@dataclass(frozen=True)
+class SyntheticClass:
+    id: int
+    colour: str
+    texture: str
+    shape: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.texture} {self.shape}"
+
+    @property
+    def attributes(self) -> tuple[str, str, str]:
+        return (self.colour, self.texture, self.shape)
+
+
+@dataclass(frozen=True)
+class GeneratedDataset:
+    """Where `generate_dataset` wrote things."""
+
+    root: Path
+    annotation_files: dict[str, Path]  # split -> LVIS json
+    manifest: Path
+
+
+def make_classes(
+    colours: Sequence[str] = tuple(COLOURS), textures: Sequence[str] = TEXTURES, shapes: Sequence[str] = SHAPES
+) -> list[SyntheticClass]:
+    """All colour x texture x shape combinations, ids from 1."""
+    unknown = [c for c in colours if c not in COLOURS] + [t for t in textures if t not in TEXTURES]
+    unknown += [s for s in shapes if s not in SHAPES]
+    if unknown:
+        raise ValueError(f"unknown attribute(s) {unknown}; choose from {list(COLOURS)}, {TEXTURES}, {SHAPES}")
+    combos = itertools.product(colours, textures, shapes)
+    return [SyntheticClass(i, *combo) for i, combo in enumerate(combos, start=1)]
+
+
+def choose_heldout(classes: list[SyntheticClass], count: int, rng: np.random.Generator) -> list[SyntheticClass]:
+    """`count` classes whose every attribute pair stays covered by the remaining (training) classes."""
+    heldout: list[SyntheticClass] = []
+    for index in rng.permutation(len(classes)):
+        if len(heldout) == count:
+            break
+        candidate = classes[index]
+        remaining = [c for c in classes if c not in heldout and c != candidate]
+        if _pairs(candidate) <= set().union(*(_pairs(c) for c in remaining)):
+            heldout.append(candidate)
+    if len(heldout) < count:
+        raise ValueError(f"cannot hold out {count} classes and still see every attribute pair in training")
+    return sorted(heldout, key=lambda c: c.id)
+
+
+def _pairs(cls: SyntheticClass) -> set[tuple[int, str, str]]:
+    attrs = cls.attributes
+    return {(i, attrs[i], attrs[j]) for i, j in ((0, 1), (0, 2), (1, 2))}
+
+
+def _instance_quotas(classes: list[SyntheticClass], total: int, rng: np.random.Generator) -> dict[int, int]:
+    """Per-class training instance counts: ~20% of classes rare, ~40% common, the rest share what is left."""
+    order = rng.permutation(len(classes))
+    num_rare = max(1, round(0.2 * len(classes)))
+    num_frequent = max(1, round(0.4 * len(classes)))
+    rare, common = order[:num_rare], order[num_rare : len(classes) - num_frequent]
+    frequent = order[len(classes) - num_frequent :]
+    quotas = {classes[i].id: int(rng.integers(*_RARE_QUOTA)) for i in rare}
+    quotas |= {classes[i].id: int(rng.integers(*_COMMON_QUOTA)) for i in common}
+    left = total - sum(quotas.values())
+    if left < len(frequent):
+        raise ValueError(f"{total} training objects are too few for {len(classes)} classes; add training images")
+    shares = np.full(len(frequent), left // len(frequent))
+    shares[: left % len(frequent)] += 1
+    quotas |= {classes[i].id: int(n) for i, n in zip(frequent, shares, strict=True)}
+    return quotas
+
+
+def _class_draws(
+    split: str, counts: np.ndarray, train_classes: list[SyntheticClass], all_classes, rng: np.random.Generator
+) -> list[list[SyntheticClass]]:
+    """The classes of each image: training by quotas (long tail), evaluation splits uniformly over all classes."""
+    if split != "train":
+        return [[all_classes[i] for i in rng.integers(0, len(all_classes), size=n)] for n in counts]
+    quotas = _instance_quotas(train_classes, int(counts.sum()), rng)
+    by_id = {c.id: c for c in train_classes}
+    pool = [by_id[cid] for cid, n in quotas.items() for _ in range(n)]
+    pool = [pool[i] for i in rng.permutation(len(pool))]
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    return [pool[bounds[i] : bounds[i + 1]] for i in range(len(counts))]
+
+
+# ---------------------------------------------------------------------------------------------------- drawing
+
+
+def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Dull grey-ish colour, low-frequency blotches and pixel noise, (S, S, 3) float."""
+    base = rng.uniform(80, 170) + rng.uniform(-15, 15, size=3)
+    coarse = rng.uniform(-30, 30, size=(3, 4, 4)).astype(np.float32)
+    blotch = [np.asarray(Image.fromarray(c, mode="F").resize((size, size), Image.BILINEAR)) for c in coarse]
+    return base + np.stack(blotch, axis=-1) + rng.normal(0, 6, size=(size, size, 3))
+
+
+def _shape_mask(shape: str, size: int, grid: tuple[np.ndarray, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """A random `shape` of about `size` px, fully inside the image, as an (S, S) bool mask."""
+    yy, xx = grid
+    extent = yy.shape[0]
+    cx, cy = rng.uniform(size / 2, extent - size / 2, size=2)
+    angle = rng.uniform(0, 2 * np.pi)
+    u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+    v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+    if shape == "circle":
+        return u**2 + v**2 <= (size / 2) ** 2
+    if shape == "square":
+        half = size / (2 * np.sqrt(2))  # its diagonal fits `size` at any rotation
+        return (np.abs(u) <= half) & (np.abs(v) <= half)
+    radius = size / 2  # triangle: three half-planes around the centre
+    inside = np.ones_like(u, dtype=bool)
+    for k in range(3):
+        theta = 2 * np.pi * k / 3
+        inside &= u * np.cos(theta) + v * np.sin(theta) <= radius / 2
+    return inside
+
+
+def _texture(texture: str, colour: np.ndarray, grid: tuple[np.ndarray, np.ndarray], rng: np.random.Generator):
+    """An (S, S, 3) fill: the colour, with darker stripes or dots."""
+    yy, xx = grid
+    fill = np.broadcast_to(colour, (*yy.shape, 3)).copy()
+    if texture == "solid":
+        return fill
+    angle = rng.uniform(0, np.pi)
+    u = xx * np.cos(angle) + yy * np.sin(angle)
+    v = -xx * np.sin(angle) + yy * np.cos(angle)
+    if texture == "striped":
+        period = rng.uniform(5, 8)
+        marks = (u / period) % 1.0 < 0.45
+    else:
+        spacing = rng.uniform(6, 8)
+        radius = rng.uniform(1.4, 2.2)
+        marks = ((u % spacing) - spacing / 2) ** 2 + ((v % spacing) - spacing / 2) ** 2 <= radius**2
+    fill[marks] = colour * 0.3
+    return fill
+
+
+def _clutter(image: np.ndarray, owner: np.ndarray, rng: np.random.Generator, count: int) -> None:
+    """Draw `count` lines, arcs and specks of non-class colours; their pixels belong to no object."""
+    size = image.shape[0]
+    layer = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(layer)
+    colours = []
+    for index in range(1, count + 1):
+        kind = rng.integers(0, 3)
+        x0, y0 = rng.uniform(0, size, size=2)
+        x1, y1 = np.clip(np.array([x0, y0]) + rng.uniform(-40, 40, size=2), 0, size)
+        if kind == 0:
+            draw.line([(x0, y0), (x1, y1)], fill=index, width=int(rng.integers(1, 3)))
+        elif kind == 1:
+            box = [min(x0, x1), min(y0, y1), max(x0, x1) + 2, max(y0, y1) + 2]
+            draw.arc(box, start=float(rng.uniform(0, 360)), end=float(rng.uniform(0, 360)), fill=index, width=1)
+        else:
+            radius = rng.uniform(1.5, 4)
+            draw.ellipse([x0 - radius, y0 - radius, x0 + radius, y0 + radius], fill=index)
+        colours.append(np.asarray(CLUTTER_COLOURS[rng.integers(0, len(CLUTTER_COLOURS))], dtype=np.float64))
+    marks = np.asarray(layer)
+    for index, colour in enumerate(colours, start=1):
+        painted = marks == index
+        image[painted] = colour
+        owner[painted] = -1
+
+
+def render_image(
+    classes: Sequence[SyntheticClass],
+    *,
+    size: int,
+    rng: np.random.Generator,
+    object_size: tuple[float, float] = (0.18, 0.38),
+) -> tuple[np.ndarray, list[tuple[SyntheticClass, np.ndarray]]]:
+    """Draw one image with one object per entry of `classes` (an object that finds no place is dropped).
+
+    Returns:
+        (S, S, 3) uint8 RGB, and (class, (S, S) bool visible mask) per object kept.
+    """
+    grid = np.mgrid[0:size, 0:size].astype(np.float64)
+    grid = (grid[0] + 0.5, grid[1] + 0.5)
+    image = _background(size, rng)
+    owner = np.full((size, size), -1, dtype=np.int64)
+    _clutter(image, owner, rng, int(rng.integers(2, 6)))
+    kept: list[tuple[SyntheticClass, np.ndarray]] = []
+    for cls in classes:
+        mask = _place(cls, kept, owner, grid, size, rng, object_size)
+        if mask is None:
+            continue
+        colour = np.clip(np.asarray(COLOURS[cls.colour], dtype=np.float64) + rng.uniform(-20, 20, size=3), 0, 255)
+        image[mask] = _texture(cls.texture, colour, grid, rng)[mask]
+        owner[mask] = len(kept)
+        kept.append((cls, mask))
+    _clutter(image, owner, rng, int(rng.integers(0, 3)))
+    image += rng.normal(0, 4, size=image.shape)
+    visible = [(cls, owner == index) for index, (cls, _) in enumerate(kept)]
+    return np.clip(image, 0, 255).astype(np.uint8), visible
+
+
+def _place(cls, kept, owner, grid, size, rng, object_size) -> np.ndarray | None:
+    """A mask for `cls` that leaves every earlier object at least `_MIN_VISIBLE` visible, or None."""
+    full_areas = [mask.sum() for _, mask in kept]
+    for _ in range(_PLACEMENT_TRIES):
+        mask = _shape_mask(cls.shape, float(rng.uniform(*object_size) * size), grid, rng)
+        trial = np.where(mask, len(kept), owner)
+        if all((trial == i).sum() >= _MIN_VISIBLE * area for i, area in enumerate(full_areas)):
+            return mask
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- LVIS files
+
+
+def _annotation(ann_id: int, image_id: int, cls: SyntheticClass, mask: np.ndarray) -> dict[str, Any]:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    bbox = [float(v) for v in mask_utils.toBbox(rle)]  # the visible mask's extent, xywh
+    rle["counts"] = rle["counts"].decode("ascii")
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": cls.id,
+        "bbox": bbox,
+        "area": int(mask.sum()),
+        "segmentation": rle,
+    }
+
+
+def _write_split(
+    split, draws, *, root, image_size, object_size, start_ids, neg_fraction, all_ids, seeds
+) -> dict[str, Any]:
+    """Render and save the split's images; return its images and annotations (categories come later)."""
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    image_id, ann_id = start_ids
+    images, annotations = [], []
+    for classes, seed in zip(draws, seeds, strict=True):
+        rng = np.random.default_rng(seed)
+        pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size)
+        file_name = f"images/{split}/{image_id:06d}.png"
+        Image.fromarray(pixels).save(root / file_name, optimize=False)
+        present = {cls.id for cls, _ in objects}
+        absent = [cid for cid in all_ids if cid not in present]
+        negatives = sorted(cid for cid in absent if rng.random() < neg_fraction)
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": image_size,
+                "height": image_size,
+                "neg_category_ids": negatives,
+                "not_exhaustive_category_ids": [],  # every object drawn is annotated
+            }
+        )
+        for cls, mask in objects:
+            annotations.append(_annotation(ann_id, image_id, cls, mask))
+            ann_id += 1
+        image_id += 1
+    return {"images": images, "annotations": annotations}
+
+
+def _categories(classes: list[SyntheticClass], train: dict[str, Any]) -> list[dict[str, Any]]:
+    """LVIS categories with frequency, image and instance counts taken from the training split."""
+    images: dict[int, set[int]] = {c.id: set() for c in classes}
+    instances: Counter[int] = Counter()
+    for ann in train["annotations"]:
+        images[ann["category_id"]].add(ann["image_id"])
+        instances[ann["category_id"]] += 1
+    categories = []
+    for cls in classes:
+        count = len(images[cls.id])
+        frequency = "r" if count <= RARE_MAX_IMAGES else "c" if count <= COMMON_MAX_IMAGES else "f"
+        categories.append(
+            {
+                "id": cls.id,
+                "name": cls.name,
+                "attributes": list(cls.attributes),  # colour, texture, shape: lets text phrases be built per part
+                "synonyms": [cls.name, f"{cls.colour} {cls.shape}"],
+                "def": f"a {cls.shape} painted {cls.colour}, {_TEXTURE_WORDS[cls.texture]}",
+                "frequency": frequency,
+                "image_count": count,
+                "instance_count": instances[cls.id],
+            }
+        )
+    return categories
+
+
+_TEXTURE_WORDS = {"solid": "in one flat colour", "striped": "with dark stripes", "dotted": "with dark dots"}
+
+
+def generate_dataset(
+    *,
+    out_dir: str | Path,
+    seed: int = 0,
+    num_train: int = 1500,
+    num_val: int = 200,
+    num_test: int = 0,
+    image_size: int = 128,
+    num_heldout: int = 6,
+    colours: Sequence[str] = tuple(COLOURS),
+    textures: Sequence[str] = TEXTURES,
+    shapes: Sequence[str] = SHAPES,
+    objects_per_image: tuple[int, int] = (2, 6),
+    object_size: tuple[float, float] = (0.18, 0.38),
+    neg_fraction: float = 0.5,
+) -> GeneratedDataset:
+    """Write the synthetic data set under `out_dir` (see the module docstring); the same arguments give the same files.
+
+    Args:
+        out_dir: folder to write into (created; existing files of the same names are replaced).
+        seed: the one seed everything is drawn from.
+        num_train, num_val, num_test: images per split (a split with 0 images is not written).
+        image_size: side of the square images in pixels.
+        num_heldout: classes kept out of the training split.
+        colours, textures, shapes: the attributes whose combinations are the classes.
+        objects_per_image: inclusive range of objects drawn per image.
+        object_size: range of an object's size (its circumscribed circle's diameter) as a fraction of the image side.
+        neg_fraction: chance that a class absent from an image is listed in its `neg_category_ids`
+            (verified absent); unlisted absent classes are not evaluated on that image, as in LVIS.
+    """
+    if num_train < 1 or num_val < 0 or num_test < 0:
+        raise ValueError("need num_train >= 1 and num_val, num_test >= 0")
+    if not 0 <= neg_fraction <= 1:
+        raise ValueError(f"neg_fraction must be in [0, 1], got {neg_fraction}")
+    low, high = objects_per_image
+    if not 1 <= low <= high:
+        raise ValueError(f"objects_per_image must be (low, high) with 1 <= low <= high, got {objects_per_image}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32 px, got {image_size}")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    design, *split_seeds = np.random.SeedSequence(seed).spawn(1 + len(SPLITS))
+    design_rng = np.random.default_rng(design)
+    classes = make_classes(colours, textures, shapes)
+    heldout = choose_heldout(classes, num_heldout, design_rng)
+    train_classes = [c for c in classes if c not in heldout]
+    all_ids = [c.id for c in classes]
+    sizes = dict(zip(SPLITS, (num_train, num_val, num_test), strict=True))
+    splits: dict[str, dict[str, Any]] = {}
+    next_ids = (1, 1)
+    for split, split_seed in zip(SPLITS, split_seeds, strict=True):
+        if sizes[split] == 0:
+            continue
+        rng = np.random.default_rng(split_seed)
+        counts = rng.integers(low, high + 1, size=sizes[split])
+        draws = _class_draws(split, counts, train_classes, classes, rng)
+        image_seeds = split_seed.spawn(sizes[split])
+        splits[split] = _write_split(
+            split,
+            draws,
+            root=root,
+            image_size=image_size,
+            object_size=object_size,
+            start_ids=next_ids,
+            neg_fraction=neg_fraction,
+            all_ids=all_ids,
+            seeds=image_seeds,
+        )
+        last_ann = splits[split]["annotations"][-1]["id"] if splits[split]["annotations"] else next_ids[1] - 1
+        next_ids = (splits[split]["images"][-1]["id"] + 1, last_ann + 1)
+    categories = _categories(classes, splits["train"])
+    heldout_ids = [c.id for c in heldout]
+    train_ids = [c.id for c in train_classes]
+    info = {"description": "regionspot synthetic shapes", "version": GENERATOR_VERSION, "seed": seed}
+    files = {}
+    for split, data in splits.items():
+        files[split] = root / f"{split}.json"
+        payload = {"info": info, "categories": categories, **data}
+        payload |= {"heldout_category_ids": heldout_ids, "train_category_ids": train_ids}
+        files[split].write_text(json.dumps(payload))
+    manifest = root / "manifest.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                **info,
+                "settings": {
+                    "num_train": num_train,
+                    "num_val": num_val,
+                    "num_test": num_test,
+                    "objects_per_image": list(objects_per_image),
+                    "object_size": list(object_size),
+                    "neg_fraction": neg_fraction,
+                },
+                "image_size": image_size,
+                "annotation_files": {split: path.name for split, path in files.items()},
+                "heldout_categories": [c.name for c in heldout],
+                "heldout_category_ids": heldout_ids,
+                "train_category_ids": train_ids,
+                "frequency": {g: [c["name"] for c in categories if c["frequency"] == g] for g in "rcf"},
+            },
+            indent=2,
+        )
+    )
+    return GeneratedDataset(root=root, annotation_files=files, manifest=manifest)
+
+
+@dataclass
+class AnnotatedImage:
+    """One image of a split with its objects, ready for fitting or scoring."""
+
+    image_id: int
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB
+    boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2 in pixels
+    masks: np.ndarray  # (N, H, W) bool visible masks
+    category_ids: np.ndarray  # (N,) int64
+
+
+def load_split(ann_file: str | Path, *, exclude_category_ids: Sequence[int] = ()) -> list[AnnotatedImage]:
+    """Read an LVIS-format split (images resolved next to the JSON) into memory; images with no objects are skipped.
+
+    Raises ValueError if an annotation names a category in `exclude_category_ids` (e.g. held-out classes
+    found in a training file), and FileNotFoundError naming a missing image.
+    """
+    from regionspot.evaluation.lvis_eval import load_annotations
+
+    ann_file = Path(ann_file)
+    data = load_annotations(ann_file)
+    banned = sorted({a["category_id"] for a in data["annotations"]} & set(exclude_category_ids))
+    if banned:
+        raise ValueError(f"{ann_file} annotates categories {banned[:10]} that must stay out of it (held-out classes)")
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    examples = []
+    for info in data["images"]:
+        anns = by_image.get(info["id"])
+        if not anns:
+            continue
+        path = ann_file.parent / info["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"image {info['id']} of {ann_file} not found: {path}")
+        pixels = np.array(Image.open(path).convert("RGB"))  # writable: torch warns on read-only arrays
+        masks = np.stack([_decode_segmentation(a, pixels.shape[:2]) for a in anns])
+        xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float32)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        category_ids = np.asarray([a["category_id"] for a in anns], dtype=np.int64)
+        examples.append(AnnotatedImage(info["id"], pixels, boxes, masks, category_ids))
+    return examples
+
+
+def _decode_segmentation(ann: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
+    segm = ann.get("segmentation")
+    if segm is None:
+        raise ValueError(f"annotation {ann['id']} has no segmentation")
+    height, width = size
+    if isinstance(segm, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    elif isinstance(segm.get("counts"), list):
+        rle = mask_utils.frPyObjects(segm, height, width)
+    else:
+        rle = segm
+    return mask_utils.decode(rle).astype(bool)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder to write the data set into")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train", type=int, default=1500)
+    parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--num-test", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--num-heldout", type=int, default=6)
+    args = parser.parse_args(argv)
+    data = generate_dataset(
+        out_dir=args.out,
+        seed=args.seed,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_test=args.num_test,
+        image_size=args.image_size,
+        num_heldout=args.num_heldout,
+    )
+    print(f"wrote {', '.join(str(p) for p in data.annotation_files.values())} and {data.manifest}")
+
+
+if __name__ == "__main__":
+    main()

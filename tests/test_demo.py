@@ -1,0 +1,194 @@
+"""The offline demo: the synthetic LVIS generator and the fitted stand-in backbones."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from regionspot import RegionSpotConfig, build_regionspot
+from regionspot.demo.backbones import attribute_phrases, fit_backbones
+from regionspot.demo.synthetic import choose_heldout, generate_dataset, load_split, make_classes
+from regionspot.evaluation import load_annotations, score_detections
+from regionspot.evaluation.lvis_eval import _LVISFromDict
+from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
+from regionspot.predictor import RegionSpotPredictor
+
+# 2 x 2 x 2 = 8 classes, 2 held out; 200 small training images are enough for r, c and f groups to exist.
+SMALL = {
+    "num_train": 200,
+    "num_val": 30,
+    "num_test": 10,
+    "image_size": 64,
+    "num_heldout": 2,
+    "colours": ("red", "blue"),
+    "textures": ("solid", "striped"),
+    "shapes": ("circle", "square"),
+}
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    return generate_dataset(out_dir=tmp_path_factory.mktemp("synthetic"), seed=3, **SMALL)
+
+
+def test_same_seed_same_files_other_seed_other_files(small_dataset, tmp_path):
+    again = generate_dataset(out_dir=tmp_path / "again", seed=3, **{**SMALL, "num_train": 200})
+    for split, path in small_dataset.annotation_files.items():
+        assert path.read_bytes() == again.annotation_files[split].read_bytes()
+    first = json.loads(small_dataset.annotation_files["val"].read_text())["images"][0]["file_name"]
+    assert (small_dataset.root / first).read_bytes() == (again.root / first).read_bytes()
+    other = generate_dataset(out_dir=tmp_path / "other", seed=4, **{**SMALL, "num_train": 200, "num_val": 0})
+    assert (small_dataset.root / "images/train/000001.png").read_bytes() != (
+        other.root / "images/train/000001.png"
+    ).read_bytes()
+
+
+def test_official_lvis_api_reads_it_with_all_frequency_groups(small_dataset):
+    train = load_annotations(small_dataset.annotation_files["train"])
+    index = _LVISFromDict(train)  # the official LVIS index
+    assert len(index.get_img_ids()) == SMALL["num_train"]
+    frequency = {c["id"]: c["frequency"] for c in train["categories"]}
+    seen_frequency = {frequency[c] for c in train["train_category_ids"]}
+    assert seen_frequency == {"r", "c", "f"}
+    for cat in train["categories"]:  # LVIS: r = 1-10 training images, c = 11-100, f = more
+        count = len(set(index.cat_img_map[cat["id"]]))
+        assert cat["image_count"] == count
+        assert cat["frequency"] == ("r" if count <= 10 else "c" if count <= 100 else "f")
+    heldout = set(train["heldout_category_ids"])
+    assert len(heldout) == SMALL["num_heldout"]
+    assert not heldout & {a["category_id"] for a in train["annotations"]}
+    assert {frequency[c] for c in heldout} == {"r"}
+    val = load_annotations(small_dataset.annotation_files["val"])
+    assert heldout <= {a["category_id"] for a in val["annotations"]}
+    manifest = json.loads(small_dataset.manifest.read_text())
+    assert manifest["heldout_category_ids"] == sorted(heldout)
+    assert manifest["annotation_files"] == {"train": "train.json", "val": "val.json", "test": "test.json"}
+
+
+def test_federated_lists_are_consistent(small_dataset):
+    data = load_annotations(small_dataset.annotation_files["val"])
+    present: dict[int, set[int]] = {}
+    for ann in data["annotations"]:
+        present.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    negatives = 0
+    for image in data["images"]:
+        assert not set(image["neg_category_ids"]) & present.get(image["id"], set())
+        assert image["not_exhaustive_category_ids"] == []
+        negatives += len(image["neg_category_ids"])
+    assert negatives > 0
+
+
+def test_boxes_are_the_visible_masks_extent(small_dataset):
+    data = load_annotations(small_dataset.annotation_files["train"])
+    counts = []
+    for ann in data["annotations"][:200]:
+        mask = mask_utils.decode(ann["segmentation"]).astype(bool)
+        ys, xs = np.nonzero(mask)
+        x, y, w, h = ann["bbox"]
+        assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert ann["area"] == mask.sum() > 0
+        counts.append(ann["image_id"])
+    per_image = np.bincount(counts)[np.unique(counts)]
+    assert per_image.min() >= 1 and per_image.max() <= 6
+
+
+def test_occluded_objects_keep_half_their_pixels_and_masks_do_not_overlap(small_dataset):
+    examples = load_split(small_dataset.annotation_files["val"])
+    assert all((e.masks.sum(0) <= 1).all() for e in examples)
+    assert any(e.masks.shape[0] >= 4 for e in examples)
+
+
+def test_heldout_classes_are_unseen_combinations_of_seen_attribute_pairs():
+    classes = make_classes()
+    heldout = choose_heldout(classes, 6, np.random.default_rng(0))
+    train = [c for c in classes if c not in heldout]
+    for cls in heldout:
+        colour, texture, shape = cls.attributes
+        assert any(t.colour == colour and t.texture == texture for t in train)
+        assert any(t.colour == colour and t.shape == shape for t in train)
+        assert any(t.texture == texture and t.shape == shape for t in train)
+    with pytest.raises(ValueError, match="cannot hold out"):
+        choose_heldout(make_classes(("red",), ("solid",), ("circle", "square")), 1, np.random.default_rng(0))
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown attribute"):
+        generate_dataset(out_dir=tmp_path, colours=("mauve",))
+    with pytest.raises(ValueError, match="too few"):
+        generate_dataset(out_dir=tmp_path, num_train=2, num_val=0)
+    with pytest.raises(ValueError, match="neg_fraction"):
+        generate_dataset(out_dir=tmp_path, neg_fraction=2.0)
+
+
+def test_load_split_refuses_heldout_classes_and_missing_images(small_dataset, tmp_path):
+    val = small_dataset.annotation_files["val"]
+    heldout = load_annotations(val)["heldout_category_ids"]
+    with pytest.raises(ValueError, match="must stay out"):
+        load_split(val, exclude_category_ids=heldout)
+    data = load_annotations(val)
+    data["images"][0]["file_name"] = "images/val/missing.png"
+    (tmp_path / "val.json").write_text(json.dumps(data))
+    with pytest.raises(FileNotFoundError, match=r"missing\.png"):
+        load_split(tmp_path / "val.json")
+
+
+def test_attribute_phrases_cover_every_part_of_the_names():
+    groups = attribute_phrases([("red", "solid", "circle"), ("blue", "solid", "square")])
+    assert groups[(0,)] == ["blue", "red"]
+    assert groups[(1,)] == ["solid"]
+    assert groups[(0, 2)] == ["blue square", "red circle"]
+    assert groups[(0, 1, 2)] == ["blue solid square", "red solid circle"]
+
+
+def test_category_subsets_score_like_their_own_ground_truth(small_dataset):
+    gt = load_annotations(small_dataset.annotation_files["val"])
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+    ]
+    heldout = gt["heldout_category_ids"]
+    wrong = [{**d, "category_id": gt["train_category_ids"][0]} for d in perfect if d["category_id"] in heldout]
+    scores = score_category_subsets(gt, perfect + wrong, {"seen": gt["train_category_ids"], "heldout": heldout})
+    assert scores["heldout"]["AP"] == pytest.approx(1.0)
+    assert scores["seen"]["AP"] < 1.0  # the wrong labels are false positives of a seen class
+    sub_gt, sub_dets = restrict_to_categories(gt, perfect, heldout)
+    assert {c["id"] for c in sub_gt["categories"]} == set(heldout)
+    assert all(set(img["neg_category_ids"]) <= set(heldout) for img in sub_gt["images"])
+    assert score_detections(sub_gt, sub_dets)["AP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="not in the ground truth"):
+        restrict_to_categories(gt, perfect, [999])
+
+
+def test_fitted_backbones_lower_their_losses_and_load_through_build_regionspot(small_dataset, tmp_path):
+    train = load_annotations(small_dataset.annotation_files["train"])
+    images = train["images"][:16]
+    kept = {img["id"] for img in images}
+    train |= {"images": images, "annotations": [a for a in train["annotations"] if a["image_id"] in kept]}
+    few = small_dataset.root / "train_few.json"  # beside train.json, so the image paths resolve
+    few.write_text(json.dumps(train))
+    fitted = fit_backbones(ann_file=few, out_dir=tmp_path, seed=0, sam_steps=6, clip_steps=6, batch_size=4)
+    for curve in (fitted.sam_losses, fitted.clip_losses):
+        assert np.mean(curve[-3:]) < curve[0]
+    config = RegionSpotConfig.from_yaml("configs/model/demo.yaml")
+    config = dataclasses.replace(
+        config,
+        sam=dataclasses.replace(config.sam, checkpoint=str(fitted.sam_checkpoint)),
+        clip=dataclasses.replace(config.clip, checkpoint=str(fitted.clip_checkpoint)),
+    )
+    model = build_regionspot(config)  # strict loading: any missing or unexpected key raises
+    torch.testing.assert_close(
+        model.sam.sam.state_dict()["mask_decoder.iou_token.weight"],
+        torch.load(fitted.sam_checkpoint, weights_only=True)["mask_decoder.iou_token.weight"],
+    )
+    example = load_split(small_dataset.annotation_files["val"])[0]
+    predictor = RegionSpotPredictor(model)
+    predictor.set_image(example.pixels)
+    names = [c["name"] for c in load_annotations(small_dataset.annotation_files["val"])["categories"]]
+    predictions = predictor.predict(vocabulary=names, boxes=example.boxes, top_k=3)
+    assert len(predictions) == len(example.boxes)
+    assert predictions.masks.shape[1:] == example.pixels.shape[:2]
