@@ -1,0 +1,3 @@
+from regionspot.demo.run import main
+
+main()
