@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from regionspot.data.augment import AugmentConfig, augment
-from regionspot.evaluation.lvis_eval import load_annotations
+from regionspot.evaluation.lvis_eval import image_file_name, load_annotations
 from regionspot.vocabulary import clean_class_name, vocabulary_from_categories
 
 log = logging.getLogger(__name__)
@@ -161,15 +160,6 @@ def build_dataset(
     return load_hf_detection(
         name, hf, bbox_format=config.bbox_format, augment_config=augment_config, max_regions=max_regions
     )
-
-
-def image_file_name(image: dict[str, Any]) -> str:
-    """The file of a COCO/LVIS image record: `file_name`, or the basename of LVIS's `coco_url`."""
-    if image.get("file_name"):
-        return str(image["file_name"])
-    if image.get("coco_url"):
-        return Path(urlparse(str(image["coco_url"])).path).name
-    raise ValueError(f"image {image.get('id')} has neither file_name nor coco_url")
 
 
 def load_coco_detection(

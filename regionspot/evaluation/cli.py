@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from regionspot.evaluation.lvis_eval import format_metrics, score_results
+from regionspot.evaluation.lvis_eval import format_metrics, read_json, score_results
 from regionspot.evaluation.sources import SOURCES
 
 
@@ -78,12 +78,7 @@ def _score(argv: list[str]) -> dict:
 
 
 def _read_detections(path: Path) -> list:
-    if not path.is_file():
-        raise FileNotFoundError(f"detections file not found: {path}")
-    try:
-        detections = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"detections file {path} is not valid JSON: {err}") from err
+    detections = read_json(path, what="detections file")
     if not isinstance(detections, list):
         raise ValueError(f"detections file {path} must hold a JSON list (COCO results format)")
     return detections

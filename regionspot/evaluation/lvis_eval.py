@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import lvis.eval
 import numpy as np
@@ -49,17 +50,35 @@ class _LVISFromDict(LVIS):
         self._create_index()
 
 
-def load_annotations(path: str | Path) -> dict[str, Any]:
-    """Read a COCO/LVIS annotation JSON; a missing, unreadable or malformed file raises ValueError."""
+def read_json(path: str | Path, *, what: str) -> Any:
+    """The parsed JSON of `path`; `what` ("annotation file", ...) names it in the errors.
+
+    Raises:
+        FileNotFoundError: if there is no such file. ValueError: if it is not valid JSON.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"annotation file {path} is not valid JSON: {err}") from err
+        raise ValueError(f"{what} {path} is not valid JSON: {err}") from err
+
+
+def load_annotations(path: str | Path) -> dict[str, Any]:
+    """Read a COCO/LVIS annotation JSON; a missing, unreadable or malformed file raises ValueError."""
+    data = read_json(path, what="annotation file")
     check_annotations(data, source=str(path))
     return data
+
+
+def image_file_name(image: dict[str, Any]) -> str:
+    """The file of a COCO/LVIS image record: `file_name`, or the basename of LVIS's `coco_url`."""
+    if image.get("file_name"):
+        return str(image["file_name"])
+    if image.get("coco_url"):
+        return Path(urlparse(str(image["coco_url"])).path).name
+    raise ValueError(f"image {image.get('id')} has neither 'file_name' nor 'coco_url': the file cannot be found")
 
 
 def check_annotations(data: Any, *, source: str = "annotations") -> None:

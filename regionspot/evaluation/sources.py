@@ -6,13 +6,15 @@ checked as a whole before any model runs, so that a wrong file or id fails in se
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
+
+from regionspot.evaluation.lvis_eval import image_file_name, read_json
 
 SOURCES = ("gt", "proposals", "sam")
 
@@ -63,13 +65,11 @@ def image_jobs(gt: dict[str, Any], *, source: str, proposals: list[dict[str, Any
 
 def _job(img: dict[str, Any]) -> ImageJob:
     size = (int(img["height"]), int(img["width"])) if "height" in img and "width" in img else None
+    file_name = image_file_name(img)
     if img.get("file_name"):
-        return ImageJob(image_id=img["id"], file_name=str(img["file_name"]), size=size)
-    url = str(img.get("coco_url") or "")
-    parts = url.rstrip("/").split("/")
-    if not url or not parts[-1]:
-        raise ValueError(f"image {img['id']} has neither 'file_name' nor 'coco_url': the file cannot be found")
-    return ImageJob(image_id=img["id"], file_name=parts[-1], subfolder=parts[-2] if len(parts) > 1 else None, size=size)
+        return ImageJob(image_id=img["id"], file_name=file_name, size=size)
+    subfolder = Path(urlparse(str(img["coco_url"])).path).parent.name or None
+    return ImageJob(image_id=img["id"], file_name=file_name, subfolder=subfolder, size=size)
 
 
 def _xywh_to_xyxy(box: list[float]) -> list[float]:
@@ -98,12 +98,7 @@ def load_proposals(path: str | Path, gt: dict[str, Any], *, ann_path: str) -> li
         FileNotFoundError, ValueError: naming the file and the offending entries or image ids.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"proposals file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"proposals file {path} is not valid JSON: {err}") from err
+    data = read_json(path, what="proposals file")
     if not isinstance(data, list):
         raise ValueError(f"proposals file {path} must hold a JSON list of detections (COCO results format)")
     for i, det in enumerate(data):
