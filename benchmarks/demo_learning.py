@@ -137,8 +137,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=1500)
     parser.add_argument("--num-val", type=int, default=200)
+    parser.add_argument("--num-pretrain", type=int, default=1500)
     parser.add_argument("--sam-steps", type=int, default=300)
-    parser.add_argument("--clip-steps", type=int, default=600)
+    parser.add_argument("--clip-steps", type=int, default=1800)
     parser.add_argument("--clip-lr", type=float, default=2e-3)
     parser.add_argument("--adapter-steps", type=int, default=1500)
     parser.add_argument("--adapter-lr", type=float, default=1e-3)
@@ -152,12 +153,18 @@ def main() -> None:
 
     start = time.perf_counter()
     if not args.reuse:
-        generate_dataset(out_dir=data_dir, seed=args.seed, num_train=args.num_train, num_val=args.num_val)
+        generate_dataset(
+            out_dir=data_dir,
+            seed=args.seed,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            num_pretrain=args.num_pretrain,
+        )
     seconds["generate"] = time.perf_counter() - start
     start = time.perf_counter()
     if not args.reuse:
         fitted = fit_backbones(
-            ann_file=data_dir / "train.json",
+            ann_file=data_dir / "pretrain.json",
             out_dir=backbone_dir,
             seed=args.seed,
             sam_steps=args.sam_steps,

@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.demo.backbones import attribute_phrases, fit_backbones
-from regionspot.demo.synthetic import choose_heldout, generate_dataset, load_split, make_classes
+from regionspot.demo.synthetic import _shape_mask, choose_heldout, generate_dataset, load_split, make_classes
 from regionspot.evaluation import load_annotations, score_detections
 from regionspot.evaluation.lvis_eval import _LVISFromDict
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
@@ -23,6 +23,7 @@ SMALL = {
     "num_train": 200,
     "num_val": 30,
     "num_test": 10,
+    "num_pretrain": 60,
     "image_size": 64,
     "num_heldout": 2,
     "colours": ("red", "blue"),
@@ -67,7 +68,43 @@ def test_official_lvis_api_reads_it_with_all_frequency_groups(small_dataset):
     assert heldout <= {a["category_id"] for a in val["annotations"]}
     manifest = json.loads(small_dataset.manifest.read_text())
     assert manifest["heldout_category_ids"] == sorted(heldout)
-    assert manifest["annotation_files"] == {"train": "train.json", "val": "val.json", "test": "test.json"}
+    assert manifest["annotation_files"] == {
+        "train": "train.json",
+        "val": "val.json",
+        "test": "test.json",
+        "pretrain": "pretrain.json",
+    }
+
+
+def test_pretraining_split_is_class_balanced_without_heldout_classes(small_dataset, tmp_path):
+    pretrain = load_annotations(small_dataset.annotation_files["pretrain"])
+    counts = np.bincount([a["category_id"] for a in pretrain["annotations"]], minlength=9)
+    heldout = pretrain["heldout_category_ids"]
+    assert counts[heldout].sum() == 0
+    seen_counts = counts[pretrain["train_category_ids"]]
+    assert seen_counts.min() > 0.5 * seen_counts.mean()  # uniform draws, not the long tail of `train`
+    train = load_annotations(small_dataset.annotation_files["train"])
+    train_counts = np.bincount([a["category_id"] for a in train["annotations"]], minlength=9)
+    assert train_counts[pretrain["train_category_ids"]].min() < 0.2 * train_counts.max()
+    # Asking for a pretraining split leaves the other splits exactly as they were.
+    without = generate_dataset(out_dir=tmp_path, seed=3, **{**SMALL, "num_pretrain": 0})
+    assert "pretrain" not in without.annotation_files
+    for split in ("train", "val", "test"):
+        assert without.annotation_files[split].read_bytes() == small_dataset.annotation_files[split].read_bytes()
+
+
+@pytest.mark.parametrize(("rotation", "fill"), [(0.0, (0.97, 1.0)), (45.0, (0.5, 0.97))])
+def test_shapes_turn_by_at_most_the_rotation(rotation, fill):
+    # An upright square fills its box; a square turned by up to 45 degrees fills between half and all of it.
+    grid = np.mgrid[0:96, 0:96] + 0.5
+    fills = []
+    for seed in range(8):
+        mask = _shape_mask("square", 40.0, (grid[0], grid[1]), np.random.default_rng(seed), rotation)
+        ys, xs = np.nonzero(mask)
+        fills.append(mask.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1)))
+    assert fill[0] <= min(fills) and max(fills) <= fill[1]
+    if rotation:
+        assert min(fills) < 0.8  # some are visibly turned
 
 
 def test_federated_lists_are_consistent(small_dataset):

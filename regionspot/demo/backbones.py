@@ -1,4 +1,4 @@
-"""Tiny stand-ins for SAM and CLIP, fitted on the synthetic training split with our own code, then frozen.
+"""Tiny stand-ins for SAM and CLIP, fitted on the synthetic pretraining split with our own code, then frozen.
 
 RegionSpot freezes SAM and CLIP pretrained on the web. The offline demo cannot download them, and frozen
 random tiny backbones carry colour but not shape, so it first fits two tiny models of the same classes:
@@ -11,8 +11,10 @@ random tiny backbones carry colour but not shape, so it first fits two tiny mode
   "striped triangle", ...), each kind of phrase a softmax over the phrases of that kind seen in
   training. The parts teach the text tower words, so that unseen combinations get sensible embeddings.
 
-Only the training split is read; held-out classes never reach either model. The checkpoints are saved
-in the formats `build_regionspot` loads (a segment_anything Sam state dict; an open_clip state dict).
+They are fitted on the `pretrain` split (see regionspot.demo.synthetic): the training classes drawn
+uniformly, as web pretraining data is not long-tailed. Held-out classes never reach either model. The
+checkpoints are saved in the formats `build_regionspot` loads (a segment_anything Sam state dict; an
+open_clip state dict).
 """
 
 from __future__ import annotations
@@ -59,12 +61,12 @@ def fit_backbones(
     out_dir: str | Path,
     seed: int = 0,
     sam_steps: int = 300,
-    clip_steps: int = 600,
+    clip_steps: int = 1200,
     batch_size: int = 16,
     sam_lr: float = 1e-3,
     clip_lr: float = 2e-3,
 ) -> FittedBackbones:
-    """Fit the tiny SAM and CLIP on the training split `ann_file`; save `out_dir`/sam.pth and `out_dir`/clip.pt."""
+    """Fit the tiny SAM and CLIP on the split `ann_file` (no held-out class allowed); save them into `out_dir`."""
     data = load_annotations(ann_file)
     examples = load_split(ann_file, exclude_category_ids=data.get("heldout_category_ids", ()))
     if not examples:
@@ -273,11 +275,11 @@ def _grouped_loss(logits: torch.Tensor, labels: torch.Tensor, groups: dict[tuple
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fit the demo's tiny SAM and CLIP on a synthetic training split.")
-    parser.add_argument("--ann-file", required=True, help="the training split's LVIS json")
+    parser.add_argument("--ann-file", required=True, help="the pretraining split's LVIS json")
     parser.add_argument("--out", required=True, help="folder for sam.pth and clip.pt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sam-steps", type=int, default=300)
-    parser.add_argument("--clip-steps", type=int, default=600)
+    parser.add_argument("--clip-steps", type=int, default=1200)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     fitted = fit_backbones(

@@ -6,7 +6,8 @@
 1. `regionspot.demo.synthetic` draws a seeded LVIS-format data set of coloured, textured shapes, with
    rare/common/frequent classes and classes held out of training.
 2. No real SAM or CLIP weights can be downloaded here, so `regionspot.demo.backbones` fits a tiny SAM and
-   a tiny CLIP on the training split as stand-ins for the foundation models; from then on they are frozen.
+   a tiny CLIP as stand-ins for the foundation models, on a class-balanced pretraining split that never
+   shows a held-out class; from then on they are frozen.
 3. The adapter trains through the LightningCLI that `train.py` runs (`configs/demo.yaml`).
 4. The runner that `evaluate.py` runs classifies every ground-truth box of the test split over the whole
    vocabulary (seen and held-out names) and scores it with the official LVIS API. AP is also reported on
@@ -51,13 +52,18 @@ class DemoSize:
     num_train: int
     num_val: int
     num_test: int
+    num_pretrain: int
     sam_steps: int
     clip_steps: int
     adapter_steps: int
 
 
-FULL = DemoSize(num_train=1500, num_val=100, num_test=200, sam_steps=300, clip_steps=600, adapter_steps=1000)
-QUICK = DemoSize(num_train=400, num_val=24, num_test=100, sam_steps=60, clip_steps=200, adapter_steps=300)
+FULL = DemoSize(
+    num_train=1500, num_val=100, num_test=200, num_pretrain=1500, sam_steps=300, clip_steps=1800, adapter_steps=1500
+)
+QUICK = DemoSize(
+    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, clip_steps=500, adapter_steps=300
+)
 
 
 def run_demo(*, out_dir: str | Path, size: DemoSize = FULL, seed: int = 0, train_config: str = TRAIN_CONFIG) -> dict:
@@ -67,7 +73,12 @@ def run_demo(*, out_dir: str | Path, size: DemoSize = FULL, seed: int = 0, train
 
     start = time.perf_counter()
     data = generate_dataset(
-        out_dir=out / "data", seed=seed, num_train=size.num_train, num_val=size.num_val, num_test=size.num_test
+        out_dir=out / "data",
+        seed=seed,
+        num_train=size.num_train,
+        num_val=size.num_val,
+        num_test=size.num_test,
+        num_pretrain=size.num_pretrain,
     )
     train_gt = load_annotations(data.annotation_files["train"])
     seen_ids, heldout_ids = train_gt["train_category_ids"], train_gt["heldout_category_ids"]
@@ -106,7 +117,7 @@ def run_demo(*, out_dir: str | Path, size: DemoSize = FULL, seed: int = 0, train
 def _fit_stand_in_backbones(data: GeneratedDataset, out: Path, *, seed: int, size: DemoSize) -> Path:
     """Fit the tiny SAM and CLIP; write the model YAML that points at them."""
     fitted = fit_backbones(
-        ann_file=data.annotation_files["train"],
+        ann_file=data.annotation_files["pretrain"],
         out_dir=out / "backbones",
         seed=seed,
         sam_steps=size.sam_steps,

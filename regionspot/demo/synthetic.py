@@ -4,6 +4,10 @@ Every class is a colour x texture x shape combination named like "red striped tr
 2-6 objects of varied size over a noisy background with clutter (marks of no class); later objects may
 hide part of earlier ones, and the annotation is the visible mask. The same seed gives the same files.
 
+A fourth split, `pretrain`, stands in for the web data SAM and CLIP were pretrained on: it draws the
+training classes uniformly (web data is not long-tailed the way LVIS is) and never shows a held-out
+class. Only the demo's stand-in backbones are fitted on it; the adapter trains on `train`.
+
 Frequency groups follow LVIS: a class is rare (r) in 1-10 training images, common (c) in 11-100 and
 frequent (f) in more; training instances are dealt out by per-class quotas so that all three groups
 exist. A few classes are held out of training entirely: unseen combinations of seen attributes (every
@@ -41,8 +45,8 @@ TEXTURES = ("solid", "striped", "dotted")
 SHAPES = ("circle", "square", "triangle")
 # Clutter is drawn in colours no class uses, so it is never a missed object.
 CLUTTER_COLOURS = ((20, 20, 20), (240, 240, 240), (120, 120, 120), (120, 80, 50))
-SPLITS = ("train", "val", "test")
-GENERATOR_VERSION = 1
+SPLITS = ("train", "val", "test", "pretrain")
+GENERATOR_VERSION = 2  # 2: the pretrain split; shapes upright unless `rotation` says otherwise
 
 RARE_MAX_IMAGES = 10  # LVIS: rare = 1-10 training images, common = 11-100, frequent = more
 COMMON_MAX_IMAGES = 100
@@ -130,7 +134,10 @@ def _instance_quotas(classes: list[SyntheticClass], total: int, rng: np.random.G
 def _class_draws(
     split: str, counts: np.ndarray, train_classes: list[SyntheticClass], all_classes, rng: np.random.Generator
 ) -> list[list[SyntheticClass]]:
-    """The classes of each image: training by quotas (long tail), evaluation splits uniformly over all classes."""
+    """The classes of each image: training by quotas (long tail), pretraining uniformly over the training
+    classes, evaluation splits uniformly over all classes."""
+    if split == "pretrain":
+        return [[train_classes[i] for i in rng.integers(0, len(train_classes), size=n)] for n in counts]
     if split != "train":
         return [[all_classes[i] for i in rng.integers(0, len(all_classes), size=n)] for n in counts]
     quotas = _instance_quotas(train_classes, int(counts.sum()), rng)
@@ -152,12 +159,14 @@ def _background(size: int, rng: np.random.Generator) -> np.ndarray:
     return base + np.stack(blotch, axis=-1) + rng.normal(0, 6, size=(size, size, 3))
 
 
-def _shape_mask(shape: str, size: int, grid: tuple[np.ndarray, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """A random `shape` of about `size` px, fully inside the image, as an (S, S) bool mask."""
+def _shape_mask(
+    shape: str, size: float, grid: tuple[np.ndarray, np.ndarray], rng: np.random.Generator, rotation: float
+) -> np.ndarray:
+    """A `shape` of about `size` px inside the image, turned by up to `rotation` degrees: an (S, S) bool mask."""
     yy, xx = grid
     extent = yy.shape[0]
     cx, cy = rng.uniform(size / 2, extent - size / 2, size=2)
-    angle = rng.uniform(0, 2 * np.pi)
+    angle = np.deg2rad(rng.uniform(-rotation, rotation))
     u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
     v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
     if shape == "circle":
@@ -225,6 +234,7 @@ def render_image(
     size: int,
     rng: np.random.Generator,
     object_size: tuple[float, float] = (0.18, 0.38),
+    rotation: float = 0.0,
 ) -> tuple[np.ndarray, list[tuple[SyntheticClass, np.ndarray]]]:
     """Draw one image with one object per entry of `classes` (an object that finds no place is dropped).
 
@@ -238,7 +248,7 @@ def render_image(
     _clutter(image, owner, rng, int(rng.integers(2, 6)))
     kept: list[tuple[SyntheticClass, np.ndarray]] = []
     for cls in classes:
-        mask = _place(cls, kept, owner, grid, size, rng, object_size)
+        mask = _place(cls, kept, owner, grid, size, rng, object_size, rotation)
         if mask is None:
             continue
         colour = np.clip(np.asarray(COLOURS[cls.colour], dtype=np.float64) + rng.uniform(-20, 20, size=3), 0, 255)
@@ -251,11 +261,11 @@ def render_image(
     return np.clip(image, 0, 255).astype(np.uint8), visible
 
 
-def _place(cls, kept, owner, grid, size, rng, object_size) -> np.ndarray | None:
+def _place(cls, kept, owner, grid, size, rng, object_size, rotation) -> np.ndarray | None:
     """A mask for `cls` that leaves every earlier object at least `_MIN_VISIBLE` visible, or None."""
     full_areas = [mask.sum() for _, mask in kept]
     for _ in range(_PLACEMENT_TRIES):
-        mask = _shape_mask(cls.shape, float(rng.uniform(*object_size) * size), grid, rng)
+        mask = _shape_mask(cls.shape, float(rng.uniform(*object_size) * size), grid, rng, rotation)
         trial = np.where(mask, len(kept), owner)
         if all((trial == i).sum() >= _MIN_VISIBLE * area for i, area in enumerate(full_areas)):
             return mask
@@ -280,7 +290,7 @@ def _annotation(ann_id: int, image_id: int, cls: SyntheticClass, mask: np.ndarra
 
 
 def _write_split(
-    split, draws, *, root, image_size, object_size, start_ids, neg_fraction, all_ids, seeds
+    split, draws, *, root, image_size, object_size, rotation, start_ids, neg_fraction, all_ids, seeds
 ) -> dict[str, Any]:
     """Render and save the split's images; return its images and annotations (categories come later)."""
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -288,7 +298,7 @@ def _write_split(
     images, annotations = [], []
     for classes, seed in zip(draws, seeds, strict=True):
         rng = np.random.default_rng(seed)
-        pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size)
+        pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size, rotation=rotation)
         file_name = f"images/{split}/{image_id:06d}.png"
         Image.fromarray(pixels).save(root / file_name, optimize=False)
         present = {cls.id for cls, _ in objects}
@@ -347,6 +357,7 @@ def generate_dataset(
     num_train: int = 1500,
     num_val: int = 200,
     num_test: int = 0,
+    num_pretrain: int = 0,
     image_size: int = 128,
     num_heldout: int = 6,
     colours: Sequence[str] = tuple(COLOURS),
@@ -354,6 +365,7 @@ def generate_dataset(
     shapes: Sequence[str] = SHAPES,
     objects_per_image: tuple[int, int] = (2, 6),
     object_size: tuple[float, float] = (0.18, 0.38),
+    rotation: float = 0.0,
     neg_fraction: float = 0.5,
 ) -> GeneratedDataset:
     """Write the synthetic data set under `out_dir` (see the module docstring); the same arguments give the same files.
@@ -361,17 +373,19 @@ def generate_dataset(
     Args:
         out_dir: folder to write into (created; existing files of the same names are replaced).
         seed: the one seed everything is drawn from.
-        num_train, num_val, num_test: images per split (a split with 0 images is not written).
+        num_train, num_val, num_test, num_pretrain: images per split (a split with 0 images is not written).
         image_size: side of the square images in pixels.
         num_heldout: classes kept out of the training split.
         colours, textures, shapes: the attributes whose combinations are the classes.
         objects_per_image: inclusive range of objects drawn per image.
         object_size: range of an object's size (its circumscribed circle's diameter) as a fraction of the image side.
+        rotation: each shape is turned by a uniform angle in [-rotation, rotation] degrees. Upright by default:
+            tiny backbones fitted in minutes learn upright shapes well and turned ones poorly (docs/demo.md).
         neg_fraction: chance that a class absent from an image is listed in its `neg_category_ids`
             (verified absent); unlisted absent classes are not evaluated on that image, as in LVIS.
     """
-    if num_train < 1 or num_val < 0 or num_test < 0:
-        raise ValueError("need num_train >= 1 and num_val, num_test >= 0")
+    if num_train < 1 or min(num_val, num_test, num_pretrain) < 0:
+        raise ValueError("need num_train >= 1 and num_val, num_test, num_pretrain >= 0")
     if not 0 <= neg_fraction <= 1:
         raise ValueError(f"neg_fraction must be in [0, 1], got {neg_fraction}")
     low, high = objects_per_image
@@ -387,7 +401,7 @@ def generate_dataset(
     heldout = choose_heldout(classes, num_heldout, design_rng)
     train_classes = [c for c in classes if c not in heldout]
     all_ids = [c.id for c in classes]
-    sizes = dict(zip(SPLITS, (num_train, num_val, num_test), strict=True))
+    sizes = dict(zip(SPLITS, (num_train, num_val, num_test, num_pretrain), strict=True))
     splits: dict[str, dict[str, Any]] = {}
     next_ids = (1, 1)
     for split, split_seed in zip(SPLITS, split_seeds, strict=True):
@@ -403,6 +417,7 @@ def generate_dataset(
             root=root,
             image_size=image_size,
             object_size=object_size,
+            rotation=rotation,
             start_ids=next_ids,
             neg_fraction=neg_fraction,
             all_ids=all_ids,
@@ -429,8 +444,10 @@ def generate_dataset(
                     "num_train": num_train,
                     "num_val": num_val,
                     "num_test": num_test,
+                    "num_pretrain": num_pretrain,
                     "objects_per_image": list(objects_per_image),
                     "object_size": list(object_size),
+                    "rotation": rotation,
                     "neg_fraction": neg_fraction,
                 },
                 "image_size": image_size,
@@ -511,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-train", type=int, default=1500)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--num-test", type=int, default=0)
+    parser.add_argument("--num-pretrain", type=int, default=0, help="class-balanced images for the stand-ins")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--num-heldout", type=int, default=6)
     args = parser.parse_args(argv)
@@ -520,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         num_train=args.num_train,
         num_val=args.num_val,
         num_test=args.num_test,
+        num_pretrain=args.num_pretrain,
         image_size=args.image_size,
         num_heldout=args.num_heldout,
     )
