@@ -23,6 +23,7 @@ import torch
 
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.demo.backbones import fit_backbones, region_embeddings, region_weights
+from regionspot.demo.run import FULL
 from regionspot.demo.synthetic import generate_dataset, load_split
 from regionspot.evaluation import load_annotations, region_detections
 from regionspot.evaluation.subsets import score_category_subsets
@@ -135,13 +136,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/demo")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-train", type=int, default=1500)
+    parser.add_argument("--num-train", type=int, default=FULL.num_train)
     parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--num-pretrain", type=int, default=1500)
-    parser.add_argument("--sam-steps", type=int, default=300)
-    parser.add_argument("--clip-steps", type=int, default=1800)
+    parser.add_argument("--num-pretrain", type=int, default=FULL.num_pretrain)
+    parser.add_argument("--sam-steps", type=int, default=FULL.sam_steps)
+    parser.add_argument("--clip-steps", type=int, default=FULL.clip_steps)
     parser.add_argument("--clip-lr", type=float, default=2e-3)
-    parser.add_argument("--adapter-steps", type=int, default=1500)
+    parser.add_argument("--adapter-steps", type=int, default=FULL.adapter_steps)
     parser.add_argument("--adapter-lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--reuse", action="store_true", help="reuse the data set and backbones under --out")

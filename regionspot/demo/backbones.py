@@ -61,7 +61,7 @@ def fit_backbones(
     out_dir: str | Path,
     seed: int = 0,
     sam_steps: int = 300,
-    clip_steps: int = 1200,
+    clip_steps: int = 1800,
     batch_size: int = 16,
     sam_lr: float = 1e-3,
     clip_lr: float = 2e-3,
@@ -274,12 +274,12 @@ def _grouped_loss(logits: torch.Tensor, labels: torch.Tensor, groups: dict[tuple
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Fit the demo's tiny SAM and CLIP on a synthetic training split.")
+    parser = argparse.ArgumentParser(description="Fit the demo's tiny SAM and CLIP on a synthetic pretraining split.")
     parser.add_argument("--ann-file", required=True, help="the pretraining split's LVIS json")
     parser.add_argument("--out", required=True, help="folder for sam.pth and clip.pt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sam-steps", type=int, default=300)
-    parser.add_argument("--clip-steps", type=int, default=1200)
+    parser.add_argument("--clip-steps", type=int, default=1800)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     fitted = fit_backbones(
