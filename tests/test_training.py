@@ -32,8 +32,7 @@ def make_data(toy_data, **kwargs) -> RegionDataModule:
         batch_size=4,
         val_batch_size=8,
         num_workers=0,
-        augment=AugmentConfig(short_edges=[64, 80], max_size=128, crop_prob=0.3),
-        **kwargs,
+        **{"augment": AugmentConfig(short_edges=[64, 80], max_size=128, crop_prob=0.3), **kwargs},
     )
 
 
@@ -218,3 +217,39 @@ def test_ddp_two_cpu_processes_keep_identical_adapters(toy_data, tmp_path, monke
     for ids0, ids1 in zip(ranks[0]["image_ids"], ranks[1]["image_ids"], strict=True):
         assert not set(ids0) & set(ids1)  # each rank trains on its own images
     assert ranks[0]["metrics"]["val/AP"] == ranks[1]["metrics"]["val/AP"] >= 0  # scored once over both ranks
+
+
+def test_frozen_cache_reuses_backbone_outputs_and_changes_nothing(toy_data, tmp_path, monkeypatch):
+    cached, plain = make_module(frozen_cache_size=5), make_module()
+    calls = []
+    run_backbones = cached._run_backbones
+    monkeypatch.setattr(
+        cached, "_run_backbones", lambda images, boxes: calls.append(len(images)) or run_backbones(images, boxes)
+    )
+    batch = next(iter(make_data(toy_data).val_dataloader()))  # 8 images
+    images, boxes = batch["images"][:4], batch["boxes"][:4]
+    expected, _ = plain.region_features(images, boxes)
+    with torch.inference_mode():  # as in validation: inference tensors go into the cache
+        first, _ = cached.region_features(images, boxes)
+    again, _ = cached.region_features(images, boxes)
+    assert calls == [4]  # the second call found all four
+    for a, b, c in zip(expected, first, again, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        torch.testing.assert_close(c, a, rtol=0, atol=0)
+    again[0].sum().backward()  # outputs cached in inference mode still train the adapter (they are copied into a batch)
+    assert cached.model.adapter.output_proj.weight.grad is not None
+
+    moved = [b + 1.0 for b in boxes[:2]]  # other boxes on the same pixels: other SAM tokens
+    cached.region_features(images[:2], moved)
+    assert calls == [4, 2]
+    assert len(cached._frozen_cache) == 5  # least recently used dropped first
+
+    def fit(module) -> dict[str, torch.Tensor]:
+        still = AugmentConfig(short_edges=[], flip_prob=0.0, crop_prob=0.0)
+        data = make_data(toy_data, batches_per_epoch=4, augment=still)
+        make_trainer(tmp_path, max_steps=8).fit(module, data)  # two epochs: the second is read from the cache
+        return adapter_state(module)
+
+    with_cache, without = fit(make_module(frozen_cache_size=100)), fit(make_module())
+    for key, value in without.items():
+        torch.testing.assert_close(with_cache[key], value)

@@ -8,9 +8,11 @@ the checkpoint contents (trainable weights and the model config only).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,10 @@ class RegionSpotModule(L.LightningModule):
             except FSDP, whose own mixed precision casts them), "float32" or "bfloat16".
         val_top_k: classes kept per region as detections during validation.
         seed: seeds dropout per step, so a resumed run draws the same masks as an uninterrupted one.
+        frozen_cache_size: keep the frozen SAM and CLIP outputs of up to this many (image, boxes) pairs in
+            memory (least recently used dropped first) and reuse them when the same pixels and boxes come
+            again. Worth it when a small data set is seen for many epochs, as in the demo; augmentations
+            that change pixels or boxes simply miss. 0 (default) turns it off.
     """
 
     def __init__(
@@ -85,10 +91,13 @@ class RegionSpotModule(L.LightningModule):
         backbone_precision: str = "auto",
         val_top_k: int = 10,
         seed: int = 0,
+        frozen_cache_size: int = 0,
     ) -> None:
         super().__init__()
         if backbone_precision not in BACKBONE_PRECISIONS:
             raise ValueError(f"backbone_precision must be one of {BACKBONE_PRECISIONS}, got {backbone_precision!r}")
+        if frozen_cache_size < 0:
+            raise ValueError(f"frozen_cache_size must be >= 0, got {frozen_cache_size}")
         self.save_hyperparameters()
         self.model_config = resolve_model_config(model_config, model_overrides)
         self.model = build_regionspot(self.model_config)
@@ -97,6 +106,7 @@ class RegionSpotModule(L.LightningModule):
         self._skipped: Counter = Counter()
         self._val_detections: list[dict[str, Any]] = []
         self._val_image_ids: list[int] = []
+        self._frozen_cache: OrderedDict[bytes, FrozenOutputs] = OrderedDict()
 
     # ----- setup -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -105,6 +115,7 @@ class RegionSpotModule(L.LightningModule):
         self.model.clip.to(dtype)
         self.model.clip.clear_text_cache()
         self._class_embedding_cache.clear()
+        self._frozen_cache.clear()  # the backbones' dtype may have changed
 
     def backbone_dtype(self) -> torch.dtype:
         choice = self.hparams.backbone_precision
@@ -158,6 +169,31 @@ class RegionSpotModule(L.LightningModule):
         Returns:
             (features, mask_scores): B tensors (N_i, T, E) and B tensors (N_i, T).
         """
+        frozen = self.frozen_outputs(images, boxes)
+        features = self.model.region_features(
+            [f.region_tokens for f in frozen], torch.stack([f.clip_tokens for f in frozen])
+        )
+        return features, [f.mask_scores for f in frozen]
+
+    def frozen_outputs(self, images: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]) -> list[FrozenOutputs]:
+        """SAM's region tokens and mask scores and CLIP's token map per image, from the cache where it has them."""
+        size = self.hparams.frozen_cache_size
+        if not size:
+            return self._run_backbones(images, boxes)
+        keys = [_content_key(image, image_boxes) for image, image_boxes in zip(images, boxes, strict=True)]
+        missing = [i for i, key in enumerate(keys) if key not in self._frozen_cache]
+        if missing:
+            computed = self._run_backbones([images[i] for i in missing], [boxes[i] for i in missing])
+            self._frozen_cache.update(zip((keys[i] for i in missing), computed, strict=True))
+        for key in keys:
+            self._frozen_cache.move_to_end(key)
+        outputs = [self._frozen_cache[key] for key in keys]
+        while len(self._frozen_cache) > size:
+            self._frozen_cache.popitem(last=False)
+        return outputs
+
+    @torch.no_grad()
+    def _run_backbones(self, images: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]) -> list[FrozenOutputs]:
         sam, clip = self.model.sam, self.model.clip
         dtype = next(sam.parameters()).dtype
         sam_inputs, clip_inputs, prompts = [], [], []
@@ -175,8 +211,10 @@ class RegionSpotModule(L.LightningModule):
         embeddings = sam.embed_images(torch.cat(sam_inputs).to(dtype))  # (B, C, h, w)
         regions = [sam.decode(embeddings[i : i + 1], SamPrompts(boxes=b)) for i, b in enumerate(prompts)]
         clip_tokens = clip.feature_map(torch.cat(clip_inputs).to(dtype))  # (B, L, D)
-        features = self.model.region_features([r.tokens for r in regions], clip_tokens)
-        return features, [r.mask_scores.float() for r in regions]
+        return [
+            FrozenOutputs(region_tokens=r.tokens, mask_scores=r.mask_scores.float(), clip_tokens=tokens)
+            for r, tokens in zip(regions, clip_tokens, strict=True)
+        ]
 
     def forward(self, images, boxes, dataset: str) -> list[torch.Tensor]:
         """B images and their boxes -> B tensors (N_i, T, C) of logits over data set `dataset`'s vocabulary."""
@@ -276,6 +314,25 @@ class RegionSpotModule(L.LightningModule):
             raise ValueError("this checkpoint holds no adapter weights (keys model.adapter.*)")
         frozen = {k: v for k, v in self.state_dict().items() if not k.startswith(TRAINABLE_PREFIX)}
         checkpoint["state_dict"] = {**frozen, **state}  # the frozen backbones come from the model config's files
+
+
+@dataclass(frozen=True)
+class FrozenOutputs:
+    """What the frozen backbones give for one image and its boxes; all the adapter reads."""
+
+    region_tokens: torch.Tensor  # (N, T, C) SAM's region tokens
+    mask_scores: torch.Tensor  # (N, T) SAM's predicted IoU per token
+    clip_tokens: torch.Tensor  # (L, D) CLIP's token map
+
+
+def _content_key(image: torch.Tensor, boxes: torch.Tensor) -> bytes:
+    """A digest of the pixels and boxes (and their shapes): equal inputs, equal frozen outputs."""
+    digest = hashlib.blake2b(digest_size=16)
+    for tensor in (image, boxes.float()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(str(tuple(data.shape)).encode())
+        digest.update(data.numpy().tobytes())
+    return digest.digest()
 
 
 def _subset(ground_truth: dict[str, Any], image_ids: set[int]) -> dict[str, Any]:
