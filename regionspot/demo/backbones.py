@@ -5,7 +5,7 @@ random tiny backbones carry colour but not shape, so it first fits two tiny mode
 
 - SAM (`build_tiny_sam`, 128 px): box prompt -> the object's visible mask, with BCE + dice on the
   low-resolution mask logits and an MSE on the IoU head, as SAM is trained (single-mask output).
-- CLIP (open_clip `RegionSpot-Demo-CLIP`, 128 px, 8 px patches): region-text contrastive. The CLIP
+- CLIP (open_clip `RegionSpot-Demo-CLIP`, 128 px, 16 px patches): region-text contrastive. The CLIP
   tokens under an object's mask, average-pooled as CLIP's own "avg" pooling does and projected, are
   matched against text phrases naming the object: its full class name and every part of it ("red",
   "striped triangle", ...), each kind of phrase a softmax over the phrases of that kind seen in
