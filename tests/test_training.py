@@ -243,6 +243,10 @@ def test_frozen_cache_reuses_backbone_outputs_and_changes_nothing(toy_data, tmp_
     cached.region_features(images[:2], moved)
     assert calls == [4, 2]
     assert len(cached._frozen_cache) == 5  # least recently used dropped first
+    for entry in cached._frozen_cache.values():  # each holds its own memory, not a view of its whole batch
+        assert (
+            entry.clip_tokens.untyped_storage().nbytes() == entry.clip_tokens.numel() * entry.clip_tokens.element_size()
+        )
 
     def fit(module) -> dict[str, torch.Tensor]:
         still = AugmentConfig(short_edges=[], flip_prob=0.0, crop_prob=0.0)

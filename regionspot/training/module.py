@@ -8,11 +8,11 @@ the checkpoint contents (trainable weights and the model config only).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,8 @@ class RegionSpotModule(L.LightningModule):
         missing = [i for i, key in enumerate(keys) if key not in self._frozen_cache]
         if missing:
             computed = self._run_backbones([images[i] for i in missing], [boxes[i] for i in missing])
+            # A CLIP map is a view of its batch's tensor; a copy lets eviction free it whatever the neighbours do.
+            computed = [dataclasses.replace(o, clip_tokens=o.clip_tokens.clone()) for o in computed]
             self._frozen_cache.update(zip((keys[i] for i in missing), computed, strict=True))
         for key in keys:
             self._frozen_cache.move_to_end(key)
@@ -316,7 +318,7 @@ class RegionSpotModule(L.LightningModule):
         checkpoint["state_dict"] = {**frozen, **state}  # the frozen backbones come from the model config's files
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class FrozenOutputs:
     """What the frozen backbones give for one image and its boxes; all the adapter reads."""
 
