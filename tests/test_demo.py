@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from open_clip.pos_embed import get_2d_sincos_pos_embed
 from pycocotools import mask as mask_utils
 
 from regionspot import RegionSpotConfig, build_regionspot
-from regionspot.demo.backbones import attribute_phrases, fit_backbones
+from regionspot.demo.backbones import POSITION_SCALE, attribute_phrases, fit_backbones
 from regionspot.demo.synthetic import _shape_mask, choose_heldout, generate_dataset, load_split, make_classes
 from regionspot.evaluation import load_annotations, score_detections
 from regionspot.evaluation.lvis_eval import _LVISFromDict
@@ -218,6 +219,10 @@ def test_fitted_backbones_lower_their_losses_and_load_through_build_regionspot(s
         clip=dataclasses.replace(config.clip, checkpoint=str(fitted.clip_checkpoint)),
     )
     model = build_regionspot(config)  # strict loading: any missing or unexpected key raises
+    # The stand-in CLIP's position table is open_clip's fixed 2D sin-cos one, doubled, and the fit left it alone.
+    visual = model.clip.model.visual
+    table = get_2d_sincos_pos_embed(visual.transformer.width, visual.grid_size[0], cls_token=True)
+    torch.testing.assert_close(visual.positional_embedding, POSITION_SCALE * torch.from_numpy(table).float())
     torch.testing.assert_close(
         model.sam.sam.state_dict()["mask_decoder.iou_token.weight"],
         torch.load(fitted.sam_checkpoint, weights_only=True)["mask_decoder.iou_token.weight"],

@@ -10,6 +10,9 @@ random tiny backbones carry colour but not shape, so it first fits two tiny mode
   matched against text phrases naming the object: its full class name and every part of it ("red",
   "striped triangle", ...), each kind of phrase a softmax over the phrases of that kind seen in
   training. The parts teach the text tower words, so that unseen combinations get sensible embeddings.
+  Its position table is fixed (2D sin-cos, doubled): real CLIP's last-layer tokens still say where they
+  are, and RegionSpot's adapter, which has no positional embeddings, relies on that; a learned table was
+  trained away by the region-text loss, and the adapter then failed on two seeds out of three.
 
 They are fitted on the `pretrain` split (see regionspot.demo.synthetic): the training classes drawn
 uniformly, as web pretraining data is not long-tailed. Held-out classes never reach either model. The
@@ -42,6 +45,9 @@ from regionspot.modeling.sam import SamRegionEncoder, build_sam
 DEMO_CLIP = "RegionSpot-Demo-CLIP"
 DEMO_SAM = "tiny"
 _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp on its learned temperature
+# The CLIP's fixed sin-cos position table x2: the last-layer patch tokens then keep where they are
+# (linear R^2 of (row, col) 0.1 with a learned table, about 0.75 with x1); see docs/demo.md.
+POSITION_SCALE = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +66,7 @@ def fit_backbones(
     ann_file: str | Path,
     out_dir: str | Path,
     seed: int = 0,
-    sam_steps: int = 300,
+    sam_steps: int = 600,
     clip_steps: int = 1800,
     batch_size: int = 16,
     sam_lr: float = 1e-3,
@@ -203,6 +209,8 @@ def fit_clip(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_clip(model_name=DEMO_CLIP)
+    with torch.no_grad():  # the config's fixed 2D sin-cos table, amplified so that the tokens keep it
+        model.visual.positional_embedding.mul_(POSITION_SCALE)
     backbone = ClipBackbone(
         model=model, tokenizer=open_clip.get_tokenizer(DEMO_CLIP), templates=PROMPT_TEMPLATES["plain"]
     )
@@ -278,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ann-file", required=True, help="the pretraining split's LVIS json")
     parser.add_argument("--out", required=True, help="folder for sam.pth and clip.pt")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sam-steps", type=int, default=300)
+    parser.add_argument("--sam-steps", type=int, default=600)
     parser.add_argument("--clip-steps", type=int, default=1800)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)

@@ -60,7 +60,7 @@ class DemoSize:
 
 
 FULL = DemoSize(
-    num_train=1500, num_val=100, num_test=200, num_pretrain=4500, sam_steps=300, clip_steps=1800, adapter_steps=2500
+    num_train=1500, num_val=100, num_test=200, num_pretrain=4500, sam_steps=600, clip_steps=1800, adapter_steps=2500
 )
 QUICK = DemoSize(
     num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, clip_steps=500, adapter_steps=300
