@@ -123,8 +123,14 @@ def fit_sam(
     for _ in range(steps):
         batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
         embeddings = sam.image_encoder(inputs[batch])  # (B, C, h, w)
+        prompts = [_jitter(boxes[b], rng) for b in batch]
+        counts = [len(p) for p in prompts]
+        logits, iou_pred = _decode_images(sam, embeddings, torch.cat(prompts), counts)
         loss = torch.stack(
-            [_sam_loss(sam, embeddings[i : i + 1], _jitter(boxes[b], rng), targets[b]) for i, b in enumerate(batch)]
+            [
+                _sam_loss(image_logits, image_iou, targets[b])
+                for image_logits, image_iou, b in zip(logits.split(counts), iou_pred.split(counts), batch, strict=True)
+            ]
         ).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -156,16 +162,26 @@ def _jitter(boxes: torch.Tensor, rng: np.random.Generator, scale: float = 0.05) 
     return boxes + noise
 
 
-def _sam_loss(sam: Sam, embedding: torch.Tensor, boxes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """BCE + dice on the single-mask logits, plus MSE of the IoU head against the mask's true IoU."""
+def _decode_images(sam: Sam, embeddings: torch.Tensor, boxes: torch.Tensor, counts: list[int]):
+    """Single-mask logits (N, 1, 4h, 4w) and IoU predictions (N, 1) for the boxes of several images in one call.
+
+    SAM's decoder takes one image and copies its embedding per prompt, so the images' embeddings, each
+    repeated per its prompts, ride in as dense prompt embeddings over a zero image: the decoder adds the
+    two before anything else, so this is the per-image call batched (several times faster on CPU).
+    """
     sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-    logits, iou_pred = sam.mask_decoder(
-        image_embeddings=embedding,
+    per_prompt = embeddings.repeat_interleave(torch.as_tensor(counts), dim=0)  # (N, C, h, w)
+    return sam.mask_decoder(
+        image_embeddings=torch.zeros_like(embeddings[:1]),
         image_pe=sam.prompt_encoder.get_dense_pe(),
         sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
+        dense_prompt_embeddings=dense + per_prompt,
         multimask_output=False,
-    )  # (N, 1, 4h, 4w), (N, 1)
+    )
+
+
+def _sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One image: BCE + dice on its single-mask logits, plus MSE of the IoU head against each mask's true IoU."""
     bce = F.binary_cross_entropy_with_logits(logits, targets)
     prob = logits.sigmoid().flatten(1)
     flat = targets.flatten(1)
