@@ -17,7 +17,7 @@ from regionspot.demo.synthetic import _shape_mask, choose_heldout, generate_data
 from regionspot.evaluation import load_annotations, score_detections
 from regionspot.evaluation.lvis_eval import _LVISFromDict
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
-from regionspot.modeling.sam import build_sam
+from regionspot.modeling.sam import SamPrompts, SamRegionEncoder, build_sam
 from regionspot.predictor import RegionSpotPredictor
 
 # 2 x 2 x 2 = 8 classes, 2 held out; 200 small training images are enough for r, c and f groups to exist.
@@ -245,14 +245,8 @@ def test_batched_sam_decoding_matches_one_image_per_call():
     counts = [2, 3]
     with torch.no_grad():
         logits, iou_pred = _decode_images(sam, embeddings, boxes, counts)
-        for image, (start, end) in enumerate([(0, 2), (2, 5)]):
-            sparse, dense = sam.prompt_encoder(points=None, boxes=boxes[start:end], masks=None)
-            expected_logits, expected_iou = sam.mask_decoder(
-                image_embeddings=embeddings[image : image + 1],
-                image_pe=sam.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            torch.testing.assert_close(logits[start:end], expected_logits, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(iou_pred[start:end], expected_iou, atol=1e-5, rtol=1e-5)
+    encoder = SamRegionEncoder(sam=sam)  # the package's one-image-per-call path
+    for image, (start, end) in enumerate([(0, 2), (2, 5)]):
+        expected = encoder.decode(embeddings[image : image + 1].detach(), SamPrompts(boxes=boxes[start:end]))
+        torch.testing.assert_close(logits[start:end], expected.mask_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(iou_pred[start:end], expected.mask_scores, atol=1e-5, rtol=1e-5)
