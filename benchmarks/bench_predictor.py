@@ -11,28 +11,13 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import time
 
 import numpy as np
 import torch
+from timing import median_ms
 
 from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
-
-
-def _timed(fn, *, device: torch.device, repeats: int) -> float:
-    """Median wall time of `fn()` in milliseconds (synchronised on GPU), after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def _peak_memory_mib(device: torch.device) -> float:
@@ -67,7 +52,7 @@ def main() -> None:
         f"# {args.config} on {device} ({args.dtype}), {torch.get_num_threads()} CPU threads, torch {torch.__version__}"
     )
     print(f"# trainable {counts['trainable'] / 1e6:.2f}M, frozen {counts['frozen'] / 1e6:.2f}M parameters")
-    embed_ms = _timed(lambda: predictor.set_image(image), device=device, repeats=args.repeats)
+    embed_ms = median_ms(lambda: predictor.set_image(image), device=device, repeats=args.repeats)
     print(f"# set_image (SAM + CLIP embedding of a {args.image_size}px image): {embed_ms:.1f} ms")
     print("| boxes | classes | text (first call) ms | predict ms | regions/s | peak MiB |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -81,7 +66,7 @@ def main() -> None:
             corners = rng.uniform(0, args.image_size / 2, (num_boxes, 2))
             sizes = rng.uniform(8, args.image_size / 2, (num_boxes, 2))
             boxes = np.concatenate([corners, corners + sizes], axis=1)
-            ms = _timed(
+            ms = median_ms(
                 lambda b=boxes, v=vocabulary: predictor.predict(boxes=b, vocabulary=v),
                 device=device,
                 repeats=args.repeats,

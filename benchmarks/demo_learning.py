@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from regionspot import RegionSpotConfig, build_regionspot
+from regionspot.data.coco import load_annotations
 from regionspot.demo.backbones import fit_backbones, region_embeddings, region_weights
 from regionspot.demo.run import FULL
 from regionspot.demo.synthetic import generate_dataset, load_split
-from regionspot.evaluation import load_annotations, region_detections
+from regionspot.evaluation import region_detections
+from regionspot.evaluation.detections import detect_regions
 from regionspot.evaluation.subsets import score_category_subsets
 from regionspot.modeling.losses import region_focal_loss
 from regionspot.transforms import prepare_prompts
@@ -36,18 +38,16 @@ COLUMNS = ("AP", "AP50", "APr", "APc", "APf")
 
 @torch.no_grad()
 def cache_features(model, examples, batch_size: int = 32):
-    """Per image: SAM region tokens of its GT boxes (N, 1, C), CLIP token map (L, D), clipped boxes, SAM masks."""
+    """Per image: its `FrozenFeatures` for the GT boxes (with mask logits), clipped boxes, SAM masks (N, H, W)."""
     cached = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        embeddings = model.sam.embed_images(torch.cat([model.sam.preprocess(e.pixels)[0] for e in chunk]))
-        clip_tokens = model.clip.feature_map(torch.cat([model.clip.preprocess(e.pixels) for e in chunk]))
-        for i, example in enumerate(chunk):
-            size = example.pixels.shape[:2]
-            prompts, boxes = prepare_prompts(model.sam, image_size=size, boxes=example.boxes)
-            regions = model.sam.decode(embeddings[i : i + 1], prompts)
-            masks = model.sam.upscale_masks(regions.mask_logits, model.sam.preprocess(example.pixels)[1], size)
-            cached.append({"tokens": regions.tokens, "clip": clip_tokens[i], "boxes": boxes, "masks": masks[:, 0]})
+        images = [model.preprocessor(e.pixels) for e in chunk]
+        prepared = [prepare_prompts(model.sam, image_size=e.pixels.shape[:2], boxes=e.boxes) for e in chunk]
+        frozen = model.frozen_features(images, [prompts for prompts, _ in prepared], with_masks=True)
+        for image, features, (_, boxes) in zip(images, frozen, prepared, strict=True):
+            masks = model.sam.upscale_masks(features.mask_logits, image.sam_input_size, image.original_size)
+            cached.append({"frozen": features, "boxes": boxes, "masks": masks[:, 0]})  # one token per region
     return cached
 
 
@@ -87,7 +87,7 @@ def train_adapter(model, cached, labels, text, *, steps, lr, batch_size, seed) -
     losses = []
     for _ in range(steps):
         batch = rng.choice(len(cached), size=min(batch_size, len(cached)), replace=False)
-        logits = model([cached[b]["tokens"] for b in batch], torch.stack([cached[b]["clip"] for b in batch]), text)
+        logits = model([cached[b]["frozen"] for b in batch], text)
         loss = region_focal_loss(torch.cat(logits)[:, 0], torch.cat([labels[b] for b in batch]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -106,12 +106,19 @@ def detections(model, examples, cached, text, category_ids, *, random_seed: int 
     results = []
     for example, feats in zip(examples, cached, strict=True):
         if random_seed is None:
-            probs = model([feats["tokens"]], feats["clip"][None], text)[0][:, 0].softmax(-1)
+            results += detect_regions(
+                model,
+                feats["frozen"],
+                text_embeddings=text,
+                image_id=example.image_id,
+                boxes=feats["boxes"],
+                category_ids=category_ids,
+            )
         else:
             probs = torch.as_tensor(rng.dirichlet(np.ones(len(category_ids)), size=len(feats["boxes"]))).float()
-        results += region_detections(
-            image_id=example.image_id, boxes=feats["boxes"], class_probs=probs, category_ids=category_ids
-        )
+            results += region_detections(
+                image_id=example.image_id, boxes=feats["boxes"], class_probs=probs, category_ids=category_ids
+            )
     return results
 
 

@@ -1,4 +1,4 @@
-"""regionspot: name, describe and question any region of an image with frozen SAM + CLIP."""
+"""regionspot: name any region of an image against any vocabulary, with frozen SAM + CLIP (RegionSpot)."""
 
 from regionspot.build import build_regionspot
 from regionspot.config import AdapterConfig, ClipConfig, RegionSpotConfig, SamConfig

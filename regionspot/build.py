@@ -26,7 +26,9 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
             hint="Export one with `python train.py export` or set adapter.checkpoint to null for an untrained adapter.",
         )
     sam = SamRegionEncoder(
-        sam=build_sam(variant=config.sam.variant, checkpoint=config.sam.checkpoint), multimask=config.sam.multimask
+        sam=build_sam(variant=config.sam.variant, checkpoint=config.sam.checkpoint),
+        multimask=config.sam.multimask,
+        prompt_batch_size=config.sam.prompt_batch_size,
     )
     clip = ClipBackbone(
         model=build_clip(model_name=config.clip.model_name, checkpoint=config.clip.checkpoint),

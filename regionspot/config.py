@@ -19,10 +19,15 @@ class SamConfig:
     variant: str = "vit_b"  # one of SAM_VARIANTS; "tiny" is a 2-block SAM for tests and demos
     checkpoint: str | None = None  # SAM's official .pth (or a tiny one we saved); None = random weights
     multimask: bool = False  # True: 3 region tokens per prompt (SAM's multimask tokens), else the single-mask token
+    # Prompts per mask-decoder call, over all images of a batch: each holds a copy of its image's embedding
+    # (256 x 64 x 64 floats, 4 MiB, for the real SAMs), so this bounds the decoder's memory.
+    prompt_batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.variant not in SAM_VARIANTS:
             raise ValueError(f"sam.variant must be one of {SAM_VARIANTS}, got {self.variant!r}")
+        if self.prompt_batch_size < 1:
+            raise ValueError(f"sam.prompt_batch_size must be positive, got {self.prompt_batch_size}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from regionspot.boxes import clip_to_image, has_area
 from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
 
 # A binary mask prompt becomes SAM logits of +-9.2 (logit of 1e-4): confident, like SAM's own outputs.
@@ -67,7 +68,8 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
 
 def clip_boxes(boxes: np.ndarray | torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """(N, 4) xyxy boxes in pixels -> float tensor clipped to the image; degenerate or non-finite boxes raise."""
-    boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not torch.is_tensor(boxes) else boxes).float()
+    boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not torch.is_tensor(boxes) else boxes)
+    boxes = boxes.detach().cpu().float()
     if boxes.ndim == 1 and boxes.shape[0] == 4:
         boxes = boxes[None]
     if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -76,9 +78,8 @@ def clip_boxes(boxes: np.ndarray | torch.Tensor, image_size: tuple[int, int]) ->
     if len(bad):
         raise ValueError(f"boxes {bad.tolist()[:10]} contain NaN or infinite coordinates")
     height, width = image_size
-    upper = torch.tensor([width, height, width, height], dtype=boxes.dtype)
-    clipped = torch.minimum(boxes.clamp(min=0), upper)
-    empty = ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])).nonzero().flatten()
+    clipped = clip_to_image(boxes, image_size)
+    empty = (~has_area(clipped)).nonzero().flatten()
     if len(empty):
         raise ValueError(
             f"boxes {empty.tolist()[:10]} have no area inside the {width}x{height} image "
@@ -161,8 +162,17 @@ def _mask_logits(encoder: SamRegionEncoder, masks, image_size: tuple[int, int]) 
     masks = masks.float()
     if not ((masks >= 0) & (masks <= 1)).all():
         raise ValueError("masks must be binary (bool, or 0/1 values)")
-    resized = encoder.transform.get_preprocess_shape(*image_size, encoder.image_size)
-    masks = F.interpolate(masks[:, None], size=resized, mode="bilinear", align_corners=False)
+    low_res = masks_in_sam_frame(encoder, masks)
+    return torch.logit(low_res.clamp(_MASK_PROB_CLAMP, 1 - _MASK_PROB_CLAMP)).to(encoder.sam.device)
+
+
+def masks_in_sam_frame(encoder: SamRegionEncoder, masks: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) masks in [0, 1] at the image's size -> (N, 1, 4h, 4w) in [0, 1] on SAM's low-resolution mask grid.
+
+    The masks go through SAM's own geometry: resized with the image, zero-padded to SAM's square, then
+    area-averaged to the grid of SAM's mask logits (its mask input, and its mask output before upscaling).
+    """
+    resized = encoder.transform.get_preprocess_shape(*masks.shape[1:], encoder.image_size)
+    masks = F.interpolate(masks[:, None].float(), size=resized, mode="bilinear", align_corners=False)
     masks = F.pad(masks, (0, encoder.image_size - resized[1], 0, encoder.image_size - resized[0]))
-    masks = F.interpolate(masks, size=encoder.mask_input_size, mode="area")
-    return torch.logit(masks.clamp(_MASK_PROB_CLAMP, 1 - _MASK_PROB_CLAMP)).to(encoder.sam.device)
+    return F.interpolate(masks, size=encoder.mask_input_size, mode="area")

@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.modeling.losses import region_focal_loss, sigmoid_focal_loss
+from regionspot.modeling.regionspot import FrozenFeatures
 
 
 def _millions(module):
@@ -63,23 +64,31 @@ def test_adapter_width_must_split_into_heads():
         RegionFusionAdapter(token_dim=16, width=30, output_dim=8, num_heads=8)
 
 
+def _frozen(model, regions: int) -> FrozenFeatures:
+    """Random frozen outputs of the right shapes for one image with `regions` regions."""
+    return FrozenFeatures(
+        region_tokens=torch.randn(regions, 1, model.sam.token_dim),
+        mask_scores=torch.rand(regions, 1),
+        clip_tokens=torch.randn(65, model.clip.width),
+    )
+
+
 @torch.no_grad()
 def test_padding_does_not_change_results(tiny_model):
     """Images batched with different region counts give what each gives alone."""
-    tokens = [torch.randn(3, 1, tiny_model.sam.token_dim), torch.randn(1, 1, tiny_model.sam.token_dim)]
-    clip_tokens = torch.randn(2, 65, tiny_model.clip.width)
-    together = tiny_model.region_features(tokens, clip_tokens)
+    frozen = [_frozen(tiny_model, 3), _frozen(tiny_model, 1)]
+    together = tiny_model.region_features(frozen)
     for i in range(2):
-        alone = tiny_model.region_features([tokens[i]], clip_tokens[i : i + 1])[0]
+        alone = tiny_model.region_features([frozen[i]])[0]
         assert_close(together[i], alone, atol=1e-5, rtol=1e-5)
         assert_close(together[i].norm(dim=-1), torch.ones(together[i].shape[:2]))
 
 
 def test_region_features_rejects_bad_batches(tiny_model):
-    with pytest.raises(ValueError, match="2 region sets for 1 images"):
-        tiny_model.region_features([torch.randn(1, 1, 64)] * 2, torch.randn(1, 65, 64))
+    with pytest.raises(ValueError, match="at least one image"):
+        tiny_model.region_features([])
     with pytest.raises(ValueError, match="N >= 1"):
-        tiny_model.region_features([torch.randn(0, 1, 64)], torch.randn(1, 65, 64))
+        tiny_model.region_features([_frozen(tiny_model, 0)])
 
 
 def test_only_the_adapter_trains(tiny_config):
@@ -93,9 +102,8 @@ def test_only_the_adapter_trains(tiny_config):
     assert counts["trainable"] == sum(p.numel() for p in model.adapter.parameters())
     assert "trainable=" in repr(model) and "frozen=" in repr(model)
 
-    tokens = [torch.randn(2, 1, model.sam.token_dim)]
     text = torch.nn.functional.normalize(torch.randn(5, model.clip.embed_dim), dim=-1)
-    logits = model(tokens, torch.randn(1, 65, model.clip.width), text)[0]
+    logits = model([_frozen(model, 2)], text)[0]
     assert logits.shape == (2, 1, 5)
     region_focal_loss(logits[:, 0], torch.tensor([1, 3])).backward()
     assert all(p.grad is not None for p in model.adapter.parameters())

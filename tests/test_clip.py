@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torch.testing import assert_close
 
 from regionspot.checkpoint import CheckpointMismatchError, read_state_dict
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
+from regionspot.modeling.preprocess import ImagePreprocessor, resize_for_clip
 
 TINY = "RegionSpot-Tiny-CLIP"
 
@@ -31,7 +33,9 @@ def test_templates_are_regionspots_81():
 @torch.no_grad()
 def test_feature_map_equals_open_clip_last_block(image):
     backbone = _backbone(build_clip(model_name=TINY))
-    images = torch.cat([backbone.preprocess(image), backbone.preprocess(image[::-1].copy())])
+    images = backbone.normalize(
+        resize_for_clip(torch.from_numpy(np.stack([image, image[::-1]])).permute(0, 3, 1, 2), 64)
+    )
     captured = []
     hook = backbone.model.visual.transformer.resblocks[-1].register_forward_hook(lambda m, i, o: captured.append(o))
     backbone.model.encode_image(images)
@@ -42,11 +46,14 @@ def test_feature_map_equals_open_clip_last_block(image):
     assert_close(tokens, captured[0])
 
 
-def test_preprocess_resizes_whole_image(image):
+def test_preprocessing_resizes_the_whole_image_and_normalises(image):
     backbone = _backbone(build_clip(model_name=TINY))
-    x = backbone.preprocess(image)
-    assert x.shape == (1, 3, backbone.image_size, backbone.image_size)
-    white = backbone.preprocess(image * 0 + 255)
+    preprocessor = ImagePreprocessor(sam_size=128, clip_size=backbone.image_size)
+    prepared = preprocessor(image)
+    assert prepared.clip_pixels.shape == (3, backbone.image_size, backbone.image_size)
+    resized = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, size=(64, 64), mode="bicubic")
+    assert torch.equal(prepared.clip_pixels, resized[0])  # no crop: the whole image, squeezed to CLIP's square
+    white = backbone.normalize(preprocessor(image * 0 + 255).clip_pixels[None])
     assert_close(white[0, :, 0, 0], ((1 - backbone.image_mean) / backbone.image_std).flatten())
 
 

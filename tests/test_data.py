@@ -88,7 +88,7 @@ def test_lvis_records_use_coco_url_basename_and_bad_entries_are_counted(tmp_path
     }
     assert len(dataset) == 2
     sample = dataset[0]
-    assert sample["image"].shape == (3, 40, 60) and sample["image_id"] == 1
+    assert sample["image"].shape == (40, 60, 3) and sample["image_id"] == 1
     np.testing.assert_allclose(sample["boxes"].numpy(), [[10, 5, 30, 15], [50, 30, 60, 40]])
     assert sample["labels"].tolist() == [1, 0]
     broken = dataset[1]
@@ -159,7 +159,7 @@ def test_hugging_face_detection_schema(tmp_path):
     assert dict(dataset.skipped) == {"image_without_boxes": 1, "zero_area_box": 1}
     sample = dataset[0]
     np.testing.assert_allclose(sample["boxes"].numpy(), [[2, 3, 12, 8]])
-    assert sample["labels"].tolist() == [1] and sample["image"].shape == (3, 20, 30)
+    assert sample["labels"].tolist() == [1] and sample["image"].shape == (20, 30, 3)
     hf.save_to_disk(str(tmp_path / "hf"))
     from_disk = build_dataset("hf", DatasetConfig(hf_path=str(tmp_path / "hf"), bbox_format="xyxy"))
     np.testing.assert_allclose(from_disk[0]["boxes"].numpy(), [[2, 3, 10, 5]])

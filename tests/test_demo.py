@@ -12,12 +12,12 @@ from open_clip.pos_embed import get_2d_sincos_pos_embed
 from pycocotools import mask as mask_utils
 
 from regionspot import RegionSpotConfig, build_regionspot
-from regionspot.demo.backbones import DEMO_SAM, POSITION_SCALE, _decode_images, attribute_phrases, fit_backbones
+from regionspot.data.coco import load_annotations
+from regionspot.demo.backbones import POSITION_SCALE, attribute_phrases, fit_backbones
 from regionspot.demo.synthetic import _shape_mask, choose_heldout, generate_dataset, load_split, make_classes
-from regionspot.evaluation import load_annotations, score_detections
+from regionspot.evaluation import score_detections
 from regionspot.evaluation.lvis_eval import _LVISFromDict
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
-from regionspot.modeling.sam import SamPrompts, SamRegionEncoder, build_sam
 from regionspot.predictor import RegionSpotPredictor
 
 # 2 x 2 x 2 = 8 classes, 2 held out; 200 small training images are enough for r, c and f groups to exist.
@@ -235,18 +235,3 @@ def test_fitted_backbones_lower_their_losses_and_load_through_build_regionspot(s
     predictions = predictor.predict(vocabulary=names, boxes=example.boxes, top_k=3)
     assert len(predictions) == len(example.boxes)
     assert predictions.masks.shape[1:] == example.pixels.shape[:2]
-
-
-def test_batched_sam_decoding_matches_one_image_per_call():
-    torch.manual_seed(0)
-    sam = build_sam(variant=DEMO_SAM).eval()
-    embeddings = sam.image_encoder(torch.randn(2, 3, 128, 128))
-    boxes = torch.tensor([[4.0, 4, 60, 70], [30, 10, 120, 50], [0, 0, 128, 128], [64, 64, 100, 127], [10, 80, 40, 120]])
-    counts = [2, 3]
-    with torch.no_grad():
-        logits, iou_pred = _decode_images(sam, embeddings, boxes, counts)
-    encoder = SamRegionEncoder(sam=sam)  # the package's one-image-per-call path
-    for image, (start, end) in enumerate([(0, 2), (2, 5)]):
-        expected = encoder.decode(embeddings[image : image + 1].detach(), SamPrompts(boxes=boxes[start:end]))
-        torch.testing.assert_close(logits[start:end], expected.mask_logits, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(iou_pred[start:end], expected.mask_scores, atol=1e-5, rtol=1e-5)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from lvis import LVIS, LVISEval, LVISResults
 
-from regionspot.evaluation import format_metrics, load_annotations, score_detections
+from regionspot.data.coco import load_annotations, subset_images
+from regionspot.evaluation import format_metrics, score_detections
+from regionspot.evaluation.metric import DetectionAP
 
 
 def _gt():
@@ -168,3 +170,19 @@ def test_region_detections_format_and_scores():
     assert mask_utils.area(dets[0]["segmentation"]) == 1600
     with pytest.raises(ValueError, match="class_probs must be"):
         region_detections(image_id=1, boxes=boxes, class_probs=probs[:, :2], category_ids=[1, 2, 3])
+
+
+def test_detection_metric_scores_what_it_was_given_on_the_images_seen():
+    gt, boxes = _gt()
+    detections = [_det(1, 1, boxes[1], 0.9), _det(1, 2, [0, 0, 30, 30], 0.95), _det(2, 2, boxes[2], 0.8)]
+    metric = DetectionAP(ground_truth=gt)
+    metric.update(detections[:2], [1])
+    metric.update([], [])  # a batch of unreadable images
+    metric.update(detections[2:], [2])
+    assert metric.compute() == score_detections(gt, detections)
+
+    metric.reset()
+    metric.update(detections[:1], [1])  # a partial validation: image 2's ground truth is not counted
+    assert metric.compute() == score_detections(subset_images(gt, {1}), detections[:1])
+    metric.reset()
+    assert metric.compute() == score_detections(subset_images(gt, set()), [])  # a rank that saw nothing

@@ -12,7 +12,7 @@ from segment_anything import SamPredictor
 from torch.testing import assert_close
 
 from regionspot import RegionSpotPredictor, build_regionspot
-from regionspot.transforms import to_rgb_uint8
+from regionspot.transforms import prepare_prompts, to_rgb_uint8
 
 VOCAB = ["red square", "blue square", "background", "cat"]
 BOXES = [[30, 20, 90, 60], [100, 50, 150, 90], [-20, -5, 400, 300]]
@@ -73,11 +73,9 @@ def test_multimask_reports_the_best_mask(tiny_config, image):
     predictor = RegionSpotPredictor(build_regionspot(config))
     predictor.set_image(image)
     result = predictor.predict(points=[[[50, 40]]], vocabulary=VOCAB)
-    embedding = predictor._image["sam_embedding"]
-    from regionspot.transforms import prepare_prompts
-
     prompts, _ = prepare_prompts(predictor.model.sam, image_size=image.shape[:2], points=[[[50, 40]]])
-    regions = predictor.model.sam.decode(embedding, prompts)
+    regions = predictor.model.sam.decode(predictor._image.sam, [prompts])[0]
+    assert regions.mask_scores.shape == (1, 3)
     assert result.mask_scores[0] == regions.mask_scores[0].max()
 
 
@@ -152,7 +150,7 @@ def test_bad_calls(tiny_model, predictor):
 
 
 @pytest.mark.parametrize(
-    ("image", "message"),
+    ("bad", "message"),
     [
         (np.zeros((4, 4, 2), np.uint8), "is not an image"),
         (np.zeros((0, 4, 3), np.uint8), "no pixels"),
@@ -161,8 +159,11 @@ def test_bad_calls(tiny_model, predictor):
         (np.zeros((4, 4, 3), np.int64), "dtype int64"),
         (torch.zeros(2, 3, 4, 4), "is not an image"),
         ("image.png", "PIL image, numpy array or torch tensor"),
+        (np.zeros((5000, 10, 3), np.uint8), "too thin for SAM"),
     ],
 )
-def test_bad_images_are_value_errors(tiny_model, image, message):
+def test_bad_images_are_value_errors(bad, message, predictor):
     with pytest.raises(ValueError, match=message):
-        RegionSpotPredictor(tiny_model).set_image(image)
+        predictor.set_image(bad)
+    with pytest.raises(RuntimeError, match="set_image"):  # a failed set_image leaves no stale image behind
+        predictor.predict(boxes=BOXES, vocabulary=VOCAB)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor, sam_model_registry
+from segment_anything.utils.transforms import ResizeLongestSide
 from torch.testing import assert_close
 
 from regionspot.checkpoint import CheckpointMismatchError
+from regionspot.modeling.preprocess import resize_for_sam
 from regionspot.modeling.sam import SamPrompts, SamRegionEncoder, build_sam, build_tiny_sam
 from regionspot.transforms import prepare_prompts
 
@@ -26,18 +29,22 @@ def _reference_tokens(sam, embedding, boxes):
     return hidden
 
 
+def _embed(encoder, image):
+    """(1, C, h, w) SAM embedding of an (H, W, 3) uint8 image through the package's one preprocessing."""
+    return encoder.embed_images(encoder.normalize_and_pad([resize_for_sam(image, encoder.image_size)]))
+
+
 @torch.no_grad()
 def test_region_tokens_match_segment_anything(tiny_sam, image):
     encoder = SamRegionEncoder(sam=tiny_sam)
-    sam_input, _ = encoder.preprocess(image)
-    embedding = encoder.embed_images(sam_input)
+    embedding = _embed(encoder, image)
     prompts, _ = prepare_prompts(encoder, image_size=image.shape[:2], boxes=BOXES)
-    regions = encoder.decode(embedding, prompts)
+    regions = encoder.decode(embedding, [prompts])[0]
     hidden = _reference_tokens(tiny_sam, embedding, prompts.boxes)
     assert regions.tokens.shape == (4, 1, tiny_sam.mask_decoder.transformer_dim)
     assert_close(regions.tokens[:, 0], hidden[:, 1])
 
-    multimask = SamRegionEncoder(sam=tiny_sam, multimask=True).decode(embedding, prompts)
+    multimask = SamRegionEncoder(sam=tiny_sam, multimask=True).decode(embedding, [prompts])[0]
     assert multimask.tokens.shape[1] == 3 and multimask.mask_logits.shape[1] == 3
     assert_close(multimask.tokens, hidden[:, 2:5])
 
@@ -46,9 +53,9 @@ def test_region_tokens_match_segment_anything(tiny_sam, image):
 def test_masks_match_sam_predictor(tiny_sam, image):
     """Same image, same boxes: our masks and IoU scores equal SamPredictor's."""
     encoder = SamRegionEncoder(sam=tiny_sam)
-    sam_input, input_size = encoder.preprocess(image)
     prompts, _ = prepare_prompts(encoder, image_size=image.shape[:2], boxes=BOXES)
-    regions = encoder.decode(encoder.embed_images(sam_input), prompts)
+    regions = encoder.decode(_embed(encoder, image), [prompts])[0]
+    input_size = ResizeLongestSide.get_preprocess_shape(*image.shape[:2], encoder.image_size)
     masks = encoder.upscale_masks(regions.mask_logits, input_size, image.shape[:2])
 
     reference = SamPredictor(tiny_sam)
@@ -67,23 +74,62 @@ def test_masks_match_sam_predictor(tiny_sam, image):
 @torch.no_grad()
 def test_batched_prompts_equal_one_at_a_time(tiny_sam, image):
     encoder = SamRegionEncoder(sam=tiny_sam, multimask=True, prompt_batch_size=3)
-    embedding = encoder.embed_images(encoder.preprocess(image)[0])
+    embedding = _embed(encoder, image)
     points = torch.tensor([[[20.0, 30.0], [70.0, 60.0]]]).repeat(4, 1, 1)
     labels = torch.tensor([[1, 0]]).repeat(4, 1)
     prompts, _ = prepare_prompts(encoder, image_size=image.shape[:2], boxes=BOXES, points=points, point_labels=labels)
-    together = encoder.decode(embedding, prompts)
+    together = encoder.decode(embedding, [prompts])[0]
     for i, one in enumerate(prompts.chunk(1)):
-        alone = encoder.decode(embedding, one)
+        alone = encoder.decode(embedding, [one])[0]
         assert_close(together.tokens[i : i + 1], alone.tokens, atol=1e-5, rtol=1e-5)
         assert_close(together.mask_logits[i : i + 1], alone.mask_logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("multimask", [False, True])
+@torch.no_grad()
+def test_several_images_decode_together_as_one_at_a_time(tiny_sam, image, multimask):
+    """The prompts of images of different sizes, in shared decoder calls that cut across images, give what
+    SamPredictor gives for each image alone; the tokens-only mode gives the same tokens and scores."""
+    images = [image, image[:70, 20:].copy(), np.ascontiguousarray(image.transpose(1, 0, 2))]
+    boxes = [BOXES, BOXES[:1], BOXES[1:3]]
+    encoder = SamRegionEncoder(sam=tiny_sam, multimask=multimask, prompt_batch_size=2)  # chunks span images
+    embeddings = encoder.embed_images(
+        encoder.normalize_and_pad([resize_for_sam(img, encoder.image_size) for img in images])
+    )
+    prepared = [
+        prepare_prompts(encoder, image_size=img.shape[:2], boxes=b) for img, b in zip(images, boxes, strict=True)
+    ]
+    prompts, clipped = [p for p, _ in prepared], [c for _, c in prepared]
+    together = encoder.decode(embeddings, prompts)
+    tokens_only = encoder.decode(embeddings, prompts, with_masks=False)
+    for img, b, got, light in zip(images, clipped, together, tokens_only, strict=True):
+        reference = SamPredictor(tiny_sam)
+        reference.set_image(img)
+        _, ref_scores, ref_low_res = reference.predict_torch(
+            None, None, boxes=reference.transform.apply_boxes_torch(b, img.shape[:2]), multimask_output=multimask
+        )
+        # Equal up to float rounding: BLAS sums a batch of 3 images (and of 2 prompts) in another order.
+        assert_close(got.mask_logits, ref_low_res)
+        assert_close(got.mask_scores, ref_scores)
+        assert light.mask_logits is None
+        assert torch.equal(light.tokens, got.tokens)
+        assert_close(light.mask_scores, got.mask_scores, rtol=0, atol=0)
+
+
 def test_decode_rejects_bad_calls(tiny_sam):
     encoder = SamRegionEncoder(sam=tiny_sam)
-    with pytest.raises(ValueError, match="one image embedding"):
-        encoder.decode(torch.zeros(2, 64, 8, 8), SamPrompts(boxes=torch.zeros(1, 4)))
+    with pytest.raises(ValueError, match="B image embeddings"):
+        encoder.decode(torch.zeros(2, 64, 8, 8), [SamPrompts(boxes=torch.zeros(1, 4))])
     with pytest.raises(ValueError, match="at least one prompt"):
-        encoder.decode(torch.zeros(1, 64, 8, 8), SamPrompts())
+        encoder.decode(torch.zeros(1, 64, 8, 8), [SamPrompts()])
+    with pytest.raises(ValueError, match="same prompt kinds"):
+        encoder.decode(
+            torch.zeros(2, 64, 8, 8),
+            [
+                SamPrompts(boxes=torch.zeros(1, 4)),
+                SamPrompts(points=torch.zeros(1, 1, 2), point_labels=torch.ones(1, 1)),
+            ],
+        )
 
 
 @pytest.mark.parametrize("variant", ["tiny", "vit_b"])

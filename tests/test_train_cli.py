@@ -37,7 +37,7 @@ def test_stage_configs_follow_the_regionspot_recipe(pair, capsys):
     stage2 = parsed(capsys, "--config", f"configs/stage2_{pair}.yaml")
     for config in (stage1, stage2):
         model, data, trainer = config["model"], config["data"], config["trainer"]
-        assert RegionSpotConfig.from_yaml(model["model_config"]).sam.variant == "vit_b"
+        assert RegionSpotConfig.from_dict(model["model_config"]).sam.variant == "vit_b"  # validated and printed
         assert (model["lr"], model["weight_decay"], model["warmup_steps"]) == (2.5e-5, 1e-4, 1000)
         assert model["lr_milestones"] == [350_000, 420_000] and model["lr_gamma"] == 0.1
         assert (model["focal_alpha"], model["focal_gamma"]) == (0.25, 2.0)
@@ -49,7 +49,11 @@ def test_stage_configs_follow_the_regionspot_recipe(pair, capsys):
     assert list(stage2["data"]["train"]) == ["objects365", "v3det", "openimages"]
     assert {d["ratio"] for d in stage2["data"]["train"].values()} == {1.0}
     stage1_export = Path(stage1["trainer"]["default_root_dir"]) / "adapter.safetensors"
-    assert stage2["model"]["model_overrides"]["adapter"]["checkpoint"] == str(stage1_export)
+    assert stage2["model"]["model_config"]["adapter"]["checkpoint"] == str(stage1_export)
+    assert stage1["model"]["model_config"]["adapter"] == {
+        **stage2["model"]["model_config"]["adapter"],
+        "checkpoint": None,
+    }
 
 
 def test_paths_and_lengths_are_overridable_from_the_command_line(capsys):

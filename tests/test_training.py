@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from synthetic_boxes import one_cpu_thread, write_colour_boxes  # noqa: F401 (a fixture)
 
-from regionspot import build_regionspot
+from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
 
@@ -53,9 +53,10 @@ def make_trainer(root, **kwargs) -> L.Trainer:
     return L.Trainer(**{**settings, **kwargs})
 
 
-def make_module(**kwargs) -> RegionSpotModule:
+def make_module(config: RegionSpotConfig | None = None, **kwargs) -> RegionSpotModule:
     torch.manual_seed(0)
-    return RegionSpotModule(model_config=TINY, **{"lr": 3e-3, "warmup_steps": 3, **kwargs})
+    config = config or RegionSpotConfig.from_yaml(TINY)
+    return RegionSpotModule(model_config=config, **{"lr": 3e-3, "warmup_steps": 3, **kwargs})
 
 
 def adapter_state(module: RegionSpotModule) -> dict[str, torch.Tensor]:
@@ -136,8 +137,8 @@ def test_checkpoint_holds_the_adapter_and_config_and_export_gives_the_same_logit
     module.eval()
     expected = module(batch["images"], batch["boxes"], "toy_val")
     torch.manual_seed(0)
-    from_export = RegionSpotModule(model_config=str(model_yaml)).eval()
-    from_export.register_vocabulary("toy_val", trained["data"].vocabularies["toy_val"])
+    from_export = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(model_yaml)).eval()
+    from_export.use_data(vocabularies=trained["data"].vocabularies)
     got = from_export(batch["images"], batch["boxes"], "toy_val")
     for a, b in zip(expected, got, strict=True):
         torch.testing.assert_close(a, b)
@@ -147,7 +148,9 @@ def test_checkpoint_holds_the_adapter_and_config_and_export_gives_the_same_logit
 
 def test_resume_matches_an_uninterrupted_run(toy_data, tmp_path):
     def run(root, max_steps, ckpt_path=None) -> RegionSpotModule:
-        module = make_module(model_overrides={"adapter": {"dropout": 0.2}}, warmup_steps=2, lr_milestones=[3])
+        config = RegionSpotConfig.from_yaml(TINY)
+        config.adapter.dropout = 0.2
+        module = make_module(config, warmup_steps=2, lr_milestones=[3])
         every2 = ModelCheckpoint(dirpath=root, every_n_train_steps=2, save_top_k=-1)
         trainer = make_trainer(root, max_steps=max_steps, enable_checkpointing=True, callbacks=[every2])
         trainer.fit(module, make_data(toy_data, batches_per_epoch=3), ckpt_path=ckpt_path)  # stops mid-epoch
@@ -222,16 +225,16 @@ def test_ddp_two_cpu_processes_keep_identical_adapters(toy_data, tmp_path, monke
 def test_frozen_cache_reuses_backbone_outputs_and_changes_nothing(toy_data, tmp_path, monkeypatch):
     cached, plain = make_module(frozen_cache_size=5), make_module()
     calls = []
-    run_backbones = cached._run_backbones
+    run_frozen = cached._run_frozen
     monkeypatch.setattr(
-        cached, "_run_backbones", lambda images, boxes: calls.append(len(images)) or run_backbones(images, boxes)
+        cached, "_run_frozen", lambda images, boxes: calls.append(len(images)) or run_frozen(images, boxes)
     )
     batch = next(iter(make_data(toy_data).val_dataloader()))  # 8 images
     images, boxes = batch["images"][:4], batch["boxes"][:4]
-    expected, _ = plain.region_features(images, boxes)
+    expected = plain.model.region_features(plain.frozen_features(images, boxes))
     with torch.inference_mode():  # as in validation: inference tensors go into the cache
-        first, _ = cached.region_features(images, boxes)
-    again, _ = cached.region_features(images, boxes)
+        first = cached.model.region_features(cached.frozen_features(images, boxes))
+    again = cached.model.region_features(cached.frozen_features(images, boxes))
     assert calls == [4]  # the second call found all four
     for a, b, c in zip(expected, first, again, strict=True):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
@@ -240,7 +243,7 @@ def test_frozen_cache_reuses_backbone_outputs_and_changes_nothing(toy_data, tmp_
     assert cached.model.adapter.output_proj.weight.grad is not None
 
     moved = [b + 1.0 for b in boxes[:2]]  # other boxes on the same pixels: other SAM tokens
-    cached.region_features(images[:2], moved)
+    cached.frozen_features(images[:2], moved)
     assert calls == [4, 2]
     assert len(cached._frozen_cache) == 5  # least recently used dropped first
     for entry in cached._frozen_cache.values():  # each holds its own memory, not a view of its whole batch

@@ -1,6 +1,14 @@
-"""Detection data for training adapters: COCO/LVIS JSON or Hugging Face data sets, mixed by ratio."""
+"""Detection data: COCO/LVIS files (annotations, results) and training sets from them or from Hugging Face."""
 
 from regionspot.data.augment import AugmentConfig, augment
+from regionspot.data.coco import (
+    check_annotations,
+    image_file_name,
+    is_lvis,
+    load_annotations,
+    load_proposals,
+    read_json,
+)
 from regionspot.data.detection import (
     DatasetConfig,
     DetectionDataset,
@@ -19,7 +27,13 @@ __all__ = [
     "ShardSampler",
     "augment",
     "build_dataset",
+    "check_annotations",
     "collate_detections",
+    "image_file_name",
+    "is_lvis",
+    "load_annotations",
     "load_coco_detection",
     "load_hf_detection",
+    "load_proposals",
+    "read_json",
 ]

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from regionspot.boxes import clip_to_image
+
 
 def _default_short_edges() -> list[int]:
     return list(range(480, 801, 32))  # RegionSpot's multi-scale range, 480-800
@@ -74,7 +76,7 @@ def random_crop(
     y0 = int(rng.uniform(max(0.0, cy - crop_h), min(cy, height - crop_h)))
     x0, y0 = min(max(x0, 0), width - crop_w), min(max(y0, 0), height - crop_h)
     shifted = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
-    clipped = np.clip(shifted, 0, [crop_w, crop_h, crop_w, crop_h]).astype(np.float32)
+    clipped = clip_to_image(shifted, (crop_h, crop_w)).astype(np.float32)
     keep = np.flatnonzero(
         (clipped[:, 2] - clipped[:, 0] >= min_box_size) & (clipped[:, 3] - clipped[:, 1] >= min_box_size)
     )

@@ -20,8 +20,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from regionspot.boxes import clip_to_image, has_area, xywh_to_xyxy
 from regionspot.data.augment import AugmentConfig, augment
-from regionspot.evaluation.lvis_eval import image_file_name, load_annotations
+from regionspot.data.coco import image_file_name, load_annotations
 from regionspot.vocabulary import clean_class_name, vocabulary_from_categories
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,8 @@ class DetectionDataset(Dataset):
             keep = np.sort(rng.choice(len(boxes), self.max_regions, replace=False))
             boxes, labels = boxes[keep], labels[keep]
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),  # (3, H, W) uint8
+            # (H, W, 3) uint8 numpy: Lightning leaves it on the CPU, where the model's one preprocessing resizes it
+            "image": np.ascontiguousarray(image),
             "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32)),
             "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)),
             "image_id": record.image_id,
@@ -135,9 +137,8 @@ class DetectionDataset(Dataset):
 
 def _boxes_inside(boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Clip boxes to the decoded image (its size may differ from the JSON's); drop those left empty."""
-    height, width = size
-    clipped = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
-    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    clipped = clip_to_image(boxes, size).astype(np.float32)
+    keep = has_area(clipped)
     return clipped[keep], labels[keep]
 
 
@@ -232,13 +233,14 @@ def xywh_box(bbox: Any, width: float | None, height: float | None, skipped: Coun
     except (TypeError, ValueError):
         skipped["malformed_box"] += 1
         return None
-    box = np.array([x, y, x + w, y + h], dtype=np.float32)
+    box = xywh_to_xyxy(np.array([x, y, w, h])).astype(np.float32)  # summed in float64, then stored as float32
+    # Not `has_area`: the skip reason follows the given w and h, even where float32 rounds a tiny one away.
     if not np.isfinite(box).all() or w <= 0 or h <= 0:
         skipped["zero_area_box"] += 1
         return None
     if width and height:
-        box = np.clip(box, 0, [width, height, width, height])
-        if box[2] <= box[0] or box[3] <= box[1]:
+        box = clip_to_image(box, (height, width))
+        if not has_area(box):
             skipped["box_outside_image"] += 1
             return None
     return box

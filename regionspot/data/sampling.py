@@ -132,7 +132,7 @@ class MixedBatchSampler(Sampler[list[SampleKey]]):
 def collate_detections(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Samples of one data set -> a batch of lists (images differ in size); skipped samples are counted.
 
-    Returns a dict with "images" (B uint8 (3, H, W)), "boxes" (B (N_i, 4)), "labels" (B (N_i,)),
+    Returns a dict with "images" (B uint8 numpy (H, W, 3)), "boxes" (B (N_i, 4)), "labels" (B (N_i,)),
     "image_ids", "dataset" (the name) and "skipped" (reason -> count).
     """
     names = {s["dataset"] for s in samples}

@@ -37,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
+from regionspot.data.coco import load_annotations
 from regionspot.demo.synthetic import AnnotatedImage, load_split
-from regionspot.evaluation.lvis_eval import load_annotations
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
-from regionspot.modeling.sam import SamRegionEncoder, build_sam
+from regionspot.modeling.preprocess import resize_for_clip, resize_for_sam
+from regionspot.modeling.sam import SamPrompts, SamRegionEncoder, build_sam
+from regionspot.transforms import masks_in_sam_frame
 
 DEMO_CLIP = "RegionSpot-Demo-CLIP"
 DEMO_SAM = "tiny"
@@ -48,6 +50,7 @@ _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp on its learned temperature
 # The CLIP's fixed sin-cos position table x2: the last-layer patch tokens then keep where they are
 # (linear R^2 of (row, col) 0.1 with a learned table, about 0.75 with x1); see docs/demo.md.
 POSITION_SCALE = 2.0
+_FIT_PROMPTS_PER_CALL = 512  # a fitting batch's boxes (16 images x up to 6 objects) in one decoder call
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,7 @@ def fit_sam(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     sam = build_sam(variant=DEMO_SAM)
-    encoder = SamRegionEncoder(sam=sam)
+    encoder = SamRegionEncoder(sam=sam, prompt_batch_size=_FIT_PROMPTS_PER_CALL)
     inputs, boxes, targets = _sam_inputs(encoder, examples)
     optimizer, schedule = _optimizer(sam.parameters(), lr=lr, steps=steps)
     sam.train()
@@ -123,14 +126,10 @@ def fit_sam(
     for _ in range(steps):
         batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
         embeddings = sam.image_encoder(inputs[batch])  # (B, C, h, w)
-        prompts = [_jitter(boxes[b], rng) for b in batch]
-        counts = [len(p) for p in prompts]
-        logits, iou_pred = _decode_images(sam, embeddings, torch.cat(prompts), counts)
+        prompts = [SamPrompts(boxes=_jitter(boxes[b], rng)) for b in batch]
+        regions = encoder.decode(embeddings, prompts, with_masks=True)  # every image's boxes in one decoder call
         loss = torch.stack(
-            [
-                _sam_loss(image_logits, image_iou, targets[b])
-                for image_logits, image_iou, b in zip(logits.split(counts), iou_pred.split(counts), batch, strict=True)
-            ]
+            [_sam_loss(r.mask_logits, r.mask_scores, targets[b]) for r, b in zip(regions, batch, strict=True)]
         ).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,15 +142,11 @@ def fit_sam(
 def _sam_inputs(encoder: SamRegionEncoder, examples: Sequence[AnnotatedImage]):
     """SAM-normalised images (B, 3, S, S), boxes in SAM's frame, and soft low-resolution target masks."""
     inputs, boxes, targets = [], [], []
-    low_res = encoder.mask_input_size
     for example in examples:
-        image, (height, width) = encoder.preprocess(example.pixels)
-        inputs.append(image[0])
+        inputs.append(encoder.normalize_and_pad([resize_for_sam(example.pixels, encoder.image_size)])[0])
         size = example.pixels.shape[:2]
         boxes.append(encoder.transform.apply_boxes_torch(torch.as_tensor(example.boxes), size))
-        masks = F.interpolate(torch.as_tensor(example.masks)[:, None].float(), size=(height, width), mode="bilinear")
-        masks = F.pad(masks, (0, encoder.image_size - width, 0, encoder.image_size - height))
-        targets.append(F.interpolate(masks, size=low_res, mode="area"))  # (N, 1, 4h, 4w) in [0, 1]
+        targets.append(masks_in_sam_frame(encoder, torch.as_tensor(example.masks)))  # (N, 1, 4h, 4w) in [0, 1]
     return torch.stack(inputs), boxes, targets
 
 
@@ -160,24 +155,6 @@ def _jitter(boxes: torch.Tensor, rng: np.random.Generator, scale: float = 0.05) 
     sides = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
     noise = torch.as_tensor(rng.normal(0, scale, size=boxes.shape), dtype=boxes.dtype) * sides
     return boxes + noise
-
-
-def _decode_images(sam: Sam, embeddings: torch.Tensor, boxes: torch.Tensor, counts: list[int]):
-    """Single-mask logits (N, 1, 4h, 4w) and IoU predictions (N, 1) for the boxes of several images in one call.
-
-    SAM's decoder takes one image and copies its embedding per prompt, so the images' embeddings, each
-    repeated per its prompts, ride in as dense prompt embeddings over a zero image: the decoder adds the
-    two before anything else, so this is the per-image call batched (several times faster on CPU).
-    """
-    sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-    per_prompt = embeddings.repeat_interleave(torch.as_tensor(counts), dim=0)  # (N, C, h, w)
-    return sam.mask_decoder(
-        image_embeddings=torch.zeros_like(embeddings[:1]),
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense + per_prompt,
-        multimask_output=False,
-    )
 
 
 def _sam_loss(logits: torch.Tensor, iou_pred: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -275,10 +252,8 @@ def region_weights(masks: torch.Tensor, backbone: ClipBackbone) -> torch.Tensor:
 def region_embeddings(backbone: ClipBackbone, images: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
     """Mask-weighted average of CLIP's patch tokens per region, through ln_post and the projection, unit norm."""
     visual = backbone.model.visual
-    size = backbone.image_size
-    pixels = F.interpolate(images.float() / 255.0, size=(size, size), mode="bicubic")
     out = visual.forward_intermediates(
-        backbone.normalize(pixels),
+        backbone.normalize(resize_for_clip(images, backbone.image_size)),
         indices=[len(visual.transformer.resblocks) - 1],
         output_fmt="NLC",
         intermediates_only=True,

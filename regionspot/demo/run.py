@@ -30,11 +30,13 @@ import numpy as np
 import torch
 import yaml
 
+from regionspot.boxes import xywh_to_xyxy
 from regionspot.config import RegionSpotConfig
+from regionspot.data.coco import load_annotations
 from regionspot.demo.backbones import fit_backbones
 from regionspot.demo.picture import draw_predictions
 from regionspot.demo.synthetic import GeneratedDataset, generate_dataset
-from regionspot.evaluation import load_annotations, region_detections, score_detections
+from regionspot.evaluation import region_detections, score_detections
 from regionspot.evaluation.cli import main as evaluate_main
 from regionspot.evaluation.runner import DETECTIONS_FILE
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
@@ -163,14 +165,13 @@ def _chance_detections(gt: dict[str, Any], *, seed: int) -> list[dict[str, Any]]
     category_ids = sorted(cat["id"] for cat in gt["categories"])
     boxes: dict[int, list[list[float]]] = {}
     for ann in gt["annotations"]:
-        x, y, w, h = ann["bbox"]
-        boxes.setdefault(ann["image_id"], []).append([x, y, x + w, y + h])
+        boxes.setdefault(ann["image_id"], []).append(ann["bbox"])
     detections = []
     for image_id, image_boxes in boxes.items():
         probs = torch.as_tensor(rng.dirichlet(np.ones(len(category_ids)), size=len(image_boxes)), dtype=torch.float32)
         detections += region_detections(
             image_id=image_id,
-            boxes=torch.tensor(image_boxes),
+            boxes=xywh_to_xyxy(torch.tensor(image_boxes, dtype=torch.float64)),  # summed in float64, as JSON numbers
             class_probs=probs,
             category_ids=category_ids,
             top_k=len(category_ids),

@@ -480,7 +480,7 @@ def load_split(ann_file: str | Path, *, exclude_category_ids: Sequence[int] = ()
     Raises ValueError if an annotation names a category in `exclude_category_ids` (e.g. held-out classes
     found in a training file), and FileNotFoundError naming a missing image.
     """
-    from regionspot.evaluation.lvis_eval import load_annotations
+    from regionspot.data.coco import load_annotations
 
     ann_file = Path(ann_file)
     data = load_annotations(ann_file)

@@ -12,8 +12,11 @@ import json
 import logging
 from pathlib import Path
 
-from regionspot.evaluation.lvis_eval import format_metrics, read_json, score_results
+from regionspot.data.coco import read_json
+from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K
+from regionspot.evaluation.lvis_eval import format_metrics, score_results
 from regionspot.evaluation.sources import SOURCES
+from regionspot.modeling.regionspot import ACTIVATIONS
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,7 +46,12 @@ def _run(argv: list[str]) -> dict:
     parser.add_argument("--out", default="eval_out", help="output folder; a rerun resumes the run in it")
     parser.add_argument("--fixed-ap", action="store_true", help="Fixed AP: no per-image cap, 10k per class")
     parser.add_argument("--no-masks", dest="masks", action="store_false", help="boxes only (no mask AP)")
-    parser.add_argument("--top-k", type=int, default=300, help="classes kept per region (default 300)")
+    parser.add_argument(
+        "--top-k", type=int, default=DEFAULT_TOP_K, help=f"classes kept per region (default {DEFAULT_TOP_K})"
+    )
+    parser.add_argument(
+        "--activation", choices=ACTIVATIONS, default=DEFAULT_ACTIVATION, help="class scores (default softmax)"
+    )
     parser.add_argument("--max-dets-per-image", type=int, help="default: the protocol's (LVIS 300, COCO 100)")
     parser.add_argument("--max-images", type=int, help="only the first N images (scored on those alone)")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, cuda, ...")

@@ -9,10 +9,16 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from regionspot.boxes import xyxy_to_xywh
+from regionspot.data.coco import is_lvis
+from regionspot.evaluation.lvis_eval import LVIS_MAX_DETS_PER_IMAGE
+from regionspot.modeling.preprocess import PreparedImage
+from regionspot.modeling.regionspot import FrozenFeatures, RegionSpot
 
-def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
-    """(N, 4) x1, y1, x2, y2 -> (N, 4) x, y, w, h."""
-    return torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+# Shared by validation during training and evaluate.py, so that the same data gives the same AP in both.
+DEFAULT_TOP_K = 300  # classes kept per region: with LVIS's 300 detections per image, enough for any image
+DEFAULT_ACTIVATION = "softmax"  # RegionSpot's evaluation: a softmax over the vocabulary
+COCO_MAX_DETS_PER_IMAGE = 100  # the COCO challenge's limit
 
 
 def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
@@ -31,7 +37,7 @@ def region_detections(
     category_ids: Sequence[int],
     box_scores: torch.Tensor | None = None,
     masks: torch.Tensor | None = None,
-    top_k: int = 10,
+    top_k: int = DEFAULT_TOP_K,
     max_per_image: int | None = None,
 ) -> list[dict[str, Any]]:
     """Each region's `top_k` classes as detections; score = class probability x box score (if any).
@@ -75,3 +81,53 @@ def region_detections(
     if max_per_image is not None:
         detections = sorted(detections, key=lambda det: det["score"], reverse=True)[:max_per_image]
     return detections
+
+
+def protocol_max_dets(gt: dict[str, Any], *, fixed_ap: bool = False) -> int | None:
+    """Detections kept per image under the ground truth's protocol: LVIS 300, COCO 100, Fixed AP no cap."""
+    if fixed_ap:
+        return None
+    return LVIS_MAX_DETS_PER_IMAGE if is_lvis(gt) else COCO_MAX_DETS_PER_IMAGE
+
+
+def detect_regions(
+    model: RegionSpot,
+    frozen: FrozenFeatures,
+    *,
+    text_embeddings: torch.Tensor,
+    image_id: int,
+    boxes: torch.Tensor,
+    category_ids: Sequence[int],
+    features: torch.Tensor | None = None,
+    box_scores: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
+    image: PreparedImage | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    activation: str = DEFAULT_ACTIVATION,
+    max_per_image: int | None = None,
+) -> list[dict[str, Any]]:
+    """The one path from one image's region features to its detections, under validation and evaluate.py.
+
+    `model.score_regions` (SAM's most trusted token per region, softmax or sigmoid over the vocabulary),
+    then `region_detections` (top-k classes per region, times the detector's score for proposals).
+
+    Args:
+        model, frozen, text_embeddings, features, activation: see `RegionSpot.score_regions`.
+        image_id, boxes, category_ids, box_scores, top_k, max_per_image: see `region_detections`.
+        masks: (N, H, W) bool masks given with the regions (SAM's automatic mask generator), to write as
+            segmentations; or None.
+        image: the prepared image, to write SAM's mask of each region instead (needs mask logits in `frozen`).
+    """
+    scored = model.score_regions(
+        frozen, text_embeddings=text_embeddings, features=features, activation=activation, image=image
+    )
+    return region_detections(
+        image_id=image_id,
+        boxes=boxes,
+        class_probs=scored.probs,
+        category_ids=category_ids,
+        box_scores=box_scores,
+        masks=masks if masks is not None else scored.masks,
+        top_k=top_k,
+        max_per_image=max_per_image,
+    )

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import types
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import lvis.eval
 import numpy as np
 from lvis import LVIS, LVISEval, LVISResults
+
+from regionspot.data.coco import check_annotations, is_lvis, load_annotations
 
 LVIS_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 COCO_METRICS = LVIS_METRICS[:6]
@@ -48,62 +48,6 @@ class _LVISFromDict(LVIS):
         self.logger = logging.getLogger(LVIS.__module__)
         self.dataset = dataset
         self._create_index()
-
-
-def read_json(path: str | Path, *, what: str) -> Any:
-    """The parsed JSON of `path`; `what` ("annotation file", ...) names it in the errors.
-
-    Raises:
-        FileNotFoundError: if there is no such file. ValueError: if it is not valid JSON.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what} {path} is not valid JSON: {err}") from err
-
-
-def load_annotations(path: str | Path) -> dict[str, Any]:
-    """Read a COCO/LVIS annotation JSON; a missing, unreadable or malformed file raises ValueError."""
-    data = read_json(path, what="annotation file")
-    check_annotations(data, source=str(path))
-    return data
-
-
-def image_file_name(image: dict[str, Any]) -> str:
-    """The file of a COCO/LVIS image record: `file_name`, or the basename of LVIS's `coco_url`."""
-    if image.get("file_name"):
-        return str(image["file_name"])
-    if image.get("coco_url"):
-        return Path(urlparse(str(image["coco_url"])).path).name
-    raise ValueError(f"image {image.get('id')} has neither 'file_name' nor 'coco_url': the file cannot be found")
-
-
-def check_annotations(data: Any, *, source: str = "annotations") -> None:
-    """Raise ValueError unless `data` has images, annotations and categories as COCO/LVIS define them."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a JSON object with images, annotations and categories")
-    missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
-    if missing:
-        raise ValueError(f"{source}: missing or non-list key(s) {missing}")
-    for key, fields in (
-        ("images", ("id",)),
-        ("categories", ("id", "name")),
-        ("annotations", ("id", "image_id", "category_id", "bbox")),
-    ):
-        for i, entry in enumerate(data[key]):
-            absent = [f for f in fields if not isinstance(entry, dict) or f not in entry]
-            if absent:
-                raise ValueError(f"{source}: {key}[{i}] lacks {absent}")
-
-
-def is_lvis(data: dict[str, Any]) -> bool:
-    """LVIS ground truth carries federated image lists and category frequencies; COCO's does not."""
-    return all("neg_category_ids" in img and "not_exhaustive_category_ids" in img for img in data["images"]) and all(
-        "frequency" in cat for cat in data["categories"]
-    )
 
 
 def check_detections(detections: Sequence[dict[str, Any]], gt: dict[str, Any], *, iou_type: str = "bbox") -> None:

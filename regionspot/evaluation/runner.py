@@ -9,6 +9,7 @@ images already done, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,24 +25,19 @@ from PIL import Image
 from regionspot.build import build_regionspot
 from regionspot.checkpoint import require_file
 from regionspot.config import RegionSpotConfig
-from regionspot.evaluation.detections import region_detections
-from regionspot.evaluation.lvis_eval import (
-    LVIS_MAX_DETS_PER_IMAGE,
-    format_metrics,
-    is_lvis,
-    load_annotations,
-    score_results,
-)
+from regionspot.data.coco import load_annotations, load_proposals, subset_images
+from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
+from regionspot.evaluation.lvis_eval import format_metrics, score_results
 from regionspot.evaluation.sources import (
     SOURCES,
     ImageJob,
     check_images_exist,
     image_jobs,
     keep_boxes_inside,
-    load_proposals,
     sam_everything,
 )
-from regionspot.predictor import embed_image, score_regions
+from regionspot.modeling.regionspot import ACTIVATIONS
+from regionspot.transforms import prepare_prompts
 from regionspot.vocabulary import vocabulary_from_categories
 
 log = logging.getLogger(__name__)
@@ -51,7 +47,6 @@ METRICS_FILE = "metrics.json"  # box metrics at the top level, mask metrics unde
 SKIPPED_FILE = "skipped.json"  # images that could not be read: [{"image_id", "reason"}]
 RUN_FILE = "run.json"  # the settings that shape the results, checked when a run resumes
 PART_GLOB = "detections.rank*.jsonl"  # one JSON line per finished image, per rank
-COCO_MAX_DETS_PER_IMAGE = 100  # the COCO challenge's limit
 # Mixed precision autocasts the frozen encoders; "-true" precisions would need the model converted, which the
 # frozen fp32 heads (decoder, adapter, scores) are meant to avoid.
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
@@ -74,7 +69,8 @@ class EvalSettings:
     proposals: str | None = None  # another detector's results (COCO results JSON with scores)
     fixed_ap: bool = False  # Fixed AP: no per-image cap, top 10k detections per class
     masks: bool = True  # write SAM's mask of each region and report mask AP too (when the GT has masks)
-    top_k: int = 300  # classes kept per region
+    top_k: int = DEFAULT_TOP_K  # classes kept per region (validation during training uses the same default)
+    activation: str = DEFAULT_ACTIVATION  # "softmax" over the vocabulary (RegionSpot's) or independent "sigmoid"
     max_dets_per_image: int | None = None  # default: the protocol's (LVIS 300, COCO 100, Fixed AP none)
     max_images: int | None = None  # evaluate only the first N images (by id), scored on those alone
     accelerator: str = "auto"
@@ -98,6 +94,8 @@ class EvalSettings:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.max_dets_per_image is not None and self.max_dets_per_image < 1:
             raise ValueError(f"max_dets_per_image must be at least 1, got {self.max_dets_per_image}")
         if self.max_images is not None and self.max_images < 1:
@@ -157,7 +155,7 @@ def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
             settings.images,
             missing[:5],
         )
-    max_dets = settings.max_dets_per_image or _protocol_max_dets(gt, fixed_ap=settings.fixed_ap)
+    max_dets = settings.max_dets_per_image or protocol_max_dets(gt, fixed_ap=settings.fixed_ap)
     return gt, RunPlan(vocabulary=vocabulary, category_ids=category_ids, jobs=jobs, max_dets=max_dets)
 
 
@@ -167,12 +165,6 @@ def _check_model_files(settings: EvalSettings) -> None:
     adapter = settings.adapter or config.adapter.checkpoint
     if adapter is not None:
         require_file(adapter, what="adapter weights", hint="Pass the .safetensors file that training exported.")
-
-
-def _protocol_max_dets(gt: dict[str, Any], *, fixed_ap: bool) -> int | None:
-    if fixed_ap:
-        return None
-    return LVIS_MAX_DETS_PER_IMAGE if is_lvis(gt) else COCO_MAX_DETS_PER_IMAGE
 
 
 def _uses_gpu(accelerator: str) -> bool:
@@ -191,6 +183,7 @@ def _fingerprint(settings: EvalSettings, *, precision: str, max_dets: int | None
         "proposals": None if settings.proposals is None else str(Path(settings.proposals).resolve()),
         "masks": settings.masks,
         "top_k": settings.top_k,
+        "activation": settings.activation,
         "max_dets_per_image": max_dets,
         "precision": precision,
         "seed": settings.seed,
@@ -288,21 +281,25 @@ class _ImageRecogniser:
             return record
         boxes = boxes[keep]
         box_scores = None if box_scores is None else box_scores[keep]
-        with self.fabric.autocast():  # the heavy backbones run in the run's precision
-            embedded = embed_image(self.model, rgb, sam_embedding=sam_embedding)
-        embedded = {k: v.float() if torch.is_tensor(v) else v for k, v in embedded.items()}
+        prepared = self.model.preprocessor(rgb)
+        with self.fabric.autocast():  # the heavy encoders run in the run's precision, the rest in float32
+            embedded = self.model.embed_images([prepared], sam_embeddings=sam_embedding)
+        embedded = dataclasses.replace(embedded, sam=embedded.sam.float(), clip_tokens=embedded.clip_tokens.float())
+        prompts, boxes = prepare_prompts(self.model.sam, image_size=prepared.original_size, boxes=boxes)
         sam_masks = self.settings.masks and masks is None
-        scored = score_regions(self.model, embedded, text_embeddings=self.text, boxes=boxes, return_masks=sam_masks)
-        if self.settings.masks:
-            masks = scored.masks if masks is None else masks[keep]
-        record["detections"] = region_detections(
+        frozen = self.model.decode_regions(embedded, [prompts], with_masks=sam_masks)[0]
+        record["detections"] = detect_regions(
+            self.model,
+            frozen,
+            text_embeddings=self.text,
             image_id=job.image_id,
-            boxes=scored.boxes,
-            class_probs=scored.probs,
+            boxes=boxes,
             category_ids=self.category_ids,
             box_scores=box_scores,
-            masks=masks if self.settings.masks else None,
+            masks=masks[keep] if self.settings.masks and masks is not None else None,
+            image=prepared if sam_masks else None,
             top_k=self.settings.top_k,
+            activation=self.settings.activation,
             max_per_image=self.max_dets,
         )
         return record
@@ -403,7 +400,7 @@ def merge_and_score(settings: EvalSettings, plan: RunPlan, gt: dict[str, Any]) -
             out / SKIPPED_FILE,
         )
     if settings.max_images is not None:
-        gt = _subset(gt, set(job_ids))
+        gt = subset_images(gt, set(job_ids))
     metrics = score_results(gt, detections, fixed_ap=settings.fixed_ap)
     metrics["images"] = {
         "total": len(jobs),
@@ -416,11 +413,3 @@ def merge_and_score(settings: EvalSettings, plan: RunPlan, gt: dict[str, Any]) -
     if "segm" in metrics:
         print("mask:\n" + format_metrics(metrics["segm"]))
     return metrics
-
-
-def _subset(gt: dict[str, Any], image_ids: set[int]) -> dict[str, Any]:
-    return {
-        **gt,
-        "images": [img for img in gt["images"] if img["id"] in image_ids],
-        "annotations": [ann for ann in gt["annotations"] if ann["image_id"] in image_ids],
-    }

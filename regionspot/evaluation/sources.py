@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from regionspot.evaluation.lvis_eval import image_file_name, read_json
+from regionspot.boxes import clip_to_image, has_area, xywh_to_xyxy
+from regionspot.data.coco import image_file_name
 
 SOURCES = ("gt", "proposals", "sam")
 
@@ -49,16 +50,16 @@ def image_jobs(gt: dict[str, Any], *, source: str, proposals: list[dict[str, Any
         raise ValueError(f"unknown region source {source!r}; choose one of {SOURCES}")
     jobs = {img["id"]: _job(img) for img in sorted(gt["images"], key=lambda img: img["id"])}
     if source == "gt":
-        for ann in gt["annotations"]:
-            if ann["image_id"] in jobs:
-                jobs[ann["image_id"]].boxes.append(_xywh_to_xyxy(ann["bbox"]))
+        anns = [ann for ann in gt["annotations"] if ann["image_id"] in jobs]
+        for ann, box in zip(anns, _xyxy_lists([ann["bbox"] for ann in anns]), strict=True):
+            jobs[ann["image_id"]].boxes.append(box)
     elif source == "proposals":
         if proposals is None:
             raise ValueError("the 'proposals' source needs a proposals file")
         for job in jobs.values():
             job.box_scores = []
-        for det in proposals:
-            jobs[det["image_id"]].boxes.append(_xywh_to_xyxy(det["bbox"]))
+        for det, box in zip(proposals, _xyxy_lists([det["bbox"] for det in proposals]), strict=True):
+            jobs[det["image_id"]].boxes.append(box)
             jobs[det["image_id"]].box_scores.append(float(det["score"]))
     return list(jobs.values())
 
@@ -72,9 +73,9 @@ def _job(img: dict[str, Any]) -> ImageJob:
     return ImageJob(image_id=img["id"], file_name=file_name, subfolder=subfolder, size=size)
 
 
-def _xywh_to_xyxy(box: list[float]) -> list[float]:
-    x, y, w, h = (float(v) for v in box)
-    return [x, y, x + w, y + h]
+def _xyxy_lists(bboxes: list[Any]) -> list[list[float]]:
+    """N COCO [x, y, w, h] boxes -> N [x1, y1, x2, y2] lists, summed in float64 as Python would."""
+    return xywh_to_xyxy(np.asarray(bboxes, dtype=np.float64).reshape(len(bboxes), 4)).tolist()
 
 
 def check_images_exist(jobs: list[ImageJob], images: Path, *, ann_path: str) -> list[int]:
@@ -91,39 +92,12 @@ def check_images_exist(jobs: list[ImageJob], images: Path, *, ann_path: str) -> 
     return missing
 
 
-def load_proposals(path: str | Path, gt: dict[str, Any], *, ann_path: str) -> list[dict[str, Any]]:
-    """Read another detector's results (COCO results format) and check them against the ground truth.
-
-    Raises:
-        FileNotFoundError, ValueError: naming the file and the offending entries or image ids.
-    """
-    path = Path(path)
-    data = read_json(path, what="proposals file")
-    if not isinstance(data, list):
-        raise ValueError(f"proposals file {path} must hold a JSON list of detections (COCO results format)")
-    for i, det in enumerate(data):
-        if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
-            raise ValueError(f"proposals file {path}: entry {i} needs image_id, bbox (x, y, w, h) and score")
-        if not (isinstance(det["bbox"], list) and len(det["bbox"]) == 4 and np.isfinite(det["bbox"]).all()):
-            raise ValueError(f"proposals file {path}: entry {i} has bbox {det['bbox']!r}, not 4 finite numbers")
-    unknown = sorted({det["image_id"] for det in data} - {img["id"] for img in gt["images"]})
-    if unknown:
-        raise ValueError(
-            f"proposals file {path} names {len(unknown)} image ids that are not in {ann_path}: {unknown[:10]}; "
-            "use proposals made for this split (e.g. LVIS v1 val) or the matching annotation file"
-        )
-    return data
-
-
 def keep_boxes_inside(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """(N,) bool: boxes (N, 4 xyxy) that are finite and keep some area once clipped to the (H, W) image."""
     if len(boxes) == 0:
         return torch.zeros(0, dtype=torch.bool)
-    height, width = image_size
-    upper = torch.tensor([width, height, width, height], dtype=boxes.dtype)
-    clipped = torch.minimum(boxes.clamp(min=0), upper)
-    finite = torch.isfinite(boxes).all(dim=1)
-    return finite & (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    # Clipping turns infinities into the image's edges: finiteness is judged on the boxes as given.
+    return has_area(boxes) & has_area(clip_to_image(boxes, image_size))
 
 
 def sam_everything(generator: Any, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,7 +116,7 @@ def sam_everything(generator: Any, rgb: np.ndarray) -> tuple[torch.Tensor, torch
     if not records:
         return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, height, width, dtype=torch.bool)
     # SAM's box spans mask pixel indices inclusively; the pixels themselves cover one more pixel each way.
-    boxes = torch.tensor([_xywh_to_xyxy(r["bbox"]) for r in records], dtype=torch.float32) + torch.tensor([0, 0, 1, 1])
+    boxes = torch.tensor(_xyxy_lists([r["bbox"] for r in records]), dtype=torch.float32) + torch.tensor([0, 0, 1, 1])
     scores = torch.tensor([r["predicted_iou"] for r in records], dtype=torch.float32).clamp(0, 1)
     masks = torch.from_numpy(np.stack([r["segmentation"] for r in records])).bool()
     return boxes, scores, masks

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,9 @@ from regionspot.checkpoint import load_weights, read_state_dict, require_file
 
 # Tiny open_clip configs shipped with the package (e.g. "RegionSpot-Tiny-CLIP"), registered with open_clip.
 open_clip.add_model_config(Path(__file__).parent / "clip_configs")
+
+
+_VOCABULARIES_KEPT = 8
 
 
 def _plain(name: str) -> str:
@@ -88,7 +91,9 @@ class ClipBackbone(nn.Module):
         self.tokenizer = tokenizer
         self.templates = tuple(templates)
         self.text_batch_size = text_batch_size
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._text_cache: dict[str, torch.Tensor] = {}  # per class name, CPU float32
+        # per vocabulary, stacked on the device, last few used: a training step's vocabulary then costs nothing
+        self._vocabulary_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         cfg = open_clip.get_model_preprocess_cfg(model)
         self.register_buffer("image_mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
@@ -111,13 +116,9 @@ class ClipBackbone(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp()
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 RGB -> (1, 3, s, s): the whole image resized to CLIP's input size (no crop)."""
-        tensor = torch.as_tensor(image, device=self.image_mean.device).permute(2, 0, 1)[None].float() / 255.0
-        return self.normalize(F.interpolate(tensor, size=(self.image_size, self.image_size), mode="bicubic"))
-
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, s, s) in [0, 1] -> CLIP-normalised, in the backbone's dtype."""
+        """(B, 3, s, s) in [0, 1] (`PreparedImage.clip_pixels`) -> CLIP-normalised on its device, in its dtype."""
+        images = images.to(self.image_mean.device)
         return ((images.clamp(0, 1) - self.image_mean) / self.image_std).to(self.image_mean.dtype)
 
     @torch.no_grad()
@@ -133,19 +134,30 @@ class ClipBackbone(nn.Module):
         )
         return torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
 
-    @torch.no_grad()
     def encode_vocabulary(self, names: Sequence[str]) -> torch.Tensor:
-        """Class names -> (C, E) unit-norm embeddings (template mean, normalised). Each name is encoded once."""
+        """Class names -> (C, E) unit-norm float32 embeddings (template mean, normalised), on the backbone's device.
+
+        The package's one text-embedding cache: each name is encoded once (until `clear_text_cache`), as a
+        plain tensor even when first asked for under inference mode, so that training can use it.
+        """
         if len(names) == 0:
             raise ValueError("the vocabulary is empty: give at least one class name")
         bad = [n for n in names if not isinstance(n, str) or not n.strip()]
         if bad:
             raise ValueError(f"class names must be non-empty strings, got {bad[:5]}")
-        new = list(dict.fromkeys(n for n in names if n not in self._text_cache))
-        if new:
-            self._text_cache.update(zip(new, self._encode_names(new), strict=True))
-        device = self.image_mean.device
-        return torch.stack([self._text_cache[n] for n in names]).to(device)
+        key = tuple(names)
+        if key not in self._vocabulary_cache:
+            new = list(dict.fromkeys(n for n in names if n not in self._text_cache))
+            with torch.inference_mode(False), torch.no_grad():
+                if new:
+                    self._text_cache.update(zip(new, self._encode_names(new), strict=True))
+                self._vocabulary_cache[key] = torch.stack([self._text_cache[n] for n in names]).to(
+                    self.image_mean.device
+                )
+            while len(self._vocabulary_cache) > _VOCABULARIES_KEPT:
+                self._vocabulary_cache.popitem(last=False)
+        self._vocabulary_cache.move_to_end(key)
+        return self._vocabulary_cache[key].to(self.image_mean.device)  # no copy unless the model moved since
 
     def _encode_names(self, names: list[str]) -> torch.Tensor:
         prompts = [template(name) for name in names for template in self.templates]
@@ -158,4 +170,6 @@ class ClipBackbone(nn.Module):
         return F.normalize(per_prompt.mean(dim=1), dim=-1).cpu()
 
     def clear_text_cache(self) -> None:
+        """Forget every text embedding (after the backbone's weights, dtype or device change)."""
         self._text_cache.clear()
+        self._vocabulary_cache.clear()

@@ -2,14 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.modeling.clip import ClipBackbone
-from regionspot.modeling.sam import SamRegionEncoder
+from regionspot.modeling.preprocess import ImagePreprocessor, PreparedImage
+from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
+
+ACTIVATIONS = ("softmax", "sigmoid")
+# Regions whose masks are upscaled at once: SAM upsamples to its full input size (1024^2 floats per region) first.
+_MASK_UPSCALE_CHUNK = 32
+
+
+@dataclass
+class ImageEmbeddings:
+    """What the frozen image encoders give for a batch of B images, before any prompt."""
+
+    sam: torch.Tensor  # (B, C, h, w) SAM's image embeddings
+    clip_tokens: torch.Tensor  # (B, L, D) CLIP's token maps, CLS first
+    images: list[PreparedImage]  # the inputs, for their sizes (prompt frames, mask upscaling)
+
+
+@dataclass
+class FrozenFeatures:
+    """What the frozen backbones give for one image and its N prompts: everything the adapter and the heads read."""
+
+    region_tokens: torch.Tensor  # (N, T, C) SAM's region tokens (T = 3 with multimask, else 1)
+    mask_scores: torch.Tensor  # (N, T) float32, SAM's predicted IoU of each token's mask
+    clip_tokens: torch.Tensor  # (L, D) CLIP's token map of the image
+    mask_logits: torch.Tensor | None = None  # (N, T, 4h, 4w) SAM's low-resolution masks, when asked for
+
+
+@dataclass
+class ScoredRegions:
+    """`RegionSpot.score_regions` for N regions of one image and K classes (SAM's most trusted token per region)."""
+
+    probs: torch.Tensor  # (N, K) class probabilities (softmax over the vocabulary) or sigmoid scores
+    mask_scores: torch.Tensor  # (N,) SAM's predicted IoU of the chosen token's mask
+    masks: torch.Tensor | None = None  # (N, H, W) bool at the original image size (CPU), when asked for
 
 
 class RegionSpot(nn.Module):
@@ -28,6 +65,11 @@ class RegionSpot(nn.Module):
         self.adapter = adapter
         self.freeze_backbones()
 
+    @property
+    def preprocessor(self) -> ImagePreprocessor:
+        """The one image preprocessing (CPU half); see `regionspot.modeling.preprocess`."""
+        return ImagePreprocessor(sam_size=self.sam.image_size, clip_size=self.clip.image_size)
+
     def freeze_backbones(self) -> None:
         for backbone in (self.sam, self.clip):
             backbone.requires_grad_(False)
@@ -39,38 +81,135 @@ class RegionSpot(nn.Module):
         self.clip.eval()
         return self
 
-    def region_features(self, region_tokens: list[torch.Tensor], clip_tokens: torch.Tensor) -> list[torch.Tensor]:
-        """Fuse each image's regions with its CLIP map.
+    @torch.no_grad()
+    def embed_images(
+        self, images: Sequence[PreparedImage], *, sam_embeddings: torch.Tensor | None = None
+    ) -> ImageEmbeddings:
+        """SAM's image encoder and CLIP's token map over a batch of prepared images of any sizes, once each.
 
         Args:
-            region_tokens: B tensors (N_i, T, C), the SAM tokens of image i's regions (N_i may differ).
-            clip_tokens: (B, L, D) CLIP token maps.
+            images: B prepared images (`preprocessor`).
+            sam_embeddings: (B, C, h, w) SAM's embeddings of these very images, if already computed (e.g. by
+                SAM's automatic mask generator, which embeds with the same preprocessing), so that SAM's image
+                encoder does not run twice.
+        """
+        if not images:
+            raise ValueError("embed_images needs at least one image")
+        sam = sam_embeddings
+        if sam is None:
+            sam = self.sam.embed_images(self.sam.normalize_and_pad([image.sam_pixels for image in images]))
+        clip_tokens = self.clip.feature_map(self.clip.normalize(torch.stack([image.clip_pixels for image in images])))
+        return ImageEmbeddings(sam=sam, clip_tokens=clip_tokens, images=list(images))
+
+    @torch.no_grad()
+    def decode_regions(
+        self, embedded: ImageEmbeddings, prompts: Sequence[SamPrompts], *, with_masks: bool = False
+    ) -> list[FrozenFeatures]:
+        """SAM's region tokens for the prompts of every embedded image, decoded together (`SamRegionEncoder.decode`).
+
+        Args:
+            embedded: `embed_images`' output for B images.
+            prompts: B prompt sets in SAM's frame (`regionspot.transforms.prepare_prompts`).
+            with_masks: also keep SAM's low-resolution mask logits; off, the decoder skips mask upscaling.
+        """
+        regions = self.sam.decode(embedded.sam, list(prompts), with_masks=with_masks)
+        return [
+            FrozenFeatures(
+                region_tokens=r.tokens, mask_scores=r.mask_scores.float(), clip_tokens=tokens, mask_logits=r.mask_logits
+            )
+            for r, tokens in zip(regions, embedded.clip_tokens, strict=True)
+        ]
+
+    def frozen_features(
+        self, images: Sequence[PreparedImage], prompts: Sequence[SamPrompts], *, with_masks: bool = False
+    ) -> list[FrozenFeatures]:
+        """The one frozen-feature step: B prepared images and their prompts -> B `FrozenFeatures`.
+
+        SAM's image encoder and CLIP run once per image, batched; SAM's mask decoder runs over the prompts of
+        all images together. Nothing here trains, so it runs without gradients.
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompt sets")
+        return self.decode_regions(self.embed_images(images), prompts, with_masks=with_masks)
+
+    def region_features(self, frozen: Sequence[FrozenFeatures]) -> list[torch.Tensor]:
+        """Fuse each image's regions with its CLIP map: the adapter over a batch of B images.
+
+        Args:
+            frozen: B images' `FrozenFeatures` (their N_i may differ).
 
         Returns:
             B tensors (N_i, T, E) of unit-norm region features.
         """
-        if len(region_tokens) != clip_tokens.shape[0]:
-            raise ValueError(f"{len(region_tokens)} region sets for {clip_tokens.shape[0]} images")
-        if any(t.ndim != 3 or t.shape[0] == 0 for t in region_tokens):
+        if not frozen:
+            raise ValueError("region_features needs at least one image")
+        if any(f.region_tokens.ndim != 3 or f.region_tokens.shape[0] == 0 for f in frozen):
             raise ValueError("each image needs region tokens of shape (N >= 1, T, C)")
-        counts = [t.shape[0] * t.shape[1] for t in region_tokens]
-        queries = pad_sequence([t.flatten(0, 1) for t in region_tokens], batch_first=True)  # (B, Q, C)
+        tokens_per_region = frozen[0].region_tokens.shape[1]
+        queries = [rearrange(f.region_tokens, "n t c -> (n t) c") for f in frozen]
+        counts = [len(q) for q in queries]
+        padded = pad_sequence(queries, batch_first=True)  # (B, Q, C)
         padding = (
-            torch.arange(queries.shape[1], device=queries.device)[None]
-            >= torch.tensor(counts, device=queries.device)[:, None]
-        )
-        fused = F.normalize(self.adapter(queries, clip_tokens, padding).float(), dim=-1)  # (B, Q, E)
-        return [fused[i, :n].view(*t.shape[:2], -1) for i, (n, t) in enumerate(zip(counts, region_tokens, strict=True))]
+            torch.arange(padded.shape[1], device=padded.device)[None]
+            >= torch.tensor(counts, device=padded.device)[:, None]
+        )  # (B, Q) True at padding
+        clip_tokens = torch.stack([f.clip_tokens for f in frozen])  # (B, L, D)
+        fused = F.normalize(self.adapter(padded, clip_tokens, padding).float(), dim=-1)  # (B, Q, E)
+        return [rearrange(fused[i, :n], "(n t) e -> n t e", t=tokens_per_region) for i, n in enumerate(counts)]
 
     def classify(self, features: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
         """(..., E) unit-norm region features x (K, E) unit-norm class embeddings -> (..., K) logits."""
         return self.clip.logit_scale.float() * features @ text_embeddings.float().T
 
-    def forward(
-        self, region_tokens: list[torch.Tensor], clip_tokens: torch.Tensor, text_embeddings: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """Region tokens of B images (see `region_features`) -> B tensors (N_i, T, K) of class logits."""
-        return [self.classify(f, text_embeddings) for f in self.region_features(region_tokens, clip_tokens)]
+    def score_regions(
+        self,
+        frozen: FrozenFeatures,
+        *,
+        text_embeddings: torch.Tensor,
+        features: torch.Tensor | None = None,
+        activation: str = "softmax",
+        image: PreparedImage | None = None,
+    ) -> ScoredRegions:
+        """Class scores of one image's N regions, each read from the token SAM trusts most (its only one without
+        multimask): the one path from region features to scores, under the predictor, validation and evaluation.
+
+        Args:
+            frozen: the image's `FrozenFeatures`.
+            text_embeddings: (K, E) unit-norm class embeddings (`clip.encode_vocabulary`).
+            features: (N, T, E) its region features if already fused (a batch's adapter pass); else fused here.
+            activation: "softmax" over the K classes (RegionSpot's evaluation) or independent "sigmoid".
+            image: the prepared image, to upscale the chosen token's mask to it (needs `frozen.mask_logits`).
+        """
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if features is None:
+            features = self.region_features([frozen])[0]
+        best = frozen.mask_scores.argmax(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        logits = self.classify(features[rows, best], text_embeddings)  # (N, K)
+        masks = None
+        if image is not None:
+            if frozen.mask_logits is None:
+                raise ValueError("masks need FrozenFeatures decoded with_masks=True")
+            masks = self._upscale(frozen.mask_logits[rows, best][:, None], image)
+        return ScoredRegions(
+            probs=logits.softmax(-1) if activation == "softmax" else logits.sigmoid(),
+            mask_scores=frozen.mask_scores[rows, best],
+            masks=masks,
+        )
+
+    def _upscale(self, mask_logits: torch.Tensor, image: PreparedImage) -> torch.Tensor:
+        """(N, 1, 4h, 4w) -> (N, H, W) bool on the CPU, a few regions at a time (SAM upsamples to S x S first)."""
+        return torch.cat(
+            [
+                self.sam.upscale_masks(chunk, image.sam_input_size, image.original_size)[:, 0].cpu()
+                for chunk in mask_logits.split(_MASK_UPSCALE_CHUNK)
+            ]
+        )
+
+    def forward(self, frozen: Sequence[FrozenFeatures], text_embeddings: torch.Tensor) -> list[torch.Tensor]:
+        """B images' `FrozenFeatures` -> B tensors (N_i, T, K) of class logits (every token, for training)."""
+        return [self.classify(f, text_embeddings) for f in self.region_features(frozen)]
 
     def parameter_counts(self) -> dict[str, int]:
         counts = {"trainable": 0, "frozen": 0}

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 from segment_anything.build_sam import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
@@ -109,12 +108,24 @@ class SamPrompts:
                 return value.shape[0]
         return 0
 
+    def _fields(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.boxes, self.points, self.point_labels, self.mask_logits)
+
     def chunk(self, size: int) -> list[SamPrompts]:
-        fields = (self.boxes, self.points, self.point_labels, self.mask_logits)
         return [
-            SamPrompts(*(None if f is None else f[start : start + size] for f in fields))
+            SamPrompts(*(None if f is None else f[start : start + size] for f in self._fields()))
             for start in range(0, len(self), size)
         ]
+
+    @staticmethod
+    def cat(prompts: list[SamPrompts]) -> SamPrompts:
+        """The prompts of several images as one set; every image must give the same kinds (and point counts)."""
+        kinds = {tuple(f is None for f in p._fields()) for p in prompts}
+        point_counts = {p.points.shape[1] for p in prompts if p.points is not None}
+        if len(kinds) > 1 or len(point_counts) > 1:
+            raise ValueError("decoding several images at once needs the same prompt kinds (and points per region)")
+        columns = zip(*(p._fields() for p in prompts), strict=True)
+        return SamPrompts(*(None if parts[0] is None else torch.cat(parts) for parts in columns))
 
 
 @dataclass
@@ -122,18 +133,21 @@ class SamRegions:
     """SAM's output for N regions. T is 3 with multimask output, else 1."""
 
     tokens: torch.Tensor  # (N, T, C) region tokens, C = SAM's transformer width (256 for the real SAMs)
-    mask_logits: torch.Tensor  # (N, T, 4h, 4w) low-resolution mask logits
     mask_scores: torch.Tensor  # (N, T) SAM's predicted IoU of each mask
+    mask_logits: torch.Tensor | None = None  # (N, T, 4h, 4w) low-resolution mask logits, when asked for
 
 
 class SamRegionEncoder(nn.Module):
-    """A frozen SAM that embeds an image once and turns all prompts of that image into region tokens.
+    """A frozen SAM that embeds a batch of images and turns all their prompts into region tokens.
+
+    Runs under the caller's grad mode (the model's frozen path wraps it in no_grad; the demo fits SAM
+    through it).
 
     Args:
         sam: a `segment_anything` Sam model (weights already loaded).
         multimask: if True, each prompt yields SAM's three multimask tokens and masks, else one.
-        prompt_batch_size: prompts per decoder call; bounds memory, since the decoder copies the image
-            embedding once per prompt.
+        prompt_batch_size: prompts per decoder call, over all images of a batch; bounds memory, since the
+            decoder holds one copy of the image embedding per prompt.
     """
 
     def __init__(self, *, sam: Sam, multimask: bool = False, prompt_batch_size: int = 64) -> None:
@@ -159,52 +173,91 @@ class SamRegionEncoder(nn.Module):
     def mask_input_size(self) -> tuple[int, int]:
         return tuple(4 * s for s in self.sam.prompt_encoder.image_embedding_size)
 
-    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(H, W, 3) uint8 RGB -> ((1, 3, S, S) normalised, padded tensor; (h, w) resized size before padding)."""
-        resized = self.transform.apply_image(image)
-        tensor = torch.as_tensor(resized, device=self.sam.device).permute(2, 0, 1)[None].float()
-        return self.sam.preprocess(tensor), tuple(resized.shape[:2])
+    def normalize_and_pad(self, pixels: list[torch.Tensor]) -> torch.Tensor:
+        """B resized uint8 images (3, h_i, w_i) -> (B, 3, S, S), normalised and padded as SamPredictor does."""
+        device = self.sam.device
+        return torch.cat([self.sam.preprocess(p.to(device)[None]) for p in pixels])
 
-    @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) preprocessed images -> (B, C, S/16, S/16) image embeddings."""
-        return self.sam.image_encoder(images)
+        return self.sam.image_encoder(images.to(self.sam.pixel_mean.dtype))
 
-    @torch.no_grad()
-    def decode(self, embedding: torch.Tensor, prompts: SamPrompts) -> SamRegions:
-        """Region tokens, masks and mask scores for all `prompts` of one image.
+    def decode(
+        self, embeddings: torch.Tensor, prompts: list[SamPrompts], *, with_masks: bool = True
+    ) -> list[SamRegions]:
+        """Region tokens, mask scores (and masks) for the prompts of B images, in as few decoder calls as memory allows.
+
+        The prompts of all images are decoded together, `prompt_batch_size` at a time: SAM's decoder takes
+        one image and adds its embedding to each prompt's dense embedding first, so each prompt's own image
+        embedding is added here instead, which is the per-image call batched (tested equal).
 
         Args:
-            embedding: (1, C, h, w) the image's SAM embedding.
-            prompts: N prompts of that image, in SAM's input frame.
+            embeddings: (B, C, h, w) the images' SAM embeddings.
+            prompts: B prompt sets, one per image, in SAM's input frame.
+            with_masks: also return the low-resolution mask logits; False skips the decoder's mask
+                upscaling and hypernetworks (the costly part of a decoder call when only tokens are read).
         """
-        if embedding.ndim != 4 or embedding.shape[0] != 1:
-            raise ValueError(f"decode takes one image embedding (1, C, h, w), got {tuple(embedding.shape)}")
-        if len(prompts) == 0:
-            raise ValueError("decode needs at least one prompt")
-        parts = [self._decode_chunk(embedding, chunk) for chunk in prompts.chunk(self.prompt_batch_size)]
-        return SamRegions(*(torch.cat(tensors) for tensors in zip(*parts, strict=True)))
+        if embeddings.ndim != 4 or embeddings.shape[0] != len(prompts):
+            raise ValueError(
+                f"decode takes B image embeddings (B, C, h, w) and B prompt sets, got "
+                f"{tuple(embeddings.shape)} and {len(prompts)}"
+            )
+        counts = [len(p) for p in prompts]
+        if 0 in counts:
+            raise ValueError("decode needs at least one prompt per image")
+        owners = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts)).to(embeddings.device)
+        joined = SamPrompts.cat(prompts)
+        size = self.prompt_batch_size
+        parts = [
+            self._decode_chunk(embeddings, owners[start : start + size], chunk, with_masks=with_masks)
+            for start, chunk in zip(range(0, len(joined), size), joined.chunk(size), strict=True)
+        ]
+        tokens, scores, masks = (
+            torch.cat(column) if column[0] is not None else None for column in zip(*parts, strict=True)
+        )
+        masks = masks.split(counts) if masks is not None else [None] * len(counts)
+        return [
+            SamRegions(tokens=t, mask_scores=s, mask_logits=m)
+            for t, s, m in zip(tokens.split(counts), scores.split(counts), masks, strict=True)
+        ]
 
-    def _decode_chunk(self, embedding: torch.Tensor, prompts: SamPrompts) -> tuple[torch.Tensor, ...]:
-        points = None if prompts.points is None else (prompts.points, prompts.point_labels)
-        sparse, dense = self.sam.prompt_encoder(points=points, boxes=prompts.boxes, masks=prompts.mask_logits)
+    def _decode_chunk(self, embeddings: torch.Tensor, owners: torch.Tensor, prompts: SamPrompts, *, with_masks: bool):
+        dtype = embeddings.dtype
+        boxes = None if prompts.boxes is None else prompts.boxes.to(dtype)
+        points = None if prompts.points is None else (prompts.points.to(dtype), prompts.point_labels)
+        mask_input = None if prompts.mask_logits is None else prompts.mask_logits.to(dtype)
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        src = embeddings[owners] + dense  # (n, C, h, w): what SAM's decoder builds from one image's embedding
+        image_pe = self.sam.prompt_encoder.get_dense_pe()
+        decoder = self.sam.mask_decoder
+        if with_masks:
+            return self._decode_with_masks(src, image_pe, sparse)
+        # Tokens only: the decoder's own steps up to its transformer and IoU head, without mask upscaling.
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens[None].expand(len(src), -1, -1), sparse], dim=1)
+        hidden, _ = decoder.transformer(src, image_pe.expand(len(src), -1, -1, -1), tokens)
+        scores = decoder.iou_prediction_head(hidden[:, 0])
+        scores = scores[:, 1:] if self.multimask else scores[:, :1]
+        return hidden[:, _MULTIMASK_TOKENS if self.multimask else _SINGLE_MASK_TOKEN], scores, None
+
+    def _decode_with_masks(self, src: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor):
+        # SAM's own decoder, fed a zero image embedding: it adds that to `src` (exact), then runs unchanged.
         captured: list[torch.Tensor] = []
         hook = self.sam.mask_decoder.transformer.register_forward_hook(
             lambda _module, _inputs, outputs: captured.append(outputs[0])
         )
         try:
             masks, scores = self.sam.mask_decoder(
-                image_embeddings=embedding,
-                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                image_embeddings=torch.zeros_like(src[:1]),
+                image_pe=image_pe,
                 sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
+                dense_prompt_embeddings=src,
                 multimask_output=self.multimask,
             )
         finally:
             hook.remove()
-        hidden = captured[0]  # (N, 5 + prompt tokens, C)
-        tokens = hidden[:, _MULTIMASK_TOKENS if self.multimask else _SINGLE_MASK_TOKEN]
-        return tokens, masks, scores
+        hidden = captured[0]  # (n, 5 + prompt tokens, C)
+        return hidden[:, _MULTIMASK_TOKENS if self.multimask else _SINGLE_MASK_TOKEN], scores, masks
 
     def upscale_masks(self, mask_logits: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]):
         """(N, T, 4h, 4w) logits -> (N, T, H, W) boolean masks at the original image size."""

@@ -3,7 +3,7 @@
 from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond
 from regionspot.training.datamodule import RegionDataModule
 from regionspot.training.export import export_adapter, read_training_checkpoint, save_adapter
-from regionspot.training.module import RegionSpotModule, resolve_model_config
+from regionspot.training.module import RegionSpotModule
 
 __all__ = [
     "ExportAdapter",
@@ -12,6 +12,5 @@ __all__ = [
     "RegionSpotModule",
     "export_adapter",
     "read_training_checkpoint",
-    "resolve_model_config",
     "save_adapter",
 ]

@@ -1,0 +1,107 @@
+"""COCO/LVIS files: annotation JSON (images, annotations, categories) and results files (detections).
+
+Every reader checks what it reads and raises FileNotFoundError or ValueError naming the file and the
+offending entry, so that a wrong path or format fails before any model runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+
+def read_json(path: str | Path, *, what: str) -> Any:
+    """The parsed JSON of `path`; `what` ("annotation file", ...) names it in the errors.
+
+    Raises:
+        FileNotFoundError: if there is no such file. ValueError: if it is not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err}") from err
+
+
+def load_annotations(path: str | Path) -> dict[str, Any]:
+    """Read and check a COCO/LVIS annotation JSON.
+
+    Raises:
+        FileNotFoundError: if there is no such file. ValueError: if it is not valid JSON or not COCO/LVIS.
+    """
+    data = read_json(path, what="annotation file")
+    check_annotations(data, source=str(path))
+    return data
+
+
+def image_file_name(image: dict[str, Any]) -> str:
+    """The file of a COCO/LVIS image record: `file_name`, or the basename of LVIS's `coco_url`."""
+    if image.get("file_name"):
+        return str(image["file_name"])
+    if image.get("coco_url"):
+        return Path(urlparse(str(image["coco_url"])).path).name
+    raise ValueError(f"image {image.get('id')} has neither 'file_name' nor 'coco_url': the file cannot be found")
+
+
+def check_annotations(data: Any, *, source: str = "annotations") -> None:
+    """Raise ValueError unless `data` has images, annotations and categories as COCO/LVIS define them."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a JSON object with images, annotations and categories")
+    missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
+    if missing:
+        raise ValueError(f"{source}: missing or non-list key(s) {missing}")
+    for key, fields in (
+        ("images", ("id",)),
+        ("categories", ("id", "name")),
+        ("annotations", ("id", "image_id", "category_id", "bbox")),
+    ):
+        for i, entry in enumerate(data[key]):
+            absent = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if absent:
+                raise ValueError(f"{source}: {key}[{i}] lacks {absent}")
+
+
+def is_lvis(data: dict[str, Any]) -> bool:
+    """LVIS ground truth carries federated image lists and category frequencies; COCO's does not."""
+    return all("neg_category_ids" in img and "not_exhaustive_category_ids" in img for img in data["images"]) and all(
+        "frequency" in cat for cat in data["categories"]
+    )
+
+
+def load_proposals(path: str | Path, gt: dict[str, Any], *, ann_path: str) -> list[dict[str, Any]]:
+    """Read another detector's results (COCO results format) and check them against the ground truth.
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file and the offending entries or image ids.
+    """
+    path = Path(path)
+    data = read_json(path, what="proposals file")
+    if not isinstance(data, list):
+        raise ValueError(f"proposals file {path} must hold a JSON list of detections (COCO results format)")
+    for i, det in enumerate(data):
+        if not isinstance(det, dict) or not {"image_id", "bbox", "score"} <= det.keys():
+            raise ValueError(f"proposals file {path}: entry {i} needs image_id, bbox (x, y, w, h) and score")
+        if not (isinstance(det["bbox"], list) and len(det["bbox"]) == 4 and np.isfinite(det["bbox"]).all()):
+            raise ValueError(f"proposals file {path}: entry {i} has bbox {det['bbox']!r}, not 4 finite numbers")
+    unknown = sorted({det["image_id"] for det in data} - {img["id"] for img in gt["images"]})
+    if unknown:
+        raise ValueError(
+            f"proposals file {path} names {len(unknown)} image ids that are not in {ann_path}: {unknown[:10]}; "
+            "use proposals made for this split (e.g. LVIS v1 val) or the matching annotation file"
+        )
+    return data
+
+
+def subset_images(gt: dict[str, Any], image_ids: set[int]) -> dict[str, Any]:
+    """The ground truth of the images `image_ids` only, so that a partial run is scored on what it saw."""
+    return {
+        **gt,
+        "images": [img for img in gt["images"] if img["id"] in image_ids],
+        "annotations": [ann for ann in gt["annotations"] if ann["image_id"] in image_ids],
+    }

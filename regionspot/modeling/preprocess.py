@@ -1,0 +1,78 @@
+"""The one image preprocessing of RegionSpot: what SAM and CLIP see of an image, for every consumer.
+
+The predictor, training, validation, evaluation, the demo and the benchmarks all turn an image into
+model inputs here, in two halves:
+
+- `ImagePreprocessor` (CPU, e.g. in data-loader workers): SAM's resize exactly as `segment_anything`'s
+  `SamPredictor` does it (`ResizeLongestSide.apply_image`: PIL, bilinear with antialiasing, long side to
+  SAM's input size, uint8), and CLIP's resize of the whole image, no crop, to CLIP's square input
+  (bicubic on [0, 1] floats). The result is a `PreparedImage`, small enough to send to a device.
+- On the device, `SamRegionEncoder.normalize_and_pad` and `ClipBackbone.normalize` finish the job
+  (mean/std, SAM's zero padding to a square), batched.
+
+So an image gives bit-identical backbone inputs whichever path it takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+
+@dataclass
+class PreparedImage:
+    """One image resized for SAM and for CLIP (not yet normalised)."""
+
+    sam_pixels: torch.Tensor  # (3, h, w) uint8, long side = SAM's input size, aspect ratio kept
+    clip_pixels: torch.Tensor  # (3, s, s) float32, about [0, 1] (bicubic may overshoot; `normalize` clamps)
+    original_size: tuple[int, int]  # (H, W) of the image as given; prompts and masks live in this frame
+
+    @property
+    def sam_input_size(self) -> tuple[int, int]:
+        """(h, w) of the resized image inside SAM's padded square: where its masks are cropped."""
+        return tuple(self.sam_pixels.shape[-2:])
+
+
+def resize_for_sam(image: np.ndarray, size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, h, w) uint8 with long side `size`, exactly as SamPredictor resizes (PIL, bilinear)."""
+    height, width = image.shape[:2]
+    resized = ResizeLongestSide.get_preprocess_shape(height, width, size)
+    if min(resized) < 1:
+        raise ValueError(
+            f"a {width}x{height} image is too thin for SAM: resized to a long side of {size} px it would be "
+            f"{resized[1]}x{resized[0]}; crop or pad it to a less extreme aspect ratio"
+        )
+    return torch.from_numpy(ResizeLongestSide(size).apply_image(image)).permute(2, 0, 1).contiguous()
+
+
+def resize_for_clip(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> (B, 3, size, size) float32 in about [0, 1]: whole images, no crop (RegionSpot's input)."""
+    return F.interpolate(pixels.float() / 255.0, size=(size, size), mode="bicubic")
+
+
+class ImagePreprocessor:
+    """(H, W, 3) uint8 RGB -> `PreparedImage`. Plain and picklable, so that data-loader workers can run it.
+
+    Args:
+        sam_size: SAM's square input size (1024 for the real SAMs).
+        clip_size: CLIP's square input size (224, or 336 for ViT-L/14@336).
+    """
+
+    def __init__(self, *, sam_size: int, clip_size: int) -> None:
+        self.sam_size = sam_size
+        self.clip_size = clip_size
+
+    def __call__(self, image: np.ndarray) -> PreparedImage:
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            raise ValueError(
+                "ImagePreprocessor takes (H, W, 3) uint8 RGB; convert with regionspot.transforms.to_rgb_uint8"
+            )
+        return PreparedImage(
+            sam_pixels=resize_for_sam(image, self.sam_size),
+            clip_pixels=resize_for_clip(torch.from_numpy(image).permute(2, 0, 1)[None], self.clip_size)[0],
+            original_size=tuple(image.shape[:2]),
+        )
