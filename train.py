@@ -5,12 +5,7 @@ python train.py fit --config configs/stage1_bl.yaml --trainer.devices 8
 python train.py export --ckpt path/to/last.ckpt --out adapter.safetensors
 """
 
-import sys
-
-from regionspot.training.cli import RegionSpotCLI, export_main
+from regionspot.training.cli import main
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["export"]:
-        export_main(sys.argv[2:])
-    else:
-        RegionSpotCLI()
+    main()

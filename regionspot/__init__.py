@@ -1,10 +1,31 @@
-"""regionspot: name any region of an image against any vocabulary, with frozen SAM + CLIP (RegionSpot)."""
+"""regionspot: name any region of an image against any vocabulary, with frozen SAM + CLIP (RegionSpot).
 
-from regionspot.build import build_regionspot
-from regionspot.config import AdapterConfig, ClipConfig, RegionSpotConfig, SamConfig
-from regionspot.modeling.regionspot import RegionSpot
-from regionspot.predictor import RegionPredictions, RegionSpotPredictor
+The public names load on first use (PEP 562), so that `import regionspot` stays fast: torch,
+segment_anything and open_clip (which imports transformers and timm) take seconds to import and are
+imported only when a model, a config or the predictor is first asked for.
+"""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from regionspot.build import build_regionspot
+    from regionspot.config import AdapterConfig, ClipConfig, RegionSpotConfig, SamConfig
+    from regionspot.modeling.regionspot import RegionSpot
+    from regionspot.predictor import RegionPredictions, RegionSpotPredictor
+
+_PUBLIC = {
+    "AdapterConfig": "regionspot.config",
+    "ClipConfig": "regionspot.config",
+    "RegionSpotConfig": "regionspot.config",
+    "SamConfig": "regionspot.config",
+    "RegionSpot": "regionspot.modeling.regionspot",
+    "RegionPredictions": "regionspot.predictor",
+    "RegionSpotPredictor": "regionspot.predictor",
+    "build_regionspot": "regionspot.build",
+}
 __all__ = [
     "AdapterConfig",
     "ClipConfig",
@@ -16,3 +37,15 @@ __all__ = [
     "build_regionspot",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'regionspot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import open_clip
 
-from regionspot.checkpoint import load_weights, read_state_dict, require_file
+from regionspot.checkpoint import load_weights, model_part, read_state_dict, require_file
 from regionspot.config import RegionSpotConfig
 from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
@@ -15,7 +15,12 @@ from regionspot.modeling.sam import SamRegionEncoder, build_sam
 
 
 def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
-    """Build SAM, CLIP and the adapter from `config`, loading every checkpoint it names from local files."""
+    """Build SAM, CLIP and the adapter from `config`, loading every checkpoint it names from local files.
+
+    The adapter checkpoint may be the original RegionSpot's `model_final.pth`: its adapter is read and its
+    frozen SAM and CLIP are ignored, unless `sam.checkpoint` / `clip.checkpoint` name the same file.
+    The model is built on the current default device (`with torch.device("meta")` builds shapes only).
+    """
     if not isinstance(config, RegionSpotConfig):
         config = RegionSpotConfig.from_yaml(config)
     adapter_path = None
@@ -23,7 +28,8 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
         adapter_path = require_file(
             config.adapter.checkpoint,
             what="adapter checkpoint",
-            hint="Export one with `python train.py export` or set adapter.checkpoint to null for an untrained adapter.",
+            hint="Export one with `python train.py export`, give RegionSpot's model_final.pth, "
+            "or set adapter.checkpoint to null for an untrained adapter.",
         )
     sam = SamRegionEncoder(
         sam=build_sam(variant=config.sam.variant, checkpoint=config.sam.checkpoint),
@@ -31,9 +37,14 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
         prompt_batch_size=config.sam.prompt_batch_size,
     )
     clip = ClipBackbone(
-        model=build_clip(model_name=config.clip.model_name, checkpoint=config.clip.checkpoint),
+        model=build_clip(
+            model_name=config.clip.model_name, checkpoint=config.clip.checkpoint, precision=config.clip.precision
+        ),
         tokenizer=open_clip.get_tokenizer(config.clip.model_name),
         templates=PROMPT_TEMPLATES[config.clip.templates],
+        prompt_mean=config.clip.prompt_mean,
+        resize=config.clip.resize,
+        fixed_precision=config.clip.precision != "auto",
     )
     adapter = RegionFusionAdapter(
         token_dim=sam.token_dim,
@@ -45,5 +56,6 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
         dropout=config.adapter.dropout,
     )
     if adapter_path is not None:
-        load_weights(adapter, read_state_dict(adapter_path), path=adapter_path, model_name="the RegionSpot adapter")
+        state = model_part(read_state_dict(adapter_path), "adapter", path=adapter_path)
+        load_weights(adapter, state, path=adapter_path, model_name="the RegionSpot adapter")
     return RegionSpot(sam=sam, clip=clip, adapter=adapter)

@@ -1,10 +1,17 @@
 """Loading weights from local files, with errors that say which file, which model and which keys.
 
 Nothing here downloads: a path is a path, and a missing file is an error that says what to do.
+Files are read with `torch.load(weights_only=True)`, which runs no code from the file.
+
+The original RegionSpot's released `model_final.pth` files are read too (`model_part`): detectron2's
+`{"model": {"model.<name>": tensor}, "trainer": ..., "iteration": ...}`, holding its trained `to_clip`,
+`decoder` and `projector` beside the frozen `sam` and `clip_model` it was trained with.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,6 +20,10 @@ import torch
 from torch import nn
 
 _SHOWN_KEYS = 5
+MODEL_PARTS = ("adapter", "sam", "clip")
+# RegionSpot's module names -> ours: its adapter is our RegionFusionAdapter, `decoder` named alike.
+_REGIONSPOT_ADAPTER_NAMES = {"to_clip.": "input_proj.", "projector.": "output_proj."}
+_REGIONSPOT_BACKBONES = {"sam": "sam.", "clip": "clip_model."}
 
 
 class CheckpointMismatchError(ValueError):
@@ -42,7 +53,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.jit.load(str(path), map_location="cpu").state_dict()
         return {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped where the format allows: a RegionSpot file holds SAM and CLIP beside the adapter, and
+        # only the tensors used are then read from disk.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        # torch names the class a file pickles that weights_only refuses; garbage fails with no such name.
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if pickled is None:
+            raise CheckpointMismatchError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
+        raise CheckpointMismatchError(_needs_more_than_weights(path, pickled.group(1))) from err
     except Exception as err:
         raise CheckpointMismatchError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
     for container in ("state_dict", "model"):
@@ -55,8 +74,70 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str | Path, model_name: str) -> None:
-    """Load `state` into `model` strictly; on any mismatch raise CheckpointMismatchError with the first keys."""
+def _needs_more_than_weights(path: Path, pickled: str) -> str:
+    saved = path.with_name(f"{path.stem}_weights.pth")
+    return (
+        f"{path} holds more than weights (it pickles {pickled}), which torch.load(weights_only=True) refuses to run. "
+        "If you trust the file, re-save its weights once and use the new file:\n"
+        f"  python -c \"import torch; c = torch.load({str(path)!r}, map_location='cpu', weights_only=False); "
+        f"torch.save(c.get('model', c.get('state_dict', c)), {str(saved)!r})\""
+    )
+
+
+def model_part(state: Mapping[str, torch.Tensor], part: str, *, path: str | Path) -> dict[str, torch.Tensor]:
+    """`state` as it is, or, for a RegionSpot release (`is_regionspot_release`), its `part` under our names.
+
+    Args:
+        state: a state dict from `read_state_dict`.
+        part: "adapter" (RegionSpot's to_clip / decoder / projector, renamed to `RegionFusionAdapter`'s
+            input_proj / decoder / output_proj; any other trained entry is kept, so that a strict load names
+            it), "sam" or "clip" (its frozen backbone, the weights it was trained with).
+        path: the file, for errors.
+    """
+    if part not in MODEL_PARTS:
+        raise ValueError(f"part must be one of {MODEL_PARTS}, got {part!r}")
+    if not is_regionspot_release(state):
+        return dict(state)
+    state = _without_detectron2_prefix(state)
+    if part != "adapter":
+        prefix = _REGIONSPOT_BACKBONES[part]
+        found = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if not found:
+            raise CheckpointMismatchError(
+                f"{path} is a RegionSpot checkpoint without its frozen {part.upper()} weights (no model.{prefix}* "
+                f"entries; it was re-saved without them): point {part}.checkpoint at the backbone's own file."
+            )
+        return found
+    adapter = {}
+    for key, tensor in state.items():
+        if key.startswith(tuple(_REGIONSPOT_BACKBONES.values())):
+            continue
+        for old, new in _REGIONSPOT_ADAPTER_NAMES.items():
+            if key.startswith(old):
+                key = new + key.removeprefix(old)
+                break
+        adapter[key] = tensor
+    return adapter
+
+
+def is_regionspot_release(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether `state` is in the original RegionSpot's layout (its `to_clip` / `projector`, with or without
+    detectron2's "model." prefix), rather than this package's."""
+    return any(k.startswith(("to_clip.", "projector.")) for k in _without_detectron2_prefix(state))
+
+
+def _without_detectron2_prefix(state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    # detectron2 wraps RegionSpot's network as `model`: every key of its checkpoints starts with "model.".
+    if state and all(k.startswith("model.") for k in state):
+        return {k.removeprefix("model."): v for k, v in state.items()}
+    return state
+
+
+def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str | Path, model_name: str) -> None:
+    """Raise CheckpointMismatchError, naming the first keys, unless `state` has exactly `model`'s keys and shapes.
+
+    Works on a model built on the meta device: only the shapes are compared.
+    """
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -74,6 +155,11 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: s
             f"checkpoint {path} does not fit {model_name}: {'; '.join(problems)}. "
             "Check that the file is the one made for this variant."
         )
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, path: str | Path, model_name: str) -> None:
+    """Load `state` into `model` strictly; on any mismatch raise CheckpointMismatchError with the first keys."""
+    check_fits(model, state, path=path, model_name=model_name)
     model.load_state_dict(state, strict=True)
 
 

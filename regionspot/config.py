@@ -17,7 +17,9 @@ class SamConfig:
     """The frozen localisation backbone."""
 
     variant: str = "vit_b"  # one of SAM_VARIANTS; "tiny" is a 2-block SAM for tests and demos
-    checkpoint: str | None = None  # SAM's official .pth (or a tiny one we saved); None = random weights
+    # SAM's official .pth (or a tiny one we saved), or a RegionSpot model_final.pth (its SAM part is used);
+    # None = random weights.
+    checkpoint: str | None = None
     multimask: bool = False  # True: 3 region tokens per prompt (SAM's multimask tokens), else the single-mask token
     # Prompts per mask-decoder call, over all images of a batch: each holds a copy of its image's embedding
     # (256 x 64 x 64 floats, 4 MiB, for the real SAMs), so this bounds the decoder's memory.
@@ -30,17 +32,49 @@ class SamConfig:
             raise ValueError(f"sam.prompt_batch_size must be positive, got {self.prompt_batch_size}")
 
 
+PROMPT_MEANS = ("normalized", "raw")
+CLASS_NAME_STYLES = ("readable", "raw")
+CLIP_RESIZES = ("bicubic", "bilinear")
+CLIP_PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+
+
 @dataclass
 class ClipConfig:
-    """The frozen vision-language backbone (any open_clip model)."""
+    """The frozen vision-language backbone (any open_clip model), and how it reads images and class names.
+
+    The defaults are this package's choices; configs/model/regionspot_{bb,bl,bl336}.yaml select the original
+    RegionSpot's, so that its released adapters score as they did (docs/regionspot_compat.md compares them).
+    """
 
     model_name: str = "ViT-B-16-quickgelu"  # an open_clip name; OpenAI weights need the -quickgelu names
-    checkpoint: str | None = None  # local .pt/.bin/.safetensors or OpenAI's TorchScript file; None = random
+    # Local .pt/.bin/.safetensors, OpenAI's TorchScript file, or a RegionSpot model_final.pth (its CLIP part is
+    # used); None = random weights.
+    checkpoint: str | None = None
     templates: str = "imagenet"  # "imagenet": "{}." + the 80 CLIP ImageNet prompts; "plain": "{}." alone
+    # How a class's prompt embeddings become one: "normalized" (each prompt normalised, then averaged: CLIP's
+    # zero-shot recipe, every prompt weighs the same) or "raw" (RegionSpot's: raw embeddings averaged). The mean
+    # is normalised either way.
+    prompt_mean: str = "normalized"
+    # How a data set's category names are read (training, validation, evaluate.py; the predictor encodes the
+    # names it is given as they are): "readable" (regionspot.vocabulary.clean_class_name: "bow_(weapon)" ->
+    # "bow") or "raw" (RegionSpot's: the names as stored, with only "-other", "-merged", "-stuff" removed).
+    class_names: str = "readable"
+    resize: str = "bicubic"  # whole image to CLIP's square: "bicubic" (CLIP's own) or "bilinear" (RegionSpot's)
+    # CLIP's dtype, decided here and nowhere else: "auto" (float32 weights; the run's precision decides how it
+    # computes: evaluate.py's autocast, the training module's backbone_precision) or a fixed dtype that CLIP is
+    # built in and always computes in, whatever the run's autocast ("float16": OpenAI's release, as RegionSpot).
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.templates not in ("imagenet", "plain"):
-            raise ValueError(f"clip.templates must be 'imagenet' or 'plain', got {self.templates!r}")
+        for name, allowed in (
+            ("templates", ("imagenet", "plain")),
+            ("prompt_mean", PROMPT_MEANS),
+            ("class_names", CLASS_NAME_STYLES),
+            ("resize", CLIP_RESIZES),
+            ("precision", CLIP_PRECISIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"clip.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -51,7 +85,9 @@ class AdapterConfig:
     num_heads: int = 8
     ffn_dim: int = 2048
     dropout: float = 0.1
-    checkpoint: str | None = None  # trained adapter weights (.safetensors); None = untrained
+    # Trained adapter weights: our .safetensors export, or a RegionSpot model_final.pth (or a state dict in its
+    # layout), whose frozen SAM and CLIP entries are ignored here; None = untrained.
+    checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.num_heads < 1 or self.ffn_dim < 1:

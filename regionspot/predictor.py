@@ -1,7 +1,11 @@
-"""Stateful inference in SamPredictor's style: `set_image` once, then any number of `predict` calls."""
+"""Stateful inference in SamPredictor's style: `set_image` once, then any number of `predict` calls.
+
+Also `predict_everything` (SAM's automatic masks, each named) and `predict_images` (a list of images, batched).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -9,8 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from segment_anything import SamAutomaticMaskGenerator
 
-from regionspot.modeling.regionspot import ACTIVATIONS, ImageEmbeddings, RegionSpot
+from regionspot.modeling.preprocess import PreparedImage
+from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures, ImageEmbeddings, RegionSpot
+from regionspot.modeling.sam import sam_everything
 from regionspot.transforms import prepare_prompts, to_rgb_uint8
 
 
@@ -43,7 +50,7 @@ class RegionPredictions:
 
 
 class RegionSpotPredictor:
-    """Names, and segments, any regions of one image against any vocabulary.
+    """Names, and segments, any regions of one image (or of a list of images) against any vocabulary.
 
     Args:
         model: a built RegionSpot (see `regionspot.build_regionspot`).
@@ -52,12 +59,15 @@ class RegionSpotPredictor:
     def __init__(self, model: RegionSpot) -> None:
         self.model = model.eval()
         self._image: ImageEmbeddings | None = None
+        self._rgb: np.ndarray | None = None
 
     @torch.no_grad()
     def set_image(self, image: Image.Image | np.ndarray | torch.Tensor) -> None:
         """Embed `image` once with SAM and CLIP. See `to_rgb_uint8` for the accepted formats."""
-        self._image = None  # a failed call leaves no stale image behind
-        self._image = self.model.embed_images([self.model.preprocessor(to_rgb_uint8(image))])
+        self._image, self._rgb = None, None  # a failed call leaves no stale image behind
+        rgb = to_rgb_uint8(image)
+        self._image = self.model.embed_images([self.model.preprocessor(rgb)])
+        self._rgb = rgb
 
     @torch.no_grad()
     def predict(
@@ -75,7 +85,7 @@ class RegionSpotPredictor:
         """Recognise N regions given as prompts in the image's pixels.
 
         Args:
-            vocabulary: C class names to choose from.
+            vocabulary: C class names to choose from (a list; one string is refused, not split into letters).
             boxes: (N, 4) x1, y1, x2, y2; clipped to the image.
             points: (N, P, 2) x, y; point_labels: (N, P), 1 foreground / 0 background (default 1).
             masks: (N, H, W) binary masks.
@@ -85,12 +95,7 @@ class RegionSpotPredictor:
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict(...)")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
-        vocabulary = list(vocabulary)
-        text = self.model.clip.encode_vocabulary(vocabulary)
+        vocabulary = _check_request(vocabulary, top_k, activation)
         image = self._image.images[0]
         prompts, clipped = prepare_prompts(
             self.model.sam,
@@ -101,7 +106,110 @@ class RegionSpotPredictor:
             masks=masks,
         )
         frozen = self.model.decode_regions(self._image, [prompts], with_masks=True)[0]
-        scored = self.model.score_regions(frozen, text_embeddings=text, activation=activation, image=image)
+        return self._predictions(
+            frozen, image, clipped, vocabulary, top_k=top_k, activation=activation, all_scores=return_all_scores
+        )
+
+    @torch.no_grad()
+    def predict_images(
+        self,
+        images: Sequence[Image.Image | np.ndarray | torch.Tensor],
+        *,
+        boxes: Sequence[np.ndarray | torch.Tensor],
+        vocabulary: Sequence[str],
+        top_k: int = 5,
+        activation: str = "softmax",
+        return_all_scores: bool = False,
+        batch_size: int = 8,
+    ) -> list[RegionPredictions]:
+        """Recognise the boxes of several images in batches: one SAM and CLIP pass per `batch_size` images,
+        SAM's decoder over all their boxes together, one adapter pass. Leaves `set_image`'s image alone.
+
+        Args:
+            images: B images (any format `set_image` takes).
+            boxes: B arrays (N_i, 4) of x1, y1, x2, y2 in that image's pixels.
+            vocabulary, top_k, activation, return_all_scores: as in `predict`.
+            batch_size: images embedded at once (bounds memory).
+        """
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} box sets: give one (N_i, 4) array per image")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        vocabulary = _check_request(vocabulary, top_k, activation)
+        results: list[RegionPredictions] = []
+        for start in range(0, len(images), batch_size):
+            prepared = [self.model.preprocessor(to_rgb_uint8(image)) for image in images[start : start + batch_size]]
+            checked = [
+                prepare_prompts(self.model.sam, image_size=image.original_size, boxes=image_boxes)
+                for image, image_boxes in zip(prepared, boxes[start : start + batch_size], strict=True)
+            ]
+            frozen = self.model.frozen_features(prepared, [prompts for prompts, _ in checked], with_masks=True)
+            features = self.model.region_features(frozen)
+            results += [
+                self._predictions(
+                    f, image, clipped, vocabulary, features=x, top_k=top_k, activation=activation,
+                    all_scores=return_all_scores,
+                )
+                for f, x, image, (_, clipped) in zip(frozen, features, prepared, checked, strict=True)
+            ]  # fmt: skip
+        return results
+
+    @torch.no_grad()
+    def predict_everything(
+        self,
+        *,
+        vocabulary: Sequence[str],
+        top_k: int = 5,
+        activation: str = "softmax",
+        return_all_scores: bool = False,
+        points_per_side: int = 32,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+    ) -> RegionPredictions:
+        """Segment everything in the image with SAM's automatic mask generator, then name every mask.
+
+        The masks, and their `mask_scores` (SAM's predicted IoU), are the generator's; each region is
+        recognised from the box around its mask, as `evaluate.py --source sam` does. The generator embeds
+        the image with SAM once more (its own pass over its point grid).
+
+        Args:
+            vocabulary, top_k, activation, return_all_scores: as in `predict`.
+            points_per_side, pred_iou_thresh, stability_score_thresh: SamAutomaticMaskGenerator's settings
+                (its defaults).
+        """
+        if self._image is None:
+            raise RuntimeError("call set_image(image) before predict_everything(...)")
+        vocabulary = _check_request(vocabulary, top_k, activation)
+        generator = SamAutomaticMaskGenerator(
+            self.model.sam.sam,
+            points_per_side=points_per_side,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+        )
+        boxes, objectness, masks = sam_everything(generator, self._rgb)
+        if len(boxes) == 0:
+            return _no_regions(self._rgb.shape[:2], len(vocabulary), top_k, return_all_scores)
+        result = self.predict(
+            vocabulary=vocabulary, boxes=boxes, top_k=top_k, activation=activation, return_all_scores=return_all_scores
+        )
+        return dataclasses.replace(result, masks=masks, mask_scores=objectness)
+
+    def _predictions(
+        self,
+        frozen: FrozenFeatures,
+        image: PreparedImage,
+        clipped: torch.Tensor | None,
+        vocabulary: list[str],
+        *,
+        features: torch.Tensor | None = None,
+        top_k: int,
+        activation: str,
+        all_scores: bool,
+    ) -> RegionPredictions:
+        scored = self.model.score_regions(
+            frozen, text_embeddings=self.model.clip.encode_vocabulary(vocabulary), features=features,
+            activation=activation, image=image,
+        )  # fmt: skip
         probs = scored.probs.cpu()
         scores, class_ids = probs.topk(min(top_k, len(vocabulary)), dim=-1)
         return RegionPredictions(
@@ -111,5 +219,30 @@ class RegionSpotPredictor:
             masks=scored.masks,
             mask_scores=scored.mask_scores.cpu(),
             boxes=clipped,
-            all_scores=probs if return_all_scores else None,
+            all_scores=probs if all_scores else None,
         )
+
+
+def _check_request(vocabulary: Sequence[str], top_k: int, activation: str) -> list[str]:
+    if isinstance(vocabulary, str):
+        raise ValueError(
+            f"vocabulary must be a list of class names, got the string {vocabulary!r}; use [{vocabulary!r}]"
+        )
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    return list(vocabulary)
+
+
+def _no_regions(size: tuple[int, int], num_classes: int, top_k: int, all_scores: bool) -> RegionPredictions:
+    k = min(top_k, num_classes)
+    return RegionPredictions(
+        labels=[],
+        class_ids=torch.zeros(0, k, dtype=torch.long),
+        scores=torch.zeros(0, k),
+        masks=torch.zeros(0, *size, dtype=torch.bool),
+        mask_scores=torch.zeros(0),
+        boxes=torch.zeros(0, 4),
+        all_scores=torch.zeros(0, num_classes) if all_scores else None,
+    )

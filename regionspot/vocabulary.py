@@ -1,18 +1,22 @@
 """Class names as data sets store them -> class names as the text encoder should read them.
 
 Detection data sets name classes for code, not for CLIP: LVIS writes "bow_(weapon)", COCO-panoptic
-"wall-other-merged". Training and evaluation both read a vocabulary through this one module, so a
-trained adapter is always scored against the texts it was trained on.
+"wall-other-merged". Data sets keep their own names; training, validation and evaluation read them
+through `read_class_names` with the model config's `clip.class_names`, so a trained adapter is always
+scored against the texts it was trained on.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-_SUFFIXES = ("-merged", "-other", "-stuff")
+from regionspot.config import CLASS_NAME_STYLES
+
+# COCO-panoptic's suffixes, in the order RegionSpot's reading removes them (wherever they occur, str.replace).
+_SUFFIXES = ("-other", "-merged", "-stuff")
 _DISAMBIGUATOR = re.compile(r"\s*\(([^()]*)\)\s*")
 
 
@@ -36,11 +40,40 @@ def clean_class_name(name: str, *, keep_disambiguator: bool = False) -> str:
     return text or " ".join(name.replace("_", " ").split())
 
 
-def vocabulary_from_categories(categories: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Cleaned names of COCO/LVIS `categories` records, in the given order.
+def read_class_names(names: Sequence[str], *, style: str = "readable") -> list[str]:
+    """A data set's class names -> the texts the text encoder reads, as `clip.class_names` says.
 
-    A name whose cleaned form collides with another class keeps its disambiguator, so that
-    "bow_(weapon)" and "bow_(decorative_ribbons)" stay two different texts.
+    "readable": `clean_class_name`, and a name whose cleaned form collides with another class keeps its
+    disambiguator, so that "bow_(weapon)" and "bow_(decorative_ribbons)" stay two different texts.
+    "raw": RegionSpot's reading, the names as stored with only "-other", "-merged" and "-stuff" removed.
+
+    Raises:
+        ValueError: on an unknown style or a name that is not a non-empty string.
+    """
+    if style not in CLASS_NAME_STYLES:
+        raise ValueError(f"class-name style must be one of {CLASS_NAME_STYLES}, got {style!r}")
+    bad = [name for name in names if not isinstance(name, str) or not name.strip()]
+    if bad:
+        raise ValueError(f"class names must be non-empty strings, got {bad[:5]}")
+    if style == "raw":
+        return [_regionspot_name(name) for name in names]
+    plain = [clean_class_name(name) for name in names]
+    counts = Counter(plain)
+    return [
+        clean_class_name(name, keep_disambiguator=True) if counts[text] > 1 else text
+        for name, text in zip(names, plain, strict=True)
+    ]
+
+
+def _regionspot_name(name: str) -> str:
+    text = name
+    for part in _SUFFIXES:
+        text = text.replace(part, "")
+    return text or name  # a name that is nothing but a suffix stays itself rather than become empty
+
+
+def category_names(categories: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The names of COCO/LVIS `categories` records, as stored, in the given order.
 
     Raises:
         ValueError: on a record without "id" or "name", or on duplicate ids.
@@ -52,9 +85,9 @@ def vocabulary_from_categories(categories: Iterable[Mapping[str, Any]]) -> list[
     ids = [cat["id"] for cat in records]
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate category ids: {sorted({i for i in ids if ids.count(i) > 1})[:10]}")
-    plain = [clean_class_name(cat["name"]) for cat in records]
-    counts = Counter(plain)
-    return [
-        clean_class_name(cat["name"], keep_disambiguator=True) if counts[text] > 1 else text
-        for cat, text in zip(records, plain, strict=True)
-    ]
+    return [cat["name"] for cat in records]
+
+
+def vocabulary_from_categories(categories: Iterable[Mapping[str, Any]], *, style: str = "readable") -> list[str]:
+    """The texts of COCO/LVIS `categories` records, in the given order: `read_class_names` of their names."""
+    return read_class_names(category_names(categories), style=style)

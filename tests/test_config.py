@@ -33,12 +33,26 @@ def test_shipped_config_parses_and_names_local_files(path, tmp_path, monkeypatch
         build_regionspot(config)
 
 
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.stem)
+def test_regionspot_configs_select_regionspots_inference_and_the_others_ours(path):
+    clip = RegionSpotConfig.from_yaml(path).clip
+    choices = (clip.prompt_mean, clip.class_names, clip.resize, clip.precision)
+    if path.stem in ("regionspot_bb", "regionspot_bl", "regionspot_bl336"):
+        assert choices == ("raw", "raw", "bilinear", "float16")
+    else:
+        assert choices == ("normalized", "readable", "bicubic", "auto")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("sam: {variant: vit_x}", "sam.variant must be one of"),
         ("sam: {variant: vit_b, checkpiont: a.pth}", r"unknown key\(s\) \['checkpiont'\] in sam"),
         ("clip: {templates: fancy}", "clip.templates"),
+        ("clip: {prompt_mean: median}", "clip.prompt_mean must be one of"),
+        ("clip: {class_names: clean}", "clip.class_names must be one of"),
+        ("clip: {resize: nearest}", "clip.resize must be one of"),
+        ("clip: {precision: fp16}", r"clip.precision must be one of \('auto', 'float32'"),
         ("adapter: {dropout: 1.5}", "dropout"),
         ("models: {}", r"unknown key\(s\) \['models'\] in config"),
         ("sam: [1, 2]", "must be a mapping"),

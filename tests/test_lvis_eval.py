@@ -140,9 +140,10 @@ def test_bad_annotation_files(tmp_path):
 
 def test_no_detections_and_table():
     metrics = score_detections(_gt()[0], [])
-    assert metrics["AP"] == 0.0
-    table = format_metrics({**metrics, "APs": -1.0})
-    assert "APr" in table and "n/a" in table
+    assert metrics["AP"] == metrics["APs"] == metrics["APm"] == metrics["APr"] == 0.0  # nothing found of what is there
+    assert metrics["APl"] == -1.0  # no large object to find: n/a, as the official API says with detections
+    table = format_metrics(metrics)
+    assert "APr" in table and "n/a" in table and table.count("n/a") == 1
 
 
 def test_region_detections_format_and_scores():

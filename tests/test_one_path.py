@@ -17,11 +17,12 @@ import torch
 from PIL import Image
 from segment_anything import SamPredictor
 from skimage import data as skimage_data
-from synthetic_boxes import one_cpu_thread, write_colour_boxes  # noqa: F401 (a fixture)
+from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 from torch.testing import assert_close
 
 from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
 from regionspot.data import DatasetConfig
+from regionspot.data.toy import write_colour_boxes
 from regionspot.evaluation import runner
 from regionspot.evaluation.lvis_eval import LVIS_METRICS
 from regionspot.evaluation.runner import EvalSettings, evaluate

@@ -167,3 +167,40 @@ def test_bad_images_are_value_errors(bad, message, predictor):
         predictor.set_image(bad)
     with pytest.raises(RuntimeError, match="set_image"):  # a failed set_image leaves no stale image behind
         predictor.predict(boxes=BOXES, vocabulary=VOCAB)
+
+
+def test_a_vocabulary_string_is_refused_not_split_into_letters(predictor):
+    with pytest.raises(ValueError, match=r"list of class names.*\['cat'\]"):
+        predictor.predict(boxes=BOXES, vocabulary="cat")
+
+
+def test_a_list_of_images_in_one_call_gives_what_each_gives_alone(tiny_model, image):
+    images = [image, image[10:80, 5:150].copy(), np.ascontiguousarray(image[:, ::-1])]
+    boxes = [BOXES, BOXES[:1], [[5, 5, 60, 40], [20, 30, 90, 90]]]
+    predictor = RegionSpotPredictor(tiny_model)
+    together = predictor.predict_images(images, boxes=boxes, vocabulary=VOCAB, top_k=4, batch_size=2)
+    assert len(together) == 3
+    for img, img_boxes, got in zip(images, boxes, together, strict=True):
+        predictor.set_image(img)
+        alone = predictor.predict(boxes=img_boxes, vocabulary=VOCAB, top_k=4)
+        assert got.labels == alone.labels
+        assert_close(got.scores, alone.scores, rtol=1e-5, atol=1e-6)
+        assert torch.equal(got.boxes, alone.boxes)
+        assert (got.masks != alone.masks).float().mean() < 1e-3  # float rounding may flip a pixel at the threshold
+    with pytest.raises(ValueError, match="one \\(N_i, 4\\) array per image"):
+        predictor.predict_images(images, boxes=boxes[:2], vocabulary=VOCAB)
+
+
+def test_segment_everything_and_name_it(predictor, image):
+    settings = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    result = predictor.predict_everything(vocabulary=VOCAB, top_k=2, return_all_scores=True, **settings)
+    assert len(result) > 0 and result.masks.shape == (len(result), *image.shape[:2])
+    assert all(set(labels) <= set(VOCAB) for labels in result.labels)
+    assert ((result.mask_scores >= 0) & (result.mask_scores <= 1)).all()
+    again = predictor.predict(boxes=result.boxes, vocabulary=VOCAB, top_k=2, return_all_scores=True)
+    assert_close(result.all_scores, again.all_scores)  # each mask is named from the box around it
+    for mask, box in zip(result.masks, result.boxes.long(), strict=True):  # the box is the mask's extent
+        ys, xs = mask.nonzero(as_tuple=True)
+        assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == box.tolist()
+    nothing = predictor.predict_everything(vocabulary=VOCAB, points_per_side=1, pred_iou_thresh=2.0)
+    assert len(nothing) == 0 and nothing.masks.shape == (0, *image.shape[:2])

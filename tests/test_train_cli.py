@@ -9,9 +9,10 @@ import pytest
 import yaml
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
-from synthetic_boxes import one_cpu_thread, write_colour_boxes  # noqa: F401 (a fixture)
+from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
+from regionspot.data.toy import write_colour_boxes
 from regionspot.training.cli import LoggingConfig, RegionSpotCLI, build_loggers, export_main
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -40,7 +41,9 @@ def test_stage_configs_follow_the_regionspot_recipe(pair, capsys):
         assert RegionSpotConfig.from_dict(model["model_config"]).sam.variant == "vit_b"  # validated and printed
         assert (model["lr"], model["weight_decay"], model["warmup_steps"]) == (2.5e-5, 1e-4, 1000)
         assert model["lr_milestones"] == [350_000, 420_000] and model["lr_gamma"] == 0.1
-        assert (model["focal_alpha"], model["focal_gamma"]) == (0.25, 2.0)
+        assert (model["focal_alpha"], model["focal_gamma"]) == (0.25, 2.0) and model["loss_reduction"] == "images"
+        clip = RegionSpotConfig.from_dict(model["model_config"]).clip
+        assert clip == RegionSpotConfig.from_yaml(f"configs/model/regionspot_{pair}.yaml").clip  # stage 2 alike
         assert data["batch_size"] * trainer["devices"] * trainer["num_nodes"] == 16
         assert trainer["max_steps"] == 450_000 and trainer["gradient_clip_val"] == 1.0
         assert trainer["precision"] == "bf16-mixed" and trainer["strategy"] == "ddp"

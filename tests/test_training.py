@@ -6,10 +6,11 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from synthetic_boxes import one_cpu_thread, write_colour_boxes  # noqa: F401 (a fixture)
+from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.data import AugmentConfig, DatasetConfig
+from regionspot.data.toy import write_colour_boxes
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")

@@ -1,7 +1,8 @@
 """Detection data sets: COCO/LVIS-format JSON + an image folder, or a Hugging Face `datasets` table.
 
 Both become a `DetectionDataset`: a list of image records (boxes as x1, y1, x2, y2 pixels, labels as
-indices into the data set's own vocabulary). Bad entries never stop training: annotations and images
+indices into the data set's own vocabulary, its class names as stored: the model reads them its own way,
+`regionspot.vocabulary.read_class_names`). Bad entries never stop training: annotations and images
 that cannot be used are skipped and counted, by reason, in `DetectionDataset.skipped` (while indexing)
 or in a sample's "skipped" field (while reading, e.g. an unreadable image file).
 """
@@ -23,7 +24,7 @@ from torch.utils.data import Dataset
 from regionspot.boxes import clip_to_image, has_area, xywh_to_xyxy
 from regionspot.data.augment import AugmentConfig, augment
 from regionspot.data.coco import image_file_name, load_annotations
-from regionspot.vocabulary import clean_class_name, vocabulary_from_categories
+from regionspot.vocabulary import category_names
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class DatasetConfig:
     hf_path: str | None = None  # a `datasets.load_dataset` name or a `save_to_disk` folder
     hf_split: str = "train"
     bbox_format: str = "xywh"  # box layout of a Hugging Face data set: "xywh" (COCO) or "xyxy"
+    # Draw the package's toy set (`regionspot.data.toy`, coloured rectangles) at ann_file when that file is
+    # missing: the data of the tiny smoke run, which then needs nothing but the package.
+    toy: bool = False
 
     def __post_init__(self) -> None:
         if (self.ann_file is None) == (self.hf_path is None):
@@ -50,6 +54,8 @@ class DatasetConfig:
             raise ValueError(f"data set ratio must be positive, got {self.ratio}")
         if self.bbox_format not in BBOX_FORMATS:
             raise ValueError(f"bbox_format must be one of {BBOX_FORMATS}, got {self.bbox_format!r}")
+        if self.toy and (self.ann_file is None or Path(self.image_dir) != Path(self.ann_file).parent / "images"):
+            raise ValueError("a toy data set is drawn at ann_file with its images in <ann_file's folder>/images")
 
 
 @dataclass
@@ -70,7 +76,7 @@ class DetectionDataset(Dataset):
 
     Args:
         name: the data set's name (batches carry it; its vocabulary is looked up by it).
-        vocabulary: C class names, cleaned for the text encoder.
+        vocabulary: C class names as the source stores them (the model's `clip.class_names` reads them).
         category_ids: the C category ids of the source, in vocabulary order.
         records: the usable images.
         read_image: source -> PIL image (raises on unreadable files).
@@ -196,7 +202,7 @@ def load_coco_detection(
     _log_skipped(name, len(records), skipped)
     return DetectionDataset(
         name=name,
-        vocabulary=vocabulary_from_categories(categories),
+        vocabulary=category_names(categories),
         category_ids=[cat["id"] for cat in categories],
         records=records,
         read_image=Image.open,
@@ -280,7 +286,7 @@ def load_hf_detection(
     _log_skipped(name, len(records), skipped)
     return DetectionDataset(
         name=name,
-        vocabulary=[clean_class_name(n) for n in class_names],
+        vocabulary=list(class_names),
         category_ids=list(range(len(class_names))),
         records=records,
         read_image=_HFImageReader(dataset),

@@ -36,6 +36,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
+from tqdm.auto import tqdm
 
 from regionspot.data.coco import load_annotations
 from regionspot.demo.synthetic import AnnotatedImage, load_split
@@ -50,6 +51,7 @@ _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp on its learned temperature
 # The CLIP's fixed sin-cos position table x2: the last-layer patch tokens then keep where they are
 # (linear R^2 of (row, col) 0.1 with a learned table, about 0.75 with x1); see docs/demo.md.
 POSITION_SCALE = 2.0
+_LOSS_SHOWN_EVERY = 20  # steps: the progress bars show the mean loss of the last ones
 _FIT_PROMPTS_PER_CALL = 512  # a fitting batch's boxes (16 images x up to 6 objects) in one decoder call
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,7 @@ def fit_sam(
     optimizer, schedule = _optimizer(sam.parameters(), lr=lr, steps=steps)
     sam.train()
     losses = []
-    for _ in range(steps):
+    for step in (bar := tqdm(range(steps), desc="fitting the stand-in SAM", unit="step")):
         batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
         embeddings = sam.image_encoder(inputs[batch])  # (B, C, h, w)
         prompts = [SamPrompts(boxes=_jitter(boxes[b], rng)) for b in batch]
@@ -136,6 +138,8 @@ def fit_sam(
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        if step % _LOSS_SHOWN_EVERY == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-_LOSS_SHOWN_EVERY:]):.3f}", refresh=False)
     return sam.eval(), losses
 
 
@@ -217,7 +221,7 @@ def fit_clip(
     optimizer, schedule = _optimizer(model.parameters(), lr=lr, steps=steps)
     model.train()
     losses = []
-    for _ in range(steps):
+    for step in (bar := tqdm(range(steps), desc="fitting the stand-in CLIP", unit="step")):
         batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
         regions = region_embeddings(backbone, images[batch], [weights[b] for b in batch])  # (R, E)
         text = model.encode_text(text_tokens, normalize=True)  # (P, E)
@@ -229,6 +233,8 @@ def fit_clip(
         with torch.no_grad():
             model.logit_scale.clamp_(0, _MAX_LOGIT_SCALE)
         losses.append(loss.item())
+        if step % _LOSS_SHOWN_EVERY == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-_LOSS_SHOWN_EVERY:]):.3f}", refresh=False)
     return model.eval(), losses
 
 

@@ -1,6 +1,6 @@
 """The built-in default, end to end on a CPU: data -> stand-in backbones -> train.py -> evaluate.py -> picture.
 
-    python -m regionspot.demo                   # everything into outputs/demo (about 8 minutes on 2 cores)
+    python -m regionspot.demo                   # everything into outputs/demo (times: docs/demo.md)
     python -m regionspot.demo --out /tmp/demo --quick
 
 1. `regionspot.demo.synthetic` draws a seeded LVIS-format data set of coloured, textured shapes, with
@@ -22,6 +22,7 @@ import argparse
 import json
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ from regionspot.evaluation.runner import DETECTIONS_FILE
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
 from regionspot.training.cli import RegionSpotCLI
 
-TRAIN_CONFIG = "configs/demo.yaml"
-MODEL_CONFIG = "configs/model/demo.yaml"
+# The repository's configs, found from this file, so that the demo runs from any working directory.
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TRAIN_CONFIG = CONFIGS / "demo.yaml"
+MODEL_CONFIG = CONFIGS / "model" / "demo.yaml"
 COLUMNS = ("AP", "APr", "APc", "APf", "seen AP", "held-out AP")
 LR_DECAY_AT = 0.8  # the adapter's learning rate drops 10x for the last fifth of its steps (seen AP 50.5 -> 54.9)
 
@@ -69,11 +72,19 @@ QUICK = DemoSize(
 )
 
 
-def run_demo(*, out_dir: str | Path, size: DemoSize = FULL, seed: int = 0, train_config: str = TRAIN_CONFIG) -> dict:
+def run_demo(
+    *, out_dir: str | Path, size: DemoSize = FULL, seed: int = 0, train_config: str | Path = TRAIN_CONFIG
+) -> dict:
     """Run the five steps into `out_dir`; return (and write to demo_metrics.json) timings and AP rows."""
+    for config in (Path(train_config), MODEL_CONFIG):
+        if not config.is_file():
+            raise FileNotFoundError(
+                f"the demo needs {config}: run it from a clone of the repository (pip install -e .)"
+            )
     out = Path(out_dir)
     timings: dict[str, float] = {}
 
+    _say(1, f"drawing a synthetic LVIS-format data set of coloured, textured shapes into {out / 'data'}")
     start = time.perf_counter()
     data = generate_dataset(
         out_dir=out / "data",
@@ -89,14 +100,21 @@ def run_demo(*, out_dir: str | Path, size: DemoSize = FULL, seed: int = 0, train
     seen_train.write_text(json.dumps(restrict_to_categories(train_gt, [], seen_ids)[0]))
     timings["generate data"] = time.perf_counter() - start
 
+    _say(2, "fitting tiny stand-ins for SAM and CLIP on the pretraining split (real weights cannot be downloaded)")
     start = time.perf_counter()
     model_yaml = _fit_stand_in_backbones(data, out, seed=seed, size=size)
     timings["fit stand-in backbones"] = time.perf_counter() - start
 
+    _say(
+        3, f"training the adapter through train.py's LightningCLI ({Path(train_config).name}); SAM and CLIP stay frozen"
+    )
     start = time.perf_counter()
-    RegionSpotCLI(args=_train_args(train_config, out, model_yaml, seen_train, data, size.adapter_steps))
+    with warnings.catch_warnings():  # the demo hands the CLI its own arguments, as intended
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        RegionSpotCLI(args=_train_args(train_config, out, model_yaml, seen_train, data, size.adapter_steps))
     timings["train adapter (train.py)"] = time.perf_counter() - start
 
+    _say(4, "evaluating through evaluate.py: the test split's ground-truth boxes, all 36 names, official LVIS API")
     start = time.perf_counter()
     shutil.rmtree(out / "eval", ignore_errors=True)  # new weights: never resume the detections of an older run
     test_file = data.annotation_files["test"]
@@ -111,10 +129,15 @@ def run_demo(*, out_dir: str | Path, size: DemoSize = FULL, seed: int = 0, train
         "regionspot": _row(test_gt, detections, subsets),
         "chance": _mean_rows([_row(test_gt, _chance_detections(test_gt, seed=s), subsets) for s in range(3)]),
     }
+    _say(5, f"scoring seen and held-out classes against chance; drawing test images into {out / 'demo.png'}")
     picture = draw_predictions(gt=test_gt, detections=detections, image_dir=data.root, out_file=out / "demo.png")
     summary = {"metrics": metrics, "timings_s": timings, "picture": str(picture)}
     (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _say(step: int, what: str) -> None:
+    print(f"\n[{step}/5] {what}", flush=True)
 
 
 def _fit_stand_in_backbones(data: GeneratedDataset, out: Path, *, seed: int, size: DemoSize) -> Path:
@@ -136,7 +159,7 @@ def _fit_stand_in_backbones(data: GeneratedDataset, out: Path, *, seed: int, siz
 def _train_args(train_config: str, out: Path, model_yaml: Path, train_file: Path, data, steps: int) -> list[str]:
     return [
         "fit",
-        "--config", train_config,
+        "--config", str(train_config),
         "--model.model_config", str(model_yaml),
         "--data.train.shapes.ann_file", str(train_file),
         "--data.train.shapes.image_dir", str(data.root),
@@ -198,7 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a small, fast version (about a minute)")
+    parser.add_argument(
+        "--quick", action="store_true", help="the smaller size the test runs (its time and AP: docs/demo.md)"
+    )
     args = parser.parse_args(argv)
     summary = run_demo(out_dir=args.out, size=QUICK if args.quick else FULL, seed=args.seed)
     print("\nBox AP (%) on the test split, ground-truth boxes, official LVIS API; vocabulary = all classes:")

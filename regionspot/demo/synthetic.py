@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+from tqdm.auto import tqdm
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -296,7 +297,8 @@ def _write_split(
     (root / "images" / split).mkdir(parents=True, exist_ok=True)
     image_id, ann_id = start_ids
     images, annotations = [], []
-    for classes, seed in zip(draws, seeds, strict=True):
+    drawn = tqdm(zip(draws, seeds, strict=True), total=len(draws), desc=f"drawing the {split} images", unit="img")
+    for classes, seed in drawn:
         rng = np.random.default_rng(seed)
         pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size, rotation=rotation)
         file_name = f"images/{split}/{image_id:06d}.png"

@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> dict:
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our progress notes at INFO; other libraries (open_clip logs its config lookups on the root logger) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("regionspot").setLevel(logging.INFO)
     try:
         return _score(argv[1:]) if argv[:1] == ["score"] else _run(argv)
     except (FileNotFoundError, ValueError) as err:  # bad inputs: the message says which file and what to do

@@ -40,6 +40,16 @@ class _NumpyWithFloat(types.ModuleType):
 if not hasattr(np, "float"):
     lvis.eval.np = _NumpyWithFloat("numpy")
 
+# `import lvis` calls logging.basicConfig: a root handler that would print every library's log lines (Lightning's
+# among them) a second time. Remove that handler (only it: one a user installed has another format) ...
+_LVIS_LOG_FORMAT = "[%(asctime)s] %(name)s %(levelname)s: %(message)s"
+for _handler in list(logging.getLogger().handlers):
+    if _handler.formatter is not None and _handler.formatter._fmt == _LVIS_LOG_FORMAT:
+        logging.getLogger().removeHandler(_handler)
+# ... and keep its per-call notices to itself: "Assuming user provided the results in correct format" comes on
+# every LVISResults of a list, which `check_detections` has already checked.
+logging.getLogger("lvis").setLevel(logging.ERROR)
+
 
 class _LVISFromDict(LVIS):
     """The official LVIS index over an annotation dict already in memory (LVIS() only reads paths)."""
@@ -107,7 +117,7 @@ def score_detections(
     if not is_lvis(data):
         return _score_coco(data, detections, iou_type)
     if not detections:
-        return dict.fromkeys(LVIS_METRICS, 0.0)
+        return _metrics_of_nothing(data, LVIS_METRICS)
     gt_index = _LVISFromDict(_with_areas(data))
     if fixed_ap:
         results = LVISResults(gt_index, top_per_class(detections), max_dets=-1)
@@ -138,7 +148,7 @@ def _score_coco(data: dict[str, Any], detections: list[dict[str, Any]], iou_type
     from pycocotools.cocoeval import COCOeval
 
     if not detections:
-        return dict.fromkeys(COCO_METRICS, 0.0)
+        return _metrics_of_nothing(data, COCO_METRICS)
     data = _with_areas(data)
     data["annotations"] = [{"iscrowd": 0, **a} for a in data["annotations"]]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on stdout
@@ -150,6 +160,20 @@ def _score_coco(data: dict[str, Any], detections: list[dict[str, Any]], iou_type
         evaluator.accumulate()
         evaluator.summarize()
     return {key: float(value) for key, value in zip(COCO_METRICS, evaluator.stats[:6], strict=True)}
+
+
+def _metrics_of_nothing(data: dict[str, Any], keys: Sequence[str]) -> dict[str, float]:
+    """The metrics of no detections at all: 0 where there is ground truth to find, -1 (n/a) where there is none."""
+    frequency = {cat["id"]: cat.get("frequency") for cat in data["categories"]}
+    areas = [(a, frequency.get(a["category_id"])) for a in _with_areas(data)["annotations"]]
+    present = {
+        "AP": bool(areas), "AP50": bool(areas), "AP75": bool(areas),
+        "APs": any(a["area"] < 32**2 for a, _ in areas),
+        "APm": any(32**2 <= a["area"] < 96**2 for a, _ in areas),
+        "APl": any(a["area"] >= 96**2 for a, _ in areas),
+        **{f"AP{f}": any(g == f for _, g in areas) for f in "rcf"},
+    }  # fmt: skip
+    return {key: 0.0 if present[key] else -1.0 for key in keys}
 
 
 def _with_areas(data: dict[str, Any]) -> dict[str, Any]:

@@ -34,9 +34,9 @@ from regionspot.evaluation.sources import (
     check_images_exist,
     image_jobs,
     keep_boxes_inside,
-    sam_everything,
 )
 from regionspot.modeling.regionspot import ACTIVATIONS
+from regionspot.modeling.sam import sam_everything
 from regionspot.transforms import prepare_prompts
 from regionspot.vocabulary import vocabulary_from_categories
 
@@ -138,10 +138,12 @@ def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
     Returns:
         The ground truth (for scoring, on rank 0 only) and the plan the ranks share.
     """
-    _check_model_files(settings)
+    config = _check_model_files(settings)
     gt = load_annotations(settings.ann)
     categories = sorted(gt["categories"], key=lambda cat: cat["id"])
-    vocabulary, category_ids = vocabulary_from_categories(categories), [cat["id"] for cat in categories]
+    # The names read as the model reads them (clip.class_names), as training read its data's.
+    vocabulary = vocabulary_from_categories(categories, style=config.clip.class_names)
+    category_ids = [cat["id"] for cat in categories]
     proposals = None
     if settings.source == "proposals":
         proposals = load_proposals(settings.proposals, gt, ann_path=settings.ann)
@@ -159,12 +161,17 @@ def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
     return gt, RunPlan(vocabulary=vocabulary, category_ids=category_ids, jobs=jobs, max_dets=max_dets)
 
 
-def _check_model_files(settings: EvalSettings) -> None:
-    """Fail before any process starts on a wrong model YAML or adapter path."""
+def _check_model_files(settings: EvalSettings) -> RegionSpotConfig:
+    """Fail before any process starts on a wrong model YAML or adapter path; return the model config."""
     config = RegionSpotConfig.from_yaml(settings.config)
     adapter = settings.adapter or config.adapter.checkpoint
     if adapter is not None:
-        require_file(adapter, what="adapter weights", hint="Pass the .safetensors file that training exported.")
+        require_file(
+            adapter,
+            what="adapter weights",
+            hint="Pass the .safetensors file that training exported, or RegionSpot's model_final.pth.",
+        )
+    return config
 
 
 def _uses_gpu(accelerator: str) -> bool:
@@ -409,7 +416,8 @@ def merge_and_score(settings: EvalSettings, plan: RunPlan, gt: dict[str, Any]) -
         "regions_dropped": sum(record["dropped_regions"] for record in records),  # no area inside the image
     }
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    print(format_metrics(metrics))
+    exact = " (ground-truth boxes: every box is exact, so AP = AP50 = AP75)" if settings.source == "gt" else ""
+    print(f"box AP (%){exact}:\n" + format_metrics(metrics))
     if "segm" in metrics:
-        print("mask:\n" + format_metrics(metrics["segm"]))
+        print("mask AP (%), SAM's masks:\n" + format_metrics(metrics["segm"]))
     return metrics

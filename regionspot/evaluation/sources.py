@@ -98,25 +98,3 @@ def keep_boxes_inside(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch
         return torch.zeros(0, dtype=torch.bool)
     # Clipping turns infinities into the image's edges: finiteness is judged on the boxes as given.
     return has_area(boxes) & has_area(clip_to_image(boxes, image_size))
-
-
-def sam_everything(generator: Any, rgb: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SAM's automatic mask generator as a proposal source ("recognise everything").
-
-    Args:
-        generator: a segment_anything `SamAutomaticMaskGenerator` (output_mode "binary_mask").
-        rgb: (H, W, 3) uint8 image.
-
-    Returns:
-        boxes (N, 4) xyxy around the pixels of each mask, scores (N,) SAM's predicted mask IoU clipped to [0, 1] (the
-        region's "objectness"), masks (N, H, W) bool.
-    """
-    records = generator.generate(rgb)
-    height, width = rgb.shape[:2]
-    if not records:
-        return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, height, width, dtype=torch.bool)
-    # SAM's box spans mask pixel indices inclusively; the pixels themselves cover one more pixel each way.
-    boxes = torch.tensor(_xyxy_lists([r["bbox"] for r in records]), dtype=torch.float32) + torch.tensor([0, 0, 1, 1])
-    scores = torch.tensor([r["predicted_iou"] for r in records], dtype=torch.float32).clamp(0, 1)
-    masks = torch.from_numpy(np.stack([r["segmentation"] for r in records])).bool()
-    return boxes, scores, masks

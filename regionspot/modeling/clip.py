@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import open_clip
@@ -15,13 +15,17 @@ from open_clip.factory import convert_state_dict
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 
-from regionspot.checkpoint import load_weights, read_state_dict, require_file
+from regionspot.checkpoint import load_weights, model_part, read_state_dict, require_file
+from regionspot.config import CLIP_PRECISIONS, CLIP_RESIZES, PROMPT_MEANS
 
 # Tiny open_clip configs shipped with the package (e.g. "RegionSpot-Tiny-CLIP"), registered with open_clip.
 open_clip.add_model_config(Path(__file__).parent / "clip_configs")
 
 
 _VOCABULARIES_KEPT = 8
+# clip.precision -> open_clip's precision: "fp16"/"bf16" convert the weights as OpenAI's release is stored
+# (linear, convolution and attention weights in low precision; LayerNorms computing in float32).
+_OPEN_CLIP_PRECISIONS = {"auto": "fp32", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
 def _plain(name: str) -> str:
@@ -35,10 +39,20 @@ PROMPT_TEMPLATES: dict[str, tuple[Callable[[str], str], ...]] = {
 }
 
 
-def build_clip(*, model_name: str, checkpoint: str | None = None) -> open_clip.CLIP:
-    """Build open_clip model `model_name` with random weights, then load `checkpoint` (a local file) if given."""
+def build_clip(*, model_name: str, checkpoint: str | None = None, precision: str = "auto") -> open_clip.CLIP:
+    """Build open_clip model `model_name` with random weights, then load `checkpoint` (a local file) if given.
+
+    Args:
+        model_name: an open_clip model name.
+        checkpoint: open_clip or OpenAI weights, or a RegionSpot model_final.pth (its `clip_model` part).
+        precision: one of CLIP_PRECISIONS (`clip.precision`); "auto" and "float32" build in float32.
+
+    The model is built on the current default device (a `with torch.device(...)` block), "meta" included.
+    """
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+    if precision not in CLIP_PRECISIONS:
+        raise ValueError(f"CLIP precision must be one of {CLIP_PRECISIONS}, got {precision!r}")
     if checkpoint is not None:
         path = require_file(
             checkpoint,
@@ -46,9 +60,15 @@ def build_clip(*, model_name: str, checkpoint: str | None = None) -> open_clip.C
             hint="Save the open_clip weights (or OpenAI's original .pt) there, or set clip.checkpoint to their path.",
         )
     with _quiet_root_warnings():  # open_clip warns "initialized randomly" although weights come next
-        model = open_clip.create_model(model_name, pretrained=None, load_weights=False)
+        model = open_clip.create_model(
+            model_name,
+            pretrained=None,
+            load_weights=False,
+            precision=_OPEN_CLIP_PRECISIONS[precision],
+            device=torch.get_default_device(),  # open_clip would move it to the CPU
+        )
     if checkpoint is not None:
-        state = convert_state_dict(model, read_state_dict(path))
+        state = convert_state_dict(model, model_part(read_state_dict(path), "clip", path=path))
         if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
             state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
         load_weights(model, state, path=path, model_name=f"open_clip {model_name}")
@@ -73,6 +93,11 @@ class ClipBackbone(nn.Module):
         model: an open_clip CLIP whose visual tower is a VisionTransformer.
         tokenizer: the model's open_clip tokenizer.
         templates: prompt templates; a class embedding is the normalised mean over them.
+        prompt_mean: "normalized" (each prompt's embedding normalised before the mean) or "raw" (RegionSpot's).
+        resize: the interpolation that makes CLIP's input from a whole image ("bicubic" or "bilinear"); the
+            model's preprocessing reads it here.
+        fixed_precision: True when `model` was built in the dtype it must compute in (`clip.precision`): its
+            towers then run with autocast off, so that a run's mixed precision does not recast them.
         text_batch_size: prompts per text-encoder call, to bound memory for large vocabularies.
     """
 
@@ -82,14 +107,22 @@ class ClipBackbone(nn.Module):
         model: open_clip.CLIP,
         tokenizer: Callable[[list[str]], torch.Tensor],
         templates: Sequence[Callable[[str], str]] = PROMPT_TEMPLATES["imagenet"],
+        prompt_mean: str = "normalized",
+        resize: str = "bicubic",
+        fixed_precision: bool = False,
         text_batch_size: int = 1024,
     ) -> None:
         super().__init__()
         if not hasattr(model.visual, "forward_intermediates") or not hasattr(model.visual, "transformer"):
             raise ValueError(f"{type(model.visual).__name__} has no token map; RegionSpot needs an open_clip ViT")
+        if prompt_mean not in PROMPT_MEANS or resize not in CLIP_RESIZES:
+            raise ValueError(f"prompt_mean must be one of {PROMPT_MEANS} and resize one of {CLIP_RESIZES}")
         self.model = model
         self.tokenizer = tokenizer
         self.templates = tuple(templates)
+        self.prompt_mean = prompt_mean
+        self.resize = resize
+        self.fixed_precision = fixed_precision
         self.text_batch_size = text_batch_size
         self._text_cache: dict[str, torch.Tensor] = {}  # per class name, CPU float32
         # per vocabulary, stacked on the device, last few used: a training step's vocabulary then costs nothing
@@ -116,26 +149,41 @@ class ClipBackbone(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp()
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the visual tower's weights are in (its patch embedding's)."""
+        return self.model.visual.conv1.weight.dtype
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, s, s) in [0, 1] (`PreparedImage.clip_pixels`) -> CLIP-normalised on its device, in its dtype."""
-        images = images.to(self.image_mean.device)
-        return ((images.clamp(0, 1) - self.image_mean) / self.image_std).to(self.image_mean.dtype)
+        """(B, 3, s, s) in [0, 1] (`PreparedImage.clip_pixels`) -> CLIP-normalised on its device, in its dtype.
+
+        Normalised in float32, then cast, as RegionSpot fed its float16 CLIP.
+        """
+        images = images.to(self.image_mean.device).float().clamp(0, 1)
+        return ((images - self.image_mean.float()) / self.image_std.float()).to(self.dtype)
+
+    def _own_precision(self) -> AbstractContextManager:
+        """Autocast off while a fixed-precision CLIP runs (see `fixed_precision`); else the caller's mode."""
+        if not self.fixed_precision:
+            return nullcontext()
+        return torch.autocast(device_type=self.image_mean.device.type, enabled=False)
 
     @torch.no_grad()
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, s, s) normalised images -> (B, 1 + HW, D): last block's tokens, CLS first, before ln_post."""
         visual = self.model.visual
-        out = visual.forward_intermediates(
-            images,
-            indices=[len(visual.transformer.resblocks) - 1],
-            output_fmt="NLC",
-            intermediates_only=True,
-            output_extra_tokens=True,
-        )
-        return torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
+        with self._own_precision():
+            out = visual.forward_intermediates(
+                images,
+                indices=[len(visual.transformer.resblocks) - 1],
+                output_fmt="NLC",
+                intermediates_only=True,
+                output_extra_tokens=True,
+            )
+            return torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
 
     def encode_vocabulary(self, names: Sequence[str]) -> torch.Tensor:
-        """Class names -> (C, E) unit-norm float32 embeddings (template mean, normalised), on the backbone's device.
+        """Class names -> (C, E) unit-norm float32 embeddings (`prompt_mean` over the templates), on its device.
 
         The package's one text-embedding cache: each name is encoded once (until `clear_text_cache`), as a
         plain tensor even when first asked for under inference mode, so that training can use it.
@@ -162,12 +210,19 @@ class ClipBackbone(nn.Module):
     def _encode_names(self, names: list[str]) -> torch.Tensor:
         prompts = [template(name) for name in names for template in self.templates]
         device = self.image_mean.device
-        chunks = [
-            self.model.encode_text(self.tokenizer(prompts[i : i + self.text_batch_size]).to(device), normalize=True)
-            for i in range(0, len(prompts), self.text_batch_size)
-        ]
-        per_prompt = torch.cat(chunks).float().view(len(names), len(self.templates), -1)
-        return F.normalize(per_prompt.mean(dim=1), dim=-1).cpu()
+        normalized = self.prompt_mean == "normalized"
+        with self._own_precision():
+            chunks = [
+                self.model.encode_text(
+                    self.tokenizer(prompts[i : i + self.text_batch_size]).to(device), normalize=normalized
+                )
+                for i in range(0, len(prompts), self.text_batch_size)
+            ]
+        per_prompt = torch.cat(chunks).view(len(names), len(self.templates), -1)
+        if normalized:
+            per_prompt = per_prompt.float()
+        # "raw" averages and normalises in the text tower's dtype, as RegionSpot did (in float16 with its CLIP).
+        return F.normalize(per_prompt.mean(dim=1), dim=-1).float().cpu()
 
     def clear_text_cache(self) -> None:
         """Forget every text embedding (after the backbone's weights, dtype or device change)."""

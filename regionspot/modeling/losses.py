@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+
+LOSS_REDUCTIONS = ("boxes", "images")
 
 
 def sigmoid_focal_loss(
@@ -35,17 +39,35 @@ def sigmoid_focal_loss(
 
 
 def region_focal_loss(
-    logits: torch.Tensor, labels: torch.Tensor, *, alpha: float = 0.25, gamma: float = 2.0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "boxes",
+    boxes_per_image: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """RegionSpot's loss: every box against its data set's whole vocabulary, summed over classes, mean over boxes.
+    """RegionSpot's loss: every box against its data set's whole vocabulary, summed over classes, then reduced.
 
     Args:
-        logits: (N, C) scores of N boxes against C classes.
+        logits: (N, C) scores of the N boxes of a batch against C classes, image after image.
         labels: (N,) the class index of each box.
+        reduction: "boxes", the mean over all N boxes (this package's: every box weighs the same and the loss's
+            scale, hence what lr and gradient clipping mean, does not depend on the batch size); or "images",
+            RegionSpot's: the mean over each image's boxes, summed over the images (each image weighs the same,
+            whatever its box count, and the loss grows with the images per device).
+        boxes_per_image: how many of the N rows belong to each image, in order; needed for "images".
     """
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"expected logits (N, C) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     targets = F.one_hot(labels.long(), num_classes=logits.shape[1])
-    return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma).sum() / logits.shape[0]
+    per_box = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma).sum(dim=1)  # (N,)
+    if reduction == "boxes":
+        return per_box.mean()
+    if boxes_per_image is None or sum(boxes_per_image) != len(per_box):
+        raise ValueError(f"reduction 'images' needs boxes_per_image summing to N={len(per_box)}, got {boxes_per_image}")
+    return sum(image.mean() for image in per_box.split(list(boxes_per_image)) if len(image))

@@ -6,7 +6,8 @@ model inputs here, in two halves:
 - `ImagePreprocessor` (CPU, e.g. in data-loader workers): SAM's resize exactly as `segment_anything`'s
   `SamPredictor` does it (`ResizeLongestSide.apply_image`: PIL, bilinear with antialiasing, long side to
   SAM's input size, uint8), and CLIP's resize of the whole image, no crop, to CLIP's square input
-  (bicubic on [0, 1] floats). The result is a `PreparedImage`, small enough to send to a device.
+  (on [0, 1] floats, no antialiasing: bicubic, or RegionSpot's bilinear, as the model's `clip.resize`
+  says). The result is a `PreparedImage`, small enough to send to a device.
 - On the device, `SamRegionEncoder.normalize_and_pad` and `ClipBackbone.normalize` finish the job
   (mean/std, SAM's zero padding to a square), batched.
 
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
+
+from regionspot.config import CLIP_RESIZES
 
 
 @dataclass
@@ -49,9 +52,16 @@ def resize_for_sam(image: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy(ResizeLongestSide(size).apply_image(image)).permute(2, 0, 1).contiguous()
 
 
-def resize_for_clip(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> (B, 3, size, size) float32 in about [0, 1]: whole images, no crop (RegionSpot's input)."""
-    return F.interpolate(pixels.float() / 255.0, size=(size, size), mode="bicubic")
+def resize_for_clip(pixels: torch.Tensor, size: int, *, mode: str = "bicubic") -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> (B, 3, size, size) float32 in about [0, 1]: whole images, no crop (RegionSpot's input).
+
+    Args:
+        mode: "bicubic" (the interpolation CLIP was trained with) or "bilinear" (RegionSpot's, torchvision's
+            tensor `resize` without antialiasing); both interpolate without antialiasing, as RegionSpot did.
+    """
+    if mode not in CLIP_RESIZES:
+        raise ValueError(f"CLIP resize must be one of {CLIP_RESIZES}, got {mode!r}")
+    return F.interpolate(pixels.float() / 255.0, size=(size, size), mode=mode)
 
 
 class ImagePreprocessor:
@@ -60,11 +70,15 @@ class ImagePreprocessor:
     Args:
         sam_size: SAM's square input size (1024 for the real SAMs).
         clip_size: CLIP's square input size (224, or 336 for ViT-L/14@336).
+        clip_resize: the interpolation of CLIP's resize, "bicubic" or "bilinear" (`resize_for_clip`).
     """
 
-    def __init__(self, *, sam_size: int, clip_size: int) -> None:
+    def __init__(self, *, sam_size: int, clip_size: int, clip_resize: str = "bicubic") -> None:
+        if clip_resize not in CLIP_RESIZES:
+            raise ValueError(f"clip_resize must be one of {CLIP_RESIZES}, got {clip_resize!r}")
         self.sam_size = sam_size
         self.clip_size = clip_size
+        self.clip_resize = clip_resize
 
     def __call__(self, image: np.ndarray) -> PreparedImage:
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
@@ -73,6 +87,8 @@ class ImagePreprocessor:
             )
         return PreparedImage(
             sam_pixels=resize_for_sam(image, self.sam_size),
-            clip_pixels=resize_for_clip(torch.from_numpy(image).permute(2, 0, 1)[None], self.clip_size)[0],
+            clip_pixels=resize_for_clip(
+                torch.from_numpy(image).permute(2, 0, 1)[None], self.clip_size, mode=self.clip_resize
+            )[0],
             original_size=tuple(image.shape[:2]),
         )

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
@@ -19,6 +18,9 @@ from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
 ACTIVATIONS = ("softmax", "sigmoid")
 # Regions whose masks are upscaled at once: SAM upsamples to its full input size (1024^2 floats per region) first.
 _MASK_UPSCALE_CHUNK = 32
+# Region features are divided by (norm + this), RegionSpot's formula: equal to F.normalize within float32
+# rounding for any feature of norm >= 1, and RegionSpot's released adapters then score exactly as they did.
+_FEATURE_NORM_EPS = 1e-7
 
 
 @dataclass
@@ -68,12 +70,22 @@ class RegionSpot(nn.Module):
     @property
     def preprocessor(self) -> ImagePreprocessor:
         """The one image preprocessing (CPU half); see `regionspot.modeling.preprocess`."""
-        return ImagePreprocessor(sam_size=self.sam.image_size, clip_size=self.clip.image_size)
+        return ImagePreprocessor(
+            sam_size=self.sam.image_size, clip_size=self.clip.image_size, clip_resize=self.clip.resize
+        )
 
     def freeze_backbones(self) -> None:
         for backbone in (self.sam, self.clip):
             backbone.requires_grad_(False)
             backbone.eval()
+
+    def cast_backbones(self, dtype: torch.dtype) -> None:
+        """Put SAM, and CLIP unless its config fixed its precision (`clip.fixed_precision`), in `dtype`: the run's
+        choice for the backbones, which a fixed `clip.precision` (e.g. RegionSpot's float16) overrides."""
+        self.sam.to(dtype)
+        if not self.clip.fixed_precision:
+            self.clip.to(dtype)
+        self.clip.clear_text_cache()  # the text embeddings came from the weights as they were
 
     def train(self, mode: bool = True) -> RegionSpot:
         super().train(mode)
@@ -139,7 +151,7 @@ class RegionSpot(nn.Module):
             frozen: B images' `FrozenFeatures` (their N_i may differ).
 
         Returns:
-            B tensors (N_i, T, E) of unit-norm region features.
+            B tensors (N_i, T, E) of unit-norm region features (divided by their norm + 1e-7, as RegionSpot).
         """
         if not frozen:
             raise ValueError("region_features needs at least one image")
@@ -154,7 +166,8 @@ class RegionSpot(nn.Module):
             >= torch.tensor(counts, device=padded.device)[:, None]
         )  # (B, Q) True at padding
         clip_tokens = torch.stack([f.clip_tokens for f in frozen])  # (B, L, D)
-        fused = F.normalize(self.adapter(padded, clip_tokens, padding).float(), dim=-1)  # (B, Q, E)
+        fused = self.adapter(padded, clip_tokens, padding).float()  # (B, Q, E)
+        fused = fused / (fused.norm(dim=-1, keepdim=True) + _FEATURE_NORM_EPS)
         return [rearrange(fused[i, :n], "(n t) e -> n t e", t=tokens_per_region) for i, n in enumerate(counts)]
 
     def classify(self, features: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
+from segment_anything import SamAutomaticMaskGenerator
 from segment_anything.build_sam import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
-from regionspot.checkpoint import load_weights, read_state_dict, require_file
+from regionspot.boxes import xywh_to_xyxy
+from regionspot.checkpoint import load_weights, model_part, read_state_dict, require_file
 
 OFFICIAL_SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
 
@@ -68,7 +71,8 @@ SAM_BUILDERS = {
 
 
 def build_sam(*, variant: str, checkpoint: str | None = None) -> Sam:
-    """Build SAM `variant` with random weights, then load `checkpoint` (a local file) if given.
+    """Build SAM `variant` with random weights, then load `checkpoint` (a local file) if given: SAM's own
+    file, or a RegionSpot model_final.pth (its `sam` part, the weights RegionSpot was trained with).
 
     SAM's own loader calls `torch.load` without `map_location` or `weights_only`, so the model is
     built empty and the state dict is read here.
@@ -84,7 +88,7 @@ def build_sam(*, variant: str, checkpoint: str | None = None) -> Sam:
         )
     sam = SAM_BUILDERS[variant]()
     if checkpoint is not None:
-        load_weights(sam, read_state_dict(path), path=path, model_name=f"SAM {variant}")
+        load_weights(sam, model_part(read_state_dict(path), "sam", path=path), path=path, model_name=f"SAM {variant}")
     return sam
 
 
@@ -263,3 +267,26 @@ class SamRegionEncoder(nn.Module):
         """(N, T, 4h, 4w) logits -> (N, T, H, W) boolean masks at the original image size."""
         logits = self.sam.postprocess_masks(mask_logits, input_size, original_size)
         return logits > self.sam.mask_threshold
+
+
+def sam_everything(generator: SamAutomaticMaskGenerator, rgb: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """SAM's automatic mask generator as a region source ("segment everything, then name it").
+
+    Args:
+        generator: a segment_anything `SamAutomaticMaskGenerator` (output_mode "binary_mask").
+        rgb: (H, W, 3) uint8 image.
+
+    Returns:
+        boxes (N, 4) xyxy around the pixels of each mask, scores (N,) SAM's predicted mask IoU clipped to
+        [0, 1] (the region's "objectness"), masks (N, H, W) bool.
+    """
+    records = generator.generate(rgb)
+    height, width = rgb.shape[:2]
+    if not records:
+        return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, height, width, dtype=torch.bool)
+    # SAM's box spans mask pixel indices inclusively; the pixels themselves cover one more pixel each way.
+    xywh = torch.tensor([r["bbox"] for r in records], dtype=torch.float64)
+    boxes = xywh_to_xyxy(xywh).float() + torch.tensor([0, 0, 1, 1])
+    scores = torch.tensor([r["predicted_iou"] for r in records], dtype=torch.float32).clamp(0, 1)
+    masks = torch.from_numpy(np.stack([r["segmentation"] for r in records])).bool()
+    return boxes, scores, masks

@@ -1,4 +1,4 @@
-"""Training callbacks: images/s on the progress bar, and the adapter exported when `fit` ends."""
+"""Training callbacks: a progress bar over steps, images/s on it, and the adapter exported when `fit` ends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from tqdm.auto import tqdm
 
 from regionspot.training.export import save_adapter
 
@@ -34,6 +36,50 @@ class ImagesPerSecond(L.Callback):
         rate = len(batch["images"]) * trainer.world_size / elapsed
         self._rate = rate if self._rate is None else (1 - self.smoothing) * self._rate + self.smoothing * rate
         pl_module.log("train/images_per_sec", self._rate, prog_bar=True, batch_size=1)
+
+
+class StepProgressBar(ProgressBar):
+    """One bar over the run's optimizer steps, with the rate, the time left and the loss.
+
+    RegionSpot's runs are bounded by `max_steps`, not epochs; Lightning's own bar counts epochs
+    (and reads "Epoch 26/-2" when there is no epoch limit).
+
+    Args:
+        refresh_every: steps between updates of the loss shown.
+    """
+
+    def __init__(self, refresh_every: int = 10) -> None:
+        super().__init__()
+        self.refresh_every = refresh_every
+        self._enabled = True
+        self._bar: tqdm | None = None
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.max_steps if trainer.max_steps > 0 else None
+        show = self._enabled and trainer.is_global_zero
+        self._bar = tqdm(
+            total=total, initial=trainer.global_step, desc="training the adapter", unit="step", disable=not show
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
+        self._bar.update(trainer.global_step - self._bar.n)
+        if trainer.global_step % self.refresh_every == 0:
+            shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith("train/")}
+            self._bar.set_postfix({k.removeprefix("train/"): v for k, v in shown.items()}, refresh=False)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bar is not None and not trainer.sanity_checking:
+            self._bar.write(f"step {trainer.global_step}: validating on {sum(trainer.num_val_batches)} batch(es)")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 class ExportAdapter(L.Callback):

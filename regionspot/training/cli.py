@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond
+from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar
 from regionspot.training.datamodule import RegionDataModule
 from regionspot.training.export import export_adapter
 from regionspot.training.module import RegionSpotModule
@@ -70,6 +71,9 @@ class RegionSpotCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = build_loggers(root, self._get(self.config_init, "logging"))
+        if trainer_config.get("enable_progress_bar") is not False:
+            callbacks = trainer_config.get("callbacks") or []
+            kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), StepProgressBar()]
         return super().instantiate_trainer(**kwargs)
 
 
@@ -77,8 +81,22 @@ def export_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="train.py export", description="Write a trained adapter as .safetensors plus a model YAML that loads it."
     )
-    parser.add_argument("--ckpt", required=True, help="a checkpoint written by `python train.py fit`")
+    parser.add_argument("--ckpt", required=True, help="a checkpoint of `python train.py fit`, or RegionSpot's .pth")
     parser.add_argument("--out", default="adapter.safetensors", help="output .safetensors (the YAML goes beside it)")
+    parser.add_argument(
+        "--config",
+        help="for an original RegionSpot model_final.pth (required there): the model it was trained for, "
+        "configs/model/regionspot_{bb,bl,bl336}.yaml",
+    )
     args = parser.parse_args(argv)
-    weights, config = export_adapter(args.ckpt, args.out)
+    weights, config = export_adapter(args.ckpt, args.out, model_config=args.config)
     print(f"wrote {weights} and {config}; use it with build_regionspot({str(config)!r})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`train.py` / `regionspot-train`: LightningCLI's subcommands (fit, validate, ...), plus `export`."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["export"]:
+        export_main(args[1:])
+    else:
+        RegionSpotCLI(args=argv)  # None: LightningCLI reads sys.argv itself

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -10,8 +11,10 @@ from torch.utils.data import DataLoader
 from regionspot.data.augment import AugmentConfig
 from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
 from regionspot.data.sampling import MixedBatchSampler, MixedDetectionDataset, ShardSampler, collate_detections
+from regionspot.data.toy import write_colour_boxes
 
 log = logging.getLogger(__name__)
+TOY_IMAGES = {"train": 64, "val": 16}  # images of a toy set, by its file's stem (others: as many as "train")
 
 
 class RegionDataModule(L.LightningDataModule):
@@ -59,6 +62,16 @@ class RegionDataModule(L.LightningDataModule):
         self.batches_per_epoch = batches_per_epoch
         self.train_set: MixedDetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
+
+    def prepare_data(self) -> None:
+        """Draw the toy data sets that are not on disk yet (rank 0 only, before any rank reads them)."""
+        configs = [*self.train_configs.values(), *([self.val_config] if self.val_config is not None else [])]
+        for index, config in enumerate(configs):
+            if config.toy and not Path(config.ann_file).is_file():
+                ann_file = Path(config.ann_file)
+                log.info("drawing the toy data set %s (first use)", ann_file)
+                num_images = TOY_IMAGES.get(ann_file.stem, TOY_IMAGES["train"])
+                write_colour_boxes(ann_file.parent, num_images=num_images, split=ann_file.stem, seed=index)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.train_set is None:

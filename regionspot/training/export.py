@@ -1,11 +1,14 @@
 """Adapter export: a training checkpoint -> `adapter.safetensors` + a model YAML that loads it.
 
 The YAML is the run's model config with `adapter.checkpoint` pointing at the exported file, so
-`build_regionspot("adapter.yaml")` (or the predictor) gives the trained model.
+`build_regionspot("adapter.yaml")` (or the predictor) gives the trained model. The original RegionSpot's
+`model_final.pth` converts the same way, given the model config it was trained for
+(configs/model/regionspot_{bb,bl,bl336}.yaml): only its adapter is written, under this package's names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,17 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from regionspot.checkpoint import require_file
+from regionspot.build import build_regionspot
+from regionspot.checkpoint import check_fits, is_regionspot_release, model_part, read_state_dict, require_file
 from regionspot.config import RegionSpotConfig
+from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.training.module import CONFIG_KEY, TRAINABLE_PREFIX
+
+# RegionSpot's adapters by (CLIP width, text dim): what to give as --config.
+_REGIONSPOT_VARIANTS = {
+    (768, 512): "BB (CLIP ViT-B/16): configs/model/regionspot_bb.yaml",
+    (1024, 768): "BL or BL@336 (CLIP ViT-L/14): configs/model/regionspot_bl.yaml or regionspot_bl336.yaml",
+}
 
 
 def save_adapter(state: dict[str, torch.Tensor], model_config: RegionSpotConfig, out: str | Path) -> tuple[Path, Path]:
@@ -46,7 +57,14 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
     except Exception as err:
         raise ValueError(f"cannot read {path} as a Lightning checkpoint: {err}") from err
     if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a RegionSpotModule checkpoint (no {CONFIG_KEY!r} or state_dict)")
+        hint = ""
+        weights = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+        if isinstance(weights, dict) and is_regionspot_release(weights):
+            hint = (
+                " It is an original RegionSpot checkpoint: give its model config, "
+                "e.g. --config configs/model/regionspot_bl.yaml."
+            )
+        raise ValueError(f"{path} is not a RegionSpotModule checkpoint (no {CONFIG_KEY!r} or state_dict).{hint}")
     state = {
         k.removeprefix(TRAINABLE_PREFIX): v
         for k, v in checkpoint["state_dict"].items()
@@ -57,7 +75,55 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
     return state, RegionSpotConfig.from_dict(checkpoint[CONFIG_KEY])
 
 
-def export_adapter(ckpt: str | Path, out: str | Path) -> tuple[Path, Path]:
-    """`python train.py export --ckpt last.ckpt --out adapter.safetensors`: see `save_adapter`."""
-    state, config = read_training_checkpoint(ckpt)
+def read_regionspot_release(path: str | Path, model_config: RegionSpotConfig) -> dict[str, torch.Tensor]:
+    """The adapter of an original RegionSpot `model_final.pth` (or a state dict in its layout) under this
+    package's names, checked to fit the adapter `model_config` describes (BB and BL adapters differ in shape)."""
+    path = require_file(path, what="RegionSpot checkpoint", hint="Give RegionSpot's released model_final.pth.")
+    state = read_state_dict(path)
+    if not is_regionspot_release(state):
+        raise ValueError(
+            f"{path} is not an original RegionSpot checkpoint (no to_clip / projector weights). --config is for "
+            "those; a checkpoint of `python train.py fit` carries its own model config."
+        )
+    adapter = model_part(state, "adapter", path=path)
+    expected = _adapter_shapes(model_config)
+    if "input_proj.weight" in adapter and "output_proj.weight" in adapter:  # else check_fits names what is missing
+        found = _variant(adapter["input_proj.weight"].shape[0], adapter["output_proj.weight"].shape[0])
+        wanted = _variant(expected.input_proj.out_features, expected.output_proj.out_features)
+        if found != wanted:
+            raise ValueError(f"{path} holds a RegionSpot-{found}, but the model config describes RegionSpot-{wanted}")
+    check_fits(expected, adapter, path=path, model_name="the adapter of this model config")
+    return adapter
+
+
+def _variant(width: int, text_dim: int) -> str:
+    return _REGIONSPOT_VARIANTS.get((width, text_dim), f"adapter of CLIP width {width} and text dim {text_dim}")
+
+
+def _adapter_shapes(config: RegionSpotConfig) -> RegionFusionAdapter:
+    """The adapter `config` describes, built on the meta device: its shapes, no weights read or allocated."""
+    bare = dataclasses.replace(
+        config,
+        sam=dataclasses.replace(config.sam, checkpoint=None),
+        clip=dataclasses.replace(config.clip, checkpoint=None),
+        adapter=dataclasses.replace(config.adapter, checkpoint=None),
+    )
+    with torch.device("meta"):
+        return build_regionspot(bare).adapter
+
+
+def export_adapter(
+    ckpt: str | Path, out: str | Path, *, model_config: RegionSpotConfig | str | Path | None = None
+) -> tuple[Path, Path]:
+    """`python train.py export --ckpt last.ckpt --out adapter.safetensors`: see `save_adapter`.
+
+    With `model_config` (or its YAML), `ckpt` is an original RegionSpot checkpoint (`read_regionspot_release`),
+    written with that config; without, a checkpoint of `python train.py fit`, written with the config it holds.
+    """
+    if model_config is None:
+        state, config = read_training_checkpoint(ckpt)
+    else:
+        if not isinstance(model_config, RegionSpotConfig):
+            model_config = RegionSpotConfig.from_yaml(model_config)
+        state, config = read_regionspot_release(ckpt, model_config), model_config
     return save_adapter(state, config, out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,22 +19,33 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
 from regionspot.data.detection import DetectionDataset
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
 from regionspot.evaluation.metric import DetectionAP
-from regionspot.modeling.losses import region_focal_loss
+from regionspot.modeling.losses import LOSS_REDUCTIONS, region_focal_loss
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures
 from regionspot.training.datamodule import RegionDataModule
 from regionspot.training.schedule import WarmupMultiStep
 from regionspot.transforms import prepare_prompts
+from regionspot.vocabulary import read_class_names
 
 log = logging.getLogger(__name__)
 
+# The frozen backbones are in eval mode by design (the module says so once, at fit start), and the training
+# output is not the place for product tips.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "💡 Tip" not in record.getMessage())
+# Lightning 2.6 asks torch's pytree in a way torch 2.14 deprecates, once per run: not ours to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+
 TRAINABLE_PREFIX = "model.adapter."
+_SKIP_CHECK_EVERY = 50  # steps between checks of the skipped share (a collective on every rank)
 CONFIG_KEY = "regionspot_model_config"
 BACKBONE_PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -42,7 +54,8 @@ class RegionSpotModule(L.LightningModule):
     """Lightning wrapper around a RegionSpot built from a model config; only `model.adapter` trains.
 
     It is handed its data's vocabularies and validation set: by `RegionDataModule` when the trainer has one
-    (read in `setup`), or by `use_data` in a notebook.
+    (read in `setup`), or by `use_data` in a notebook. Class names are read as the model config's
+    `clip.class_names` says.
 
     Args:
         model_config: the model (configs/model/*.yaml on the command line; a `RegionSpotConfig` in Python).
@@ -52,7 +65,11 @@ class RegionSpotModule(L.LightningModule):
         warmup_steps, warmup_start_factor: linear warm-up (RegionSpot: 1000 steps).
         lr_milestones, lr_gamma: LR multiplied by `lr_gamma` at these steps (RegionSpot: 350k, 420k; 0.1).
         focal_alpha, focal_gamma: focal loss settings (0.25, 2).
-        backbone_precision: dtype of the frozen SAM and CLIP: "auto" (bfloat16 under a bf16 precision,
+        loss_reduction: how the boxes' losses (each summed over the vocabulary) make the step's loss: "boxes"
+            (the mean over every box of the batch) or "images" (RegionSpot's: the mean over each image's boxes,
+            summed over the images of the per-device batch); see `region_focal_loss`.
+        backbone_precision: dtype of the frozen SAM, and of CLIP when the model config's `clip.precision` is
+            "auto" (a fixed one, e.g. RegionSpot's float16, is kept): "auto" (bfloat16 under a bf16 precision,
             except FSDP, whose own mixed precision casts them), "float32" or "bfloat16".
         val_top_k, val_activation: classes kept per region and how they are scored during validation;
             the defaults are evaluate.py's, so validation AP equals evaluate.py's AP on the same data.
@@ -61,6 +78,8 @@ class RegionSpotModule(L.LightningModule):
             memory (least recently used dropped first) and reuse them when the same pixels and boxes come
             again. Worth it when a small data set is seen for many epochs, as in the demo; augmentations
             that change pixels or boxes simply miss. 0 (default) turns it off.
+        max_skipped_fraction: stop with an error when more than this share of the training images read
+            (checked every 50 steps and at each epoch's end) could not be used, e.g. unreadable files.
     """
 
     def __init__(
@@ -75,17 +94,23 @@ class RegionSpotModule(L.LightningModule):
         lr_gamma: float = 0.1,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        loss_reduction: str = "boxes",
         backbone_precision: str = "auto",
         val_top_k: int = DEFAULT_TOP_K,
         val_activation: str = DEFAULT_ACTIVATION,
         seed: int = 0,
         frozen_cache_size: int = 0,
+        max_skipped_fraction: float = 0.5,
     ) -> None:
         super().__init__()
         if backbone_precision not in BACKBONE_PRECISIONS:
             raise ValueError(f"backbone_precision must be one of {BACKBONE_PRECISIONS}, got {backbone_precision!r}")
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {loss_reduction!r}")
         if frozen_cache_size < 0:
             raise ValueError(f"frozen_cache_size must be >= 0, got {frozen_cache_size}")
+        if not 0.0 <= max_skipped_fraction <= 1.0:
+            raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction}")
         if val_top_k < 1 or val_activation not in ACTIVATIONS:
             raise ValueError(f"val_top_k must be >= 1 and val_activation one of {ACTIVATIONS}")
         # The model config goes into checkpoints as a plain dict (CONFIG_KEY), readable with weights_only=True.
@@ -96,14 +121,12 @@ class RegionSpotModule(L.LightningModule):
         self.val_set: DetectionDataset | None = None
         self.val_ap: DetectionAP | None = None
         self._skipped: Counter = Counter()
+        self._images_read = 0  # on this rank, kept or skipped
         self._frozen_cache: OrderedDict[bytes, FrozenFeatures] = OrderedDict()
 
     # ----- setup -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        dtype = self.backbone_dtype()
-        self.model.sam.to(dtype)
-        self.model.clip.to(dtype)
-        self.model.clip.clear_text_cache()
+        self.model.cast_backbones(self.backbone_dtype())
         self._frozen_cache.clear()  # the backbones' dtype may have changed
         data = self.trainer.datamodule
         if isinstance(data, RegionDataModule):  # any other data: call use_data before fitting
@@ -128,13 +151,15 @@ class RegionSpotModule(L.LightningModule):
         return torch.float32 if is_fsdp else torch.bfloat16
 
     def use_data(self, *, vocabularies: Mapping[str, Sequence[str]], val_set: DetectionDataset | None = None) -> None:
-        """What the module needs of the data: each data set's class names (batches name their data set), and
-        the validation set, whose ground truth validation scores against."""
-        self.vocabularies.update({name: list(names) for name, names in vocabularies.items()})
+        """What the module needs of the data: each data set's class names as it stores them (batches name their
+        data set; the names are read as `clip.class_names` says), and the validation set, whose ground truth
+        validation scores against."""
+        style = self.model_config.clip.class_names
+        self.vocabularies.update({name: read_class_names(names, style=style) for name, names in vocabularies.items()})
         if val_set is not None:
             if val_set.ground_truth is None:
                 raise ValueError("validation needs a COCO/LVIS-format data set (data.val.ann_file) to score against")
-            self.vocabularies[val_set.name] = list(val_set.vocabulary)
+            self.vocabularies[val_set.name] = read_class_names(val_set.vocabulary, style=style)
             self.val_set = val_set
             self.val_ap = DetectionAP(ground_truth=val_set.ground_truth).to(self.device)
 
@@ -190,29 +215,62 @@ class RegionSpotModule(L.LightningModule):
         return self.model(self.frozen_features(images, boxes), self.class_embeddings(dataset))
 
     # ----- training ----------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        counts = self.model.parameter_counts()
+        rank_zero_info(
+            f"training the adapter ({counts['trainable'] / 1e6:.2f}M parameters); SAM and CLIP "
+            f"({counts['frozen'] / 1e6:.1f}M) stay frozen, in eval mode"
+        )
+
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         seed = np.random.SeedSequence([self.hparams.seed, self.global_step, self.global_rank]).generate_state(1)[0]
         torch.manual_seed(int(seed))  # dropout masks depend on the step, not on how the run got there
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        self._count_skipped(batch.get("skipped") or {})
+        self._count_skipped(batch.get("skipped") or {}, kept=len(batch["images"]))
         if not batch["images"]:  # every image of this batch was unreadable: a zero step keeps DDP ranks in step
             return sum(p.sum() * 0.0 for p in self.model.adapter.parameters())
         logits = self(batch["images"], batch["boxes"], batch["dataset"])
         scores = torch.cat([x.flatten(0, 1) for x in logits])  # (sum N_i * T, C)
         tokens = logits[0].shape[1]
         labels = torch.cat([y.repeat_interleave(tokens) for y in batch["labels"]])
-        loss = region_focal_loss(scores, labels, alpha=self.hparams.focal_alpha, gamma=self.hparams.focal_gamma)
+        loss = region_focal_loss(
+            scores,
+            labels,
+            alpha=self.hparams.focal_alpha,
+            gamma=self.hparams.focal_gamma,
+            reduction=self.hparams.loss_reduction,
+            boxes_per_image=[len(x) * tokens for x in logits],
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
         self.log("train/regions", float(len(labels)), batch_size=len(batch["images"]))
         return loss
 
-    def _count_skipped(self, skipped: dict[str, int]) -> None:
+    def _count_skipped(self, skipped: dict[str, int], kept: int) -> None:
+        self._images_read += kept + sum(skipped.values())
         if not skipped:
             return
         self._skipped.update(skipped)
         log.warning("skipped images in a batch: %s (so far on this rank: %s)", skipped, dict(self._skipped))
         self.log("data/skipped_images", float(sum(self._skipped.values())), reduce_fx="max")
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        if self.global_step % _SKIP_CHECK_EVERY == 0:
+            self._stop_if_too_many_skipped()
+
+    def on_train_epoch_end(self) -> None:
+        self._stop_if_too_many_skipped()
+
+    def _stop_if_too_many_skipped(self) -> None:
+        """Stop (on every rank at once) when more than `max_skipped_fraction` of the images read were unusable."""
+        fraction = sum(self._skipped.values()) / max(self._images_read, 1)
+        too_many = self._images_read > 0 and fraction > self.hparams.max_skipped_fraction
+        if self.trainer.strategy.reduce_boolean_decision(too_many, all=False):
+            raise RuntimeError(
+                f"{fraction:.0%} of the {self._images_read} training images read on this rank could not be used "
+                f"({dict(self._skipped)}), more than model.max_skipped_fraction={self.hparams.max_skipped_fraction}: "
+                "check data.train.<name>.image_dir and the files it names (the log names each skipped one)"
+            )
 
     def configure_optimizers(self):
         params = [p for p in self.model.adapter.parameters() if p.requires_grad]
