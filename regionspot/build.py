@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import open_clip
+import torch
 
 from regionspot.checkpoint import load_weights, model_part, read_state_dict, require_file
 from regionspot.config import RegionSpotConfig
@@ -28,18 +30,23 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
         adapter_path = require_file(
             config.adapter.checkpoint,
             what="adapter checkpoint",
-            hint="Export one with `python train.py export`, give RegionSpot's model_final.pth, "
-            "or set adapter.checkpoint to null for an untrained adapter.",
+            hint="Give the .safetensors that training wrote (<run>/adapter.safetensors, or `python train.py export`), "
+            "RegionSpot's model_final.pth, or null for an untrained adapter; a model YAML's relative paths are "
+            "looked for next to the YAML, then from the working directory.",
+        )
+    with _seeded(config.sam.seed):  # weights without a checkpoint are the same at every build
+        sam_model = build_sam(variant=config.sam.variant, checkpoint=config.sam.checkpoint)
+    with _seeded(config.clip.seed):
+        clip_model = build_clip(
+            model_name=config.clip.model_name, checkpoint=config.clip.checkpoint, precision=config.clip.precision
         )
     sam = SamRegionEncoder(
-        sam=build_sam(variant=config.sam.variant, checkpoint=config.sam.checkpoint),
+        sam=sam_model,
         multimask=config.sam.multimask,
         prompt_batch_size=config.sam.prompt_batch_size,
     )
     clip = ClipBackbone(
-        model=build_clip(
-            model_name=config.clip.model_name, checkpoint=config.clip.checkpoint, precision=config.clip.precision
-        ),
+        model=clip_model,
         tokenizer=open_clip.get_tokenizer(config.clip.model_name),
         templates=PROMPT_TEMPLATES[config.clip.templates],
         prompt_mean=config.clip.prompt_mean,
@@ -59,3 +66,11 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
         state = model_part(read_state_dict(adapter_path), "adapter", path=adapter_path)
         load_weights(adapter, state, path=adapter_path, model_name="the RegionSpot adapter")
     return RegionSpot(sam=sam, clip=clip, adapter=adapter)
+
+
+@contextmanager
+def _seeded(seed: int):
+    """Run with torch's CPU generator seeded, then give it back as it was (the caller's randomness is untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

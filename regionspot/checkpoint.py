@@ -10,6 +10,7 @@ The original RegionSpot's released `model_final.pth` files are read too (`model_
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 import zipfile
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 _SHOWN_KEYS = 5
+_DIGEST_BLOCK = 1 << 24
 MODEL_PARTS = ("adapter", "sam", "clip")
 # RegionSpot's module names -> ours: its adapter is our RegionFusionAdapter, `decoder` named alike.
 _REGIONSPOT_ADAPTER_NAMES = {"to_clip.": "input_proj.", "projector.": "output_proj."}
@@ -36,6 +38,24 @@ def require_file(path: str | Path, *, what: str, hint: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}. {hint}")
     return path
+
+
+def check_release_digest(path: Path, *, algorithm: str, expected: str, release: str) -> None:
+    """Raise CheckpointMismatchError unless `path`'s `algorithm` digest starts with `expected` (an official release's).
+
+    Called only for files under an official release's name: a truncated or corrupted download, or another file
+    saved under that name, then fails here with a clear message instead of deep inside a loader (or not at all).
+    """
+    digest = hashlib.new(algorithm)
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(_DIGEST_BLOCK), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(expected):
+        raise CheckpointMismatchError(
+            f"{path} carries the name of {release} but not its content ({algorithm} {digest.hexdigest()[:12]}..., "
+            f"the release's starts with {expected[:12]}): the download is incomplete or the file is another one. "
+            "Download it again, or rename a file of your own so that it is not taken for the release."
+        )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

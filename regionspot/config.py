@@ -24,6 +24,7 @@ class SamConfig:
     # Prompts per mask-decoder call, over all images of a batch: each holds a copy of its image's embedding
     # (256 x 64 x 64 floats, 4 MiB, for the real SAMs), so this bounds the decoder's memory.
     prompt_batch_size: int = 64
+    seed: int = 0  # draws the random weights when there is no checkpoint: every build of this config is the same SAM
 
     def __post_init__(self) -> None:
         if self.variant not in SAM_VARIANTS:
@@ -64,6 +65,7 @@ class ClipConfig:
     # computes: evaluate.py's autocast, the training module's backbone_precision) or a fixed dtype that CLIP is
     # built in and always computes in, whatever the run's autocast ("float16": OpenAI's release, as RegionSpot).
     precision: str = "auto"
+    seed: int = 0  # draws the random weights when there is no checkpoint: every build of this config is the same CLIP
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -128,10 +130,24 @@ class RegionSpotConfig:
             raise ValueError(f"model config {path} is not valid YAML: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"model config {path} must be a mapping with sam/clip/adapter sections")
-        return cls.from_dict(data)
+        config = cls.from_dict(data)
+        for section in (config.sam, config.clip, config.adapter):
+            section.checkpoint = _next_to(path.parent, section.checkpoint)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _next_to(folder: Path, checkpoint: str | None) -> str | None:
+    """A YAML's relative checkpoint path, found next to the YAML if it is there, else left to the working directory.
+
+    So a run folder (adapter.yaml beside adapter.safetensors) can be moved and read from anywhere, while the
+    shipped configs keep naming checkpoints/... from the repository's root.
+    """
+    if checkpoint is None or Path(checkpoint).is_absolute() or not (folder / checkpoint).exists():
+        return checkpoint
+    return str(folder / checkpoint)
 
 
 def _check_keys(data: dict[str, Any], cls: type, where: str) -> None:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import copy
+import csv
 import importlib.metadata
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 import regionspot
-from regionspot import RegionSpotConfig
+from regionspot import RegionSpotConfig, build_regionspot
+from regionspot.checkpoint import CheckpointMismatchError
 from regionspot.data import DatasetConfig
 from regionspot.data.toy import write_colour_boxes
 from regionspot.evaluation import score_detections
+from regionspot.evaluation.runner import EvalSettings, evaluate
+from regionspot.modeling.clip import build_clip
+from regionspot.modeling.sam import build_sam, build_tiny_sam
 from regionspot.training import RegionDataModule, RegionSpotModule
 from regionspot.training.cli import RegionSpotCLI
 
@@ -75,3 +83,53 @@ def test_a_run_on_unreadable_images_stops_with_a_clear_error(tmp_path):
     )  # fmt: skip
     with pytest.raises(RuntimeError, match=r"100% of the 8 training images .* could not be used.*image_dir"):
         trainer.fit(module, data)
+
+
+def test_random_backbones_come_from_the_config_seed_and_the_adapter_from_the_callers(tiny_config):
+    torch.manual_seed(1)
+    first = build_regionspot(tiny_config)
+    torch.manual_seed(2)
+    second = build_regionspot(tiny_config)
+    for part in ("sam", "clip"):
+        a, b = getattr(first, part).state_dict(), getattr(second, part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert not torch.equal(first.adapter.output_proj.weight, second.adapter.output_proj.weight)
+    other = copy.deepcopy(tiny_config)
+    other.sam.seed = 7
+    assert not torch.equal(
+        build_regionspot(other).sam.sam.mask_decoder.iou_token.weight, first.sam.sam.mask_decoder.iou_token.weight
+    )
+
+
+def test_a_moved_run_folder_loads_and_evaluate_gives_validations_ap(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    RegionSpotCLI(args=["fit", f"--config={TINY_TRAIN}", "--trainer.max_steps=4", "--trainer.val_check_interval=4"])
+    rows = list(csv.DictReader((tmp_path / "runs/tiny/logs/version_0/metrics.csv").read_text().splitlines()))
+    val_ap = float(next(r["val/AP"] for r in rows if r.get("val/AP")))
+    shutil.move(tmp_path / "runs/tiny", tmp_path / "elsewhere")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    adapter_yaml = tmp_path / "elsewhere/adapter.yaml"
+    assert RegionSpotConfig.from_yaml(adapter_yaml).adapter.checkpoint == str(
+        tmp_path / "elsewhere/adapter.safetensors"
+    )
+    settings = EvalSettings(
+        config=str(adapter_yaml), ann=str(tmp_path / "data/tiny/val.json"), images=str(tmp_path / "data/tiny/images"),
+        out=str(tmp_path / "eval"), progress=False,
+    )  # fmt: skip
+    assert 0 < val_ap < 1
+    assert evaluate(settings)["AP"] == pytest.approx(val_ap, abs=1e-6)  # validation logs float32
+
+
+def test_a_file_under_an_official_name_must_be_the_release(tmp_path):
+    fake_sam = tmp_path / "sam_vit_b_01ec64.pth"
+    torch.save(build_tiny_sam().state_dict(), fake_sam)
+    with pytest.raises(CheckpointMismatchError, match=r"name of SAM's sam_vit_b_01ec64\.pth but not its content.*md5"):
+        build_sam(variant="tiny", checkpoint=str(fake_sam))
+    renamed = tmp_path / "my_sam.pth"
+    fake_sam.rename(renamed)
+    build_sam(variant="tiny", checkpoint=str(renamed))  # a file of one's own is not checked
+    fake_clip = tmp_path / "ViT-B-16.pt"
+    fake_clip.write_bytes(b"truncated")
+    with pytest.raises(CheckpointMismatchError, match=r"OpenAI's CLIP ViT-B-16\.pt.*starts with 5806e77cd80f"):
+        build_clip(model_name="RegionSpot-Tiny-CLIP", checkpoint=str(fake_clip))

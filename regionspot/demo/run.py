@@ -150,7 +150,11 @@ def _fit_stand_in_backbones(data: GeneratedDataset, out: Path, *, seed: int, siz
         clip_steps=size.clip_steps,
     )
     config = RegionSpotConfig.from_yaml(MODEL_CONFIG)
-    config.sam.checkpoint, config.clip.checkpoint = str(fitted.sam_checkpoint), str(fitted.clip_checkpoint)
+    # absolute: the model YAML is then read the same from any working directory
+    config.sam.checkpoint, config.clip.checkpoint = (
+        str(fitted.sam_checkpoint.resolve()),
+        str(fitted.clip_checkpoint.resolve()),
+    )
     model_yaml = out / "model.yaml"
     model_yaml.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return model_yaml

@@ -15,7 +15,7 @@ from open_clip.factory import convert_state_dict
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 
-from regionspot.checkpoint import load_weights, model_part, read_state_dict, require_file
+from regionspot.checkpoint import check_release_digest, load_weights, model_part, read_state_dict, require_file
 from regionspot.config import CLIP_PRECISIONS, CLIP_RESIZES, PROMPT_MEANS
 
 # Tiny open_clip configs shipped with the package (e.g. "RegionSpot-Tiny-CLIP"), registered with open_clip.
@@ -39,6 +39,16 @@ PROMPT_TEMPLATES: dict[str, tuple[Callable[[str], str], ...]] = {
 }
 
 
+def openai_release_sha256() -> dict[str, str]:
+    """OpenAI's CLIP file names -> their SHA-256, from open_clip's registry (each release URL carries its hash)."""
+    released = {}
+    for model_name, tag in open_clip.list_pretrained():
+        url = open_clip.get_pretrained_url(model_name, tag) if tag == "openai" else ""
+        if "openaipublic" in url:
+            released[url.rsplit("/", 1)[1]] = url.rsplit("/", 2)[1]
+    return released
+
+
 def build_clip(*, model_name: str, checkpoint: str | None = None, precision: str = "auto") -> open_clip.CLIP:
     """Build open_clip model `model_name` with random weights, then load `checkpoint` (a local file) if given.
 
@@ -59,6 +69,9 @@ def build_clip(*, model_name: str, checkpoint: str | None = None, precision: str
             what=f"CLIP checkpoint for {model_name!r}",
             hint="Save the open_clip weights (or OpenAI's original .pt) there, or set clip.checkpoint to their path.",
         )
+        released = openai_release_sha256().get(path.name)
+        if released is not None:
+            check_release_digest(path, algorithm="sha256", expected=released, release=f"OpenAI's CLIP {path.name}")
     with _quiet_root_warnings():  # open_clip warns "initialized randomly" although weights come next
         model = open_clip.create_model(
             model_name,

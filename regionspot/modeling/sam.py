@@ -19,7 +19,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
 from regionspot.boxes import xywh_to_xyxy
-from regionspot.checkpoint import load_weights, model_part, read_state_dict, require_file
+from regionspot.checkpoint import check_release_digest, load_weights, model_part, read_state_dict, require_file
 
 OFFICIAL_SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
 
@@ -86,6 +86,10 @@ def build_sam(*, variant: str, checkpoint: str | None = None) -> Sam:
             what=f"SAM checkpoint for variant {variant!r}",
             hint=f"Put SAM's official {official} there, or set sam.checkpoint to its path.",
         )
+        if path.name in OFFICIAL_SAM_FILES.values():
+            # Meta publishes no checksum; each release's name ends in the first six hex digits of its MD5.
+            md5_prefix = path.stem.rsplit("_", 1)[1]
+            check_release_digest(path, algorithm="md5", expected=md5_prefix, release=f"SAM's {path.name}")
     sam = SAM_BUILDERS[variant]()
     if checkpoint is not None:
         load_weights(sam, model_part(read_state_dict(path), "sam", path=path), path=path, model_name=f"SAM {variant}")

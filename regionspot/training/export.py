@@ -41,7 +41,10 @@ def save_adapter(state: dict[str, torch.Tensor], model_config: RegionSpotConfig,
         raise ValueError(f"the adapter is written as .safetensors, got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     config = model_config.to_dict()
-    config["adapter"]["checkpoint"] = str(out)
+    for section in ("sam", "clip"):  # the backbones stay where they are: absolute, so that the run folder can move
+        if config[section]["checkpoint"] is not None:
+            config[section]["checkpoint"] = str(Path(config[section]["checkpoint"]).resolve())
+    config["adapter"]["checkpoint"] = out.name  # beside the YAML: found from wherever the folder goes
     tensors = {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
     save_file(tensors, str(out), metadata={"regionspot_model_config": json.dumps(config)})
     config_path = out.with_suffix(".yaml")
