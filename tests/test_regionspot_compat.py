@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +26,16 @@ import torchvision
 import torchvision.transforms.functional as TF
 import yaml
 from lvis_tiny import write_tiny_lvis
+from PIL import Image
 from safetensors.torch import load_file
 from torch.testing import assert_close
 
-from regionspot import RegionSpotConfig, build_regionspot
+from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
 from regionspot.checkpoint import CheckpointMismatchError, model_part, read_state_dict
-from regionspot.evaluation.runner import EvalSettings, plan_run
+from regionspot.data.augment import resize_short_edge
+from regionspot.evaluation.cli import main as evaluate_main
+from regionspot.evaluation.detections import region_detections
+from regionspot.evaluation.runner import EvalSettings, evaluate, plan_run
 from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
 from regionspot.modeling.losses import region_focal_loss
@@ -37,7 +43,7 @@ from regionspot.modeling.preprocess import ImagePreprocessor
 from regionspot.training.cli import export_main
 from regionspot.training.module import RegionSpotModule
 from regionspot.transforms import prepare_prompts
-from regionspot.vocabulary import read_class_names
+from regionspot.vocabulary import read_class_names, vocabulary_from_categories
 
 # (CLIP width, text dim) of RegionSpot-BB and -BL (BL@336 has BL's shapes).
 VARIANTS = {"bb": (768, 512), "bl": (1024, 768)}
@@ -328,3 +334,87 @@ def test_training_step_reduces_as_loss_reduction_says(tiny_config, image, monkey
     assert_close(losses["boxes"], region_focal_loss(torch.cat(logits), torch.cat(labels)))
     with pytest.raises(ValueError, match="loss_reduction must be one of"):
         RegionSpotModule(model_config=tiny_config, loss_reduction="sum")
+
+
+def test_candidates_are_the_most_probable_pairs_before_the_box_scores():
+    probs = torch.tensor([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])
+    box_scores = torch.tensor([0.1, 1.0])
+    boxes = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20]])
+    kept = region_detections(
+        image_id=1, boxes=boxes, class_probs=probs, category_ids=[1, 2, 3], box_scores=box_scores, max_candidates=3
+    )
+    # RegionSpot's rule, computed directly: the 3 most probable pairs (0.6, 0.5, 0.4), each times its box's score.
+    flat = probs.flatten().topk(3)
+    expected = sorted(
+        ((int(i) // 3, int(i) % 3 + 1, float(p * box_scores[int(i) // 3])) for p, i in zip(*flat, strict=True)),
+    )
+    got = sorted((0 if d["bbox"][0] == 0 else 1, d["category_id"], d["score"]) for d in kept)
+    assert [(r, c) for r, c, _ in got] == [(r, c) for r, c, _ in expected]
+    assert [s for *_, s in got] == pytest.approx([s for *_, s in expected])
+    unbounded = region_detections(
+        image_id=1, boxes=boxes, class_probs=probs, category_ids=[1, 2, 3], box_scores=box_scores
+    )
+    assert len(unbounded) == 6  # without candidates, (region 1, class 3) at 0.1 x 1.0 beats (region 0, class 1) at 0.06
+    gt_boxes = region_detections(
+        image_id=1, boxes=boxes, class_probs=probs, category_ids=[1, 2, 3], max_candidates=6, max_per_image=3
+    )
+    assert gt_boxes == region_detections(
+        image_id=1, boxes=boxes, class_probs=probs, category_ids=[1, 2, 3], max_per_image=3
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_lvis(tmp_path_factory):
+    return write_tiny_lvis(tmp_path_factory.mktemp("lvis"))
+
+
+def _evaluate(tiny_lvis, out, **kwargs):
+    settings = EvalSettings(
+        config="configs/model/tiny.yaml", ann=str(tiny_lvis["ann"]), images=str(tiny_lvis["images"]), out=str(out),
+        progress=False, **kwargs,
+    )  # fmt: skip
+    evaluate(settings)
+    return json.loads((out / "detections.json").read_text())
+
+
+def test_test_time_resize_feeds_sam_and_clip_the_resized_image_and_keeps_boxes_in_pixels(tiny_lvis, tmp_path):
+    detections = _evaluate(tiny_lvis, tmp_path / "resized", test_short_edge=80, test_max_size=100, masks=False)
+    gt = json.loads(tiny_lvis["ann"].read_text())
+    image = gt["images"][0]
+    boxes = [a["bbox"] for a in gt["annotations"] if a["image_id"] == image["id"]]
+    assert {tuple(d["bbox"]) for d in detections if d["image_id"] == image["id"]} == {
+        tuple(map(float, b)) for b in boxes
+    }
+    rgb = np.array(Image.open(tiny_lvis["images"] / image["coco_url"].rsplit("/", 1)[1]).convert("RGB"))
+    xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=np.float32)
+    frame, frame_boxes = resize_short_edge(rgb, xyxy, 80, 100)  # 48x64 -> 75x100 (the long edge caps it)
+    assert frame.shape[:2] == (75, 100)
+    torch.manual_seed(0)
+    predictor = RegionSpotPredictor(build_regionspot("configs/model/tiny.yaml"))
+    predictor.set_image(frame)
+    categories = sorted(gt["categories"], key=lambda c: c["id"])
+    vocabulary = vocabulary_from_categories(categories)
+    probs = predictor.predict(boxes=frame_boxes, vocabulary=vocabulary, return_all_scores=True).all_scores
+    for det in (d for d in detections if d["image_id"] == image["id"]):
+        region = [tuple(map(float, b)) for b in boxes].index(tuple(det["bbox"]))
+        column = [c["id"] for c in categories].index(det["category_id"])
+        assert det["score"] == pytest.approx(float(probs[region, column]), rel=1e-5)
+
+
+def test_heads_under_the_runs_mixed_precision(tiny_lvis, tmp_path):
+    full = _evaluate(tiny_lvis, tmp_path / "fp32", precision="bf16-mixed", masks=False)
+    mixed = _evaluate(tiny_lvis, tmp_path / "bf16", precision="bf16-mixed", masks=False, autocast_heads=True)
+    key = lambda d: (d["image_id"], tuple(d["bbox"]), d["category_id"])  # noqa: E731
+    scores = {key(d): d["score"] for d in full}
+    assert len(mixed) == len(full) and all(key(d) in scores for d in mixed)
+    differences = [abs(d["score"] - scores[key(d)]) for d in mixed]
+    assert 0 < max(differences) < 0.05  # bf16 rounding in the decoder, the adapter and the scores, and only that
+
+
+def test_the_protocol_flags_reach_evaluate(tiny_lvis, tmp_path):
+    out = tmp_path / "cli"
+    args = ["--config", "configs/model/tiny.yaml", "--ann", str(tiny_lvis["ann"]), "--images", str(tiny_lvis["images"])]
+    evaluate_main([*args, "--out", str(out), "--no-masks", "--no-progress", "--max-candidates", "2"])
+    per_image = Counter(d["image_id"] for d in json.loads((out / "detections.json").read_text()))
+    assert set(per_image.values()) == {2}  # 4 classes x every box, cut to the 2 most probable pairs
+    assert json.loads((out / "run.json").read_text())["regionspot_protocol"] == [2, None, 1333, False]

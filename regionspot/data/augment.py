@@ -51,7 +51,8 @@ def resize_short_edge(
     """Resize so the shortest edge is `short_edge`, unless that makes the longest exceed `max_size`."""
     height, width = image.shape[:2]
     scale = min(short_edge / min(height, width), max_size / max(height, width))
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    # detectron2's rounding (half up), so that RegionSpot's test resize (evaluate.py --test-short-edge) is its own
+    new_h, new_w = max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
     if (new_h, new_w) == (height, width):
         return image, boxes
     resized = np.array(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))

@@ -55,6 +55,17 @@ def _run(argv: list[str]) -> dict:
         "--activation", choices=ACTIVATIONS, default=DEFAULT_ACTIVATION, help="class scores (default softmax)"
     )
     parser.add_argument("--max-dets-per-image", type=int, help="default: the protocol's (LVIS 300, COCO 100)")
+    original = parser.add_argument_group(
+        "the original RegionSpot's evaluation", "all three together: its inference (docs/regionspot_compat.md)"
+    )
+    original.add_argument(
+        "--max-candidates", type=int, help="keep an image's N most probable region-class pairs first (900)"
+    )
+    original.add_argument("--test-short-edge", type=int, help="resize each image to this shortest edge first (800)")
+    original.add_argument("--test-max-size", type=int, default=1333, help="... longest edge at most (1333)")
+    original.add_argument(
+        "--autocast-heads", action="store_true", help="SAM's decoder, the adapter and scores in --precision too"
+    )
     parser.add_argument("--max-images", type=int, help="only the first N images (scored on those alone)")
     parser.add_argument("--accelerator", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--devices", default="1", help="number of devices, or 'auto'")

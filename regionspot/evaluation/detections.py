@@ -19,6 +19,8 @@ from regionspot.modeling.regionspot import FrozenFeatures, RegionSpot
 DEFAULT_TOP_K = 300  # classes kept per region: with LVIS's 300 detections per image, enough for any image
 DEFAULT_ACTIVATION = "softmax"  # RegionSpot's evaluation: a softmax over the vocabulary
 COCO_MAX_DETS_PER_IMAGE = 100  # the COCO challenge's limit
+REGIONSPOT_CANDIDATES = 900  # the original RegionSpot's (region, class) pairs kept per image by class probability
+_NOT_A_CANDIDATE = -1.0  # below every score (probabilities x box scores lie in [0, 1])
 
 
 def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
@@ -39,6 +41,7 @@ def region_detections(
     masks: torch.Tensor | None = None,
     top_k: int = DEFAULT_TOP_K,
     max_per_image: int | None = None,
+    max_candidates: int | None = None,
 ) -> list[dict[str, Any]]:
     """Each region's `top_k` classes as detections; score = class probability x box score (if any).
 
@@ -56,18 +59,23 @@ def region_detections(
         max_per_image: keep only the image's `max_per_image` best detections, chosen exactly as the official
             LVIS loader chooses them (a stable sort by score of the list this function would otherwise return),
             so that capping here changes no metric while it keeps the results file small.
+        max_candidates: first keep only the image's `max_candidates` (region, class) pairs of highest class
+            probability, before the box scores weigh them (the original RegionSpot's 900). With ground-truth
+            boxes this changes nothing once `max_per_image` <= `max_candidates`.
     """
     if class_probs.shape != (len(boxes), len(category_ids)):
         raise ValueError(f"class_probs must be (N={len(boxes)}, C={len(category_ids)}), got {tuple(class_probs.shape)}")
-    scores = class_probs.float()
-    if box_scores is not None:
-        scores = scores * box_scores.float()[:, None]
+    probs = class_probs.float()
+    scores = probs if box_scores is None else probs * box_scores.float()[:, None]
+    if max_candidates is not None and probs.numel() > max_candidates:
+        floor = probs.flatten().topk(max_candidates).values[-1]
+        scores = scores.masked_fill(probs < floor, _NOT_A_CANDIDATE)
     top_scores, top_classes = scores.topk(min(top_k, scores.shape[1]), dim=1)
-    keep = torch.ones_like(top_scores, dtype=torch.bool)
-    if max_per_image is not None and top_scores.numel() > max_per_image:
+    keep = top_scores > _NOT_A_CANDIDATE
+    if max_per_image is not None and int(keep.sum()) > max_per_image:
         # Everything below the cap's threshold is ranked after at least `max_per_image` others: never kept.
-        threshold = top_scores.flatten().topk(max_per_image).values[-1]
-        keep = top_scores >= threshold
+        threshold = top_scores[keep].topk(max_per_image).values[-1]
+        keep &= top_scores >= threshold
     xywh = xyxy_to_xywh(boxes.float()).tolist()
     regions = keep.any(dim=1).nonzero().flatten().tolist()
     rles = dict(zip(regions, encode_masks(masks[regions]), strict=True)) if masks is not None and regions else {}
@@ -105,6 +113,7 @@ def detect_regions(
     top_k: int = DEFAULT_TOP_K,
     activation: str = DEFAULT_ACTIVATION,
     max_per_image: int | None = None,
+    max_candidates: int | None = None,
 ) -> list[dict[str, Any]]:
     """The one path from one image's region features to its detections, under validation and evaluate.py.
 
@@ -113,7 +122,7 @@ def detect_regions(
 
     Args:
         model, frozen, text_embeddings, features, activation: see `RegionSpot.score_regions`.
-        image_id, boxes, category_ids, box_scores, top_k, max_per_image: see `region_detections`.
+        image_id, boxes, category_ids, box_scores, top_k, max_per_image, max_candidates: see `region_detections`.
         masks: (N, H, W) bool masks given with the regions (SAM's automatic mask generator), to write as
             segmentations; or None.
         image: the prepared image, to write SAM's mask of each region instead (needs mask logits in `frozen`).
@@ -130,4 +139,5 @@ def detect_regions(
         masks=masks if masks is not None else scored.masks,
         top_k=top_k,
         max_per_image=max_per_image,
+        max_candidates=max_candidates,
     )

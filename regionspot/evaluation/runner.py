@@ -9,6 +9,7 @@ images already done, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -25,6 +26,7 @@ from PIL import Image
 from regionspot.build import build_regionspot
 from regionspot.checkpoint import require_file
 from regionspot.config import RegionSpotConfig
+from regionspot.data.augment import resize_short_edge
 from regionspot.data.coco import load_annotations, load_proposals, subset_images
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
 from regionspot.evaluation.lvis_eval import format_metrics, score_results
@@ -37,7 +39,7 @@ from regionspot.evaluation.sources import (
 )
 from regionspot.modeling.regionspot import ACTIVATIONS
 from regionspot.modeling.sam import sam_everything
-from regionspot.transforms import prepare_prompts
+from regionspot.transforms import clip_boxes, prepare_prompts
 from regionspot.vocabulary import vocabulary_from_categories
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,11 @@ class EvalSettings:
     sam_points_per_side: int = 32  # "sam" source: SamAutomaticMaskGenerator's point grid
     sam_pred_iou_thresh: float = 0.88  # ... its mask-quality filter
     sam_stability_score_thresh: float = 0.95  # ... its stability filter
+    # The original RegionSpot's evaluation, each off by default (docs/regionspot_compat.md):
+    max_candidates: int | None = None  # keep an image's N most probable (region, class) pairs first (RegionSpot: 900)
+    test_short_edge: int | None = None  # resize each image to this shortest edge first (RegionSpot: 800) ...
+    test_max_size: int = 1333  # ... with its longest edge at most this (detectron2's test resize)
+    autocast_heads: bool = False  # also run SAM's decoder, the adapter and the scores in the run's mixed precision
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -98,8 +105,19 @@ class EvalSettings:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.max_dets_per_image is not None and self.max_dets_per_image < 1:
             raise ValueError(f"max_dets_per_image must be at least 1, got {self.max_dets_per_image}")
+        _check_protocol_settings(self)
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be at least 1, got {self.max_images}")
+
+
+def _check_protocol_settings(settings: EvalSettings) -> None:
+    if settings.max_candidates is not None and settings.max_candidates < 1:
+        raise ValueError(f"max_candidates must be at least 1, got {settings.max_candidates}")
+    short, longest = settings.test_short_edge, settings.test_max_size
+    if short is not None and (short < 1 or longest < short):
+        raise ValueError(f"test_short_edge must be positive and at most test_max_size, got {short} and {longest}")
+    if short is not None and settings.source == "sam":
+        raise ValueError("test_short_edge resizes the images of given regions; the 'sam' source finds its own")
 
 
 def evaluate(settings: EvalSettings) -> dict[str, Any]:
@@ -194,6 +212,12 @@ def _fingerprint(settings: EvalSettings, *, precision: str, max_dets: int | None
         "max_dets_per_image": max_dets,
         "precision": precision,
         "seed": settings.seed,
+        "regionspot_protocol": [
+            settings.max_candidates,
+            settings.test_short_edge,
+            settings.test_max_size,
+            settings.autocast_heads,
+        ],
         "sam": [settings.sam_points_per_side, settings.sam_pred_iou_thresh, settings.sam_stability_score_thresh]
         if settings.source == "sam"
         else None,
@@ -286,30 +310,46 @@ class _ImageRecogniser:
         record: dict[str, Any] = {"image_id": job.image_id, "detections": [], "dropped_regions": int((~keep).sum())}
         if not keep.any():
             return record
-        boxes = boxes[keep]
+        given_masks = masks[keep] if self.settings.masks and masks is not None else None
         box_scores = None if box_scores is None else box_scores[keep]
-        prepared = self.model.preprocessor(rgb)
-        with self.fabric.autocast():  # the heavy encoders run in the run's precision, the rest in float32
-            embedded = self.model.embed_images([prepared], sam_embeddings=sam_embedding)
-        embedded = dataclasses.replace(embedded, sam=embedded.sam.float(), clip_tokens=embedded.clip_tokens.float())
-        prompts, boxes = prepare_prompts(self.model.sam, image_size=prepared.original_size, boxes=boxes)
-        sam_masks = self.settings.masks and masks is None
-        frozen = self.model.decode_regions(embedded, [prompts], with_masks=sam_masks)[0]
-        record["detections"] = detect_regions(
-            self.model,
-            frozen,
-            text_embeddings=self.text,
-            image_id=job.image_id,
-            boxes=boxes,
-            category_ids=self.category_ids,
-            box_scores=box_scores,
-            masks=masks[keep] if self.settings.masks and masks is not None else None,
-            image=prepared if sam_masks else None,
-            top_k=self.settings.top_k,
-            activation=self.settings.activation,
-            max_per_image=self.max_dets,
-        )
+        record["detections"] = self._detections(job, rgb, clip_boxes(boxes[keep], rgb.shape[:2]), box_scores,
+                                                given_masks, sam_embedding)  # fmt: skip
         return record
+
+    def _detections(self, job: ImageJob, rgb: np.ndarray, boxes: torch.Tensor, box_scores, given_masks, sam_embedding):
+        """The image's regions (xyxy boxes in its pixels, clipped) -> its detections, in those pixels."""
+        settings = self.settings
+        frame, frame_boxes = rgb, boxes
+        if settings.test_short_edge is not None:  # RegionSpot's: SAM and CLIP see detectron2's resized image
+            frame, resized = resize_short_edge(rgb, boxes.numpy(), settings.test_short_edge, settings.test_max_size)
+            frame_boxes = torch.from_numpy(resized)
+        # Prompts live in the frame; SAM's masks are upscaled straight to the image as stored.
+        prepared = dataclasses.replace(self.model.preprocessor(frame), original_size=tuple(rgb.shape[:2]))
+        with self.fabric.autocast():  # the heavy encoders run in the run's precision; the rest in float32 unless asked
+            embedded = self.model.embed_images([prepared], sam_embeddings=sam_embedding)
+        sam_masks = settings.masks and given_masks is None
+        with self.fabric.autocast() if settings.autocast_heads else contextlib.nullcontext():
+            if not settings.autocast_heads:
+                embedded = dataclasses.replace(
+                    embedded, sam=embedded.sam.float(), clip_tokens=embedded.clip_tokens.float()
+                )
+            prompts, _ = prepare_prompts(self.model.sam, image_size=frame.shape[:2], boxes=frame_boxes)
+            frozen = self.model.decode_regions(embedded, [prompts], with_masks=sam_masks)[0]
+            return detect_regions(
+                self.model,
+                frozen,
+                text_embeddings=self.text,
+                image_id=job.image_id,
+                boxes=boxes,
+                category_ids=self.category_ids,
+                box_scores=box_scores,
+                masks=given_masks,
+                image=prepared if sam_masks else None,
+                top_k=settings.top_k,
+                activation=settings.activation,
+                max_per_image=self.max_dets,
+                max_candidates=settings.max_candidates,
+            )
 
     def _regions(self, job: ImageJob, rgb: np.ndarray):
         """(boxes (N, 4) xyxy, box scores (N,) or None, masks (N, H, W) or None, SAM embedding or None)."""
