@@ -1,4 +1,5 @@
-"""regionspot: name any region of an image against any vocabulary, with frozen SAM + CLIP (RegionSpot).
+"""regionspot: name any region of an image against any vocabulary, and describe it in words, with frozen SAM +
+CLIP (RegionSpot) and a small caption decoder on top (TAP-style).
 
 The public names load on first use (PEP 562), so that `import regionspot` stays fast: torch,
 segment_anything and open_clip (which imports transformers and timm) take seconds to import and are
@@ -12,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from regionspot.build import build_regionspot
-    from regionspot.config import AdapterConfig, ClipConfig, RegionSpotConfig, SamConfig
+    from regionspot.config import AdapterConfig, CaptionConfig, ClipConfig, RegionSpotConfig, SamConfig
     from regionspot.modeling.regionspot import RegionSpot
     from regionspot.predictor import RegionPredictions, RegionSpotPredictor
 
 _PUBLIC = {
     "AdapterConfig": "regionspot.config",
+    "CaptionConfig": "regionspot.config",
     "ClipConfig": "regionspot.config",
     "RegionSpotConfig": "regionspot.config",
     "SamConfig": "regionspot.config",
@@ -28,6 +30,7 @@ _PUBLIC = {
 }
 __all__ = [
     "AdapterConfig",
+    "CaptionConfig",
     "ClipConfig",
     "RegionPredictions",
     "RegionSpot",

@@ -9,8 +9,10 @@ import open_clip
 import torch
 
 from regionspot.checkpoint import load_weights, model_part, read_state_dict, require_file
-from regionspot.config import RegionSpotConfig
+from regionspot.config import CaptionConfig, RegionSpotConfig
 from regionspot.modeling.adapter import RegionFusionAdapter
+from regionspot.modeling.caption_decoder import CaptionDecoder
+from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
 from regionspot.modeling.regionspot import RegionSpot
 from regionspot.modeling.sam import SamRegionEncoder, build_sam
@@ -65,7 +67,35 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
     if adapter_path is not None:
         state = model_part(read_state_dict(adapter_path), "adapter", path=adapter_path)
         load_weights(adapter, state, path=adapter_path, model_name="the RegionSpot adapter")
-    return RegionSpot(sam=sam, clip=clip, adapter=adapter)
+    captioner = _build_captioner(config.caption, condition_dim=clip.embed_dim + sam.token_dim)
+    return RegionSpot(sam=sam, clip=clip, adapter=adapter, **captioner)
+
+
+def _build_captioner(config: CaptionConfig | None, *, condition_dim: int) -> dict:
+    """The caption decoder and tokenizer a `caption:` section describes (none without one), weights loaded."""
+    if config is None:
+        return {}
+    tokenizer = CaptionTokenizer(token_ids=config.token_ids)
+    decoder = CaptionDecoder(
+        vocab_size=tokenizer.vocab_size,
+        condition_dim=condition_dim,
+        width=config.width,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_dim=config.mlp_dim,
+        dropout=config.dropout,
+        max_length=config.max_length,
+        prefix_tokens=config.prefix_tokens,
+    )
+    if config.checkpoint is not None:
+        path = require_file(
+            config.checkpoint,
+            what="caption decoder checkpoint",
+            hint="Give the caption_decoder.safetensors that training wrote beside adapter.safetensors, or null for "
+            "an untrained captioner; it must match caption.token_ids and the decoder sizes it was trained with.",
+        )
+        load_weights(decoder, read_state_dict(path), path=path, model_name="the caption decoder")
+    return {"caption_decoder": decoder, "caption_tokenizer": tokenizer, "caption_beams": config.num_beams}
 
 
 @contextmanager

@@ -99,22 +99,59 @@ class AdapterConfig:
 
 
 @dataclass
+class CaptionConfig:
+    """The region captioner: a causal text decoder prompted by each region (TAP's decoder by default)."""
+
+    depth: int = 12  # pre-norm transformer layers
+    width: int = 512
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    dropout: float = 0.1
+    max_length: int = 40  # tokens per caption, BOS and EOS included
+    # How many prefix tokens one region becomes (TAP: 1); the decoder reads the region's fused feature and its
+    # SAM token through one bias-free Linear to this many tokens of `width`.
+    prefix_tokens: int = 1
+    # The CLIP BPE ids the decoder's vocabulary keeps (`CaptionTokenizer.from_corpus(captions).token_ids`: a
+    # shortlist for small domains such as the demo's); None = CLIP's whole 49,408-token vocabulary.
+    token_ids: list[int] | None = None
+    num_beams: int = 1  # decoding: 1 = greedy (TAP's), more = beam search
+    # Trained decoder weights (`caption_decoder.safetensors`, written beside the adapter's); None = untrained.
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "num_heads", "mlp_dim", "prefix_tokens", "num_beams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"caption.{name} must be positive, got {getattr(self, name)}")
+        if self.max_length < 3:
+            raise ValueError(f"caption.max_length must leave room for BOS, a word and EOS, got {self.max_length}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"caption.dropout must be in [0, 1), got {self.dropout}")
+        if self.token_ids is not None:
+            self.token_ids = [int(i) for i in self.token_ids]
+
+
+@dataclass
 class RegionSpotConfig:
-    """A whole model: which SAM, which CLIP, what adapter."""
+    """A whole model: which SAM, which CLIP, what adapter, and optionally a captioner on top."""
 
     sam: SamConfig = field(default_factory=SamConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    caption: CaptionConfig | None = None  # None: a recogniser only
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RegionSpotConfig:
         _check_keys(data, cls, "config")
         parts = {}
         for part in dataclasses.fields(cls):
-            value = data.get(part.name) or {}
+            value = data.get(part.name)
+            if value is None and part.name in _OPTIONAL_SECTIONS:
+                parts[part.name] = None
+                continue
+            value = value or {}
             if not isinstance(value, dict):
                 raise ValueError(f"config section {part.name!r} must be a mapping, got {type(value).__name__}")
-            part_cls = {"sam": SamConfig, "clip": ClipConfig, "adapter": AdapterConfig}[part.name]
+            part_cls = _SECTIONS[part.name]
             _check_keys(value, part_cls, part.name)
             parts[part.name] = part_cls(**value)
         return cls(**parts)
@@ -131,12 +168,17 @@ class RegionSpotConfig:
         if not isinstance(data, dict):
             raise ValueError(f"model config {path} must be a mapping with sam/clip/adapter sections")
         config = cls.from_dict(data)
-        for section in (config.sam, config.clip, config.adapter):
-            section.checkpoint = _next_to(path.parent, section.checkpoint)
+        for section in (config.sam, config.clip, config.adapter, config.caption):
+            if section is not None:
+                section.checkpoint = _next_to(path.parent, section.checkpoint)
         return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_SECTIONS = {"sam": SamConfig, "clip": ClipConfig, "adapter": AdapterConfig, "caption": CaptionConfig}
+_OPTIONAL_SECTIONS = ("caption",)
 
 
 def _next_to(folder: Path, checkpoint: str | None) -> str | None:

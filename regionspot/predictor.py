@@ -32,6 +32,7 @@ class RegionPredictions:
     mask_scores: torch.Tensor  # (N,) SAM's predicted IoU of that mask
     boxes: torch.Tensor | None  # (N, 4) the input boxes clipped to the image, or None without boxes
     all_scores: torch.Tensor | None = None  # (N, C), when asked for
+    captions: list[str] | None = None  # N captions (the model's captioner), when asked for
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,6 +45,7 @@ class RegionPredictions:
                 "scores": self.scores[i].tolist(),
                 "mask": self.masks[i],
                 "box": None if self.boxes is None else self.boxes[i].tolist(),
+                **({} if self.captions is None else {"caption": self.captions[i]}),
             }
             for i in range(len(self))
         ]
@@ -81,8 +83,9 @@ class RegionSpotPredictor:
         top_k: int = 5,
         activation: str = "softmax",
         return_all_scores: bool = False,
+        caption: bool = False,
     ) -> RegionPredictions:
-        """Recognise N regions given as prompts in the image's pixels.
+        """Recognise (and, with `caption`, describe) N regions given as prompts in the image's pixels.
 
         Args:
             vocabulary: C class names to choose from (a list; one string is refused, not split into letters).
@@ -92,10 +95,12 @@ class RegionSpotPredictor:
             top_k: how many labels to return per region (at most C).
             activation: "softmax" over the vocabulary (RegionSpot's evaluation) or independent "sigmoid".
             return_all_scores: also return the (N, C) score matrix.
+            caption: also describe each region in words (needs a model with a captioner: a `caption:` section).
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict(...)")
         vocabulary = _check_request(vocabulary, top_k, activation)
+        self._check_captioner(caption)
         image = self._image.images[0]
         prompts, clipped = prepare_prompts(
             self.model.sam,
@@ -107,8 +112,9 @@ class RegionSpotPredictor:
         )
         frozen = self.model.decode_regions(self._image, [prompts], with_masks=True)[0]
         return self._predictions(
-            frozen, image, clipped, vocabulary, top_k=top_k, activation=activation, all_scores=return_all_scores
-        )
+            frozen, image, clipped, vocabulary, top_k=top_k, activation=activation, all_scores=return_all_scores,
+            caption=caption,
+        )  # fmt: skip
 
     @torch.no_grad()
     def predict_images(
@@ -120,6 +126,7 @@ class RegionSpotPredictor:
         top_k: int = 5,
         activation: str = "softmax",
         return_all_scores: bool = False,
+        caption: bool = False,
         batch_size: int = 8,
     ) -> list[RegionPredictions]:
         """Recognise the boxes of several images in batches: one SAM and CLIP pass per `batch_size` images,
@@ -128,7 +135,8 @@ class RegionSpotPredictor:
         Args:
             images: B images (any format `set_image` takes).
             boxes: B arrays (N_i, 4) of x1, y1, x2, y2 in that image's pixels.
-            vocabulary, top_k, activation, return_all_scores: as in `predict`.
+            vocabulary, top_k, activation, return_all_scores, caption: as in `predict` (the captions of all the
+                batch's regions are decoded together).
             batch_size: images embedded at once (bounds memory).
         """
         if len(images) != len(boxes):
@@ -136,6 +144,7 @@ class RegionSpotPredictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         vocabulary = _check_request(vocabulary, top_k, activation)
+        self._check_captioner(caption)
         results: list[RegionPredictions] = []
         for start in range(0, len(images), batch_size):
             prepared = [self.model.preprocessor(to_rgb_uint8(image)) for image in images[start : start + batch_size]]
@@ -145,12 +154,13 @@ class RegionSpotPredictor:
             ]
             frozen = self.model.frozen_features(prepared, [prompts for prompts, _ in checked], with_masks=True)
             features = self.model.region_features(frozen)
+            captions = self.model.caption_regions(frozen, features) if caption else [None] * len(frozen)
             results += [
                 self._predictions(
                     f, image, clipped, vocabulary, features=x, top_k=top_k, activation=activation,
-                    all_scores=return_all_scores,
+                    all_scores=return_all_scores, captions=c,
                 )
-                for f, x, image, (_, clipped) in zip(frozen, features, prepared, checked, strict=True)
+                for f, x, image, (_, clipped), c in zip(frozen, features, prepared, checked, captions, strict=True)
             ]  # fmt: skip
         return results
 
@@ -162,6 +172,7 @@ class RegionSpotPredictor:
         top_k: int = 5,
         activation: str = "softmax",
         return_all_scores: bool = False,
+        caption: bool = False,
         points_per_side: int = 32,
         pred_iou_thresh: float = 0.88,
         stability_score_thresh: float = 0.95,
@@ -173,13 +184,14 @@ class RegionSpotPredictor:
         the image with SAM once more (its own pass over its point grid).
 
         Args:
-            vocabulary, top_k, activation, return_all_scores: as in `predict`.
+            vocabulary, top_k, activation, return_all_scores, caption: as in `predict`.
             points_per_side, pred_iou_thresh, stability_score_thresh: SamAutomaticMaskGenerator's settings
                 (its defaults).
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict_everything(...)")
         vocabulary = _check_request(vocabulary, top_k, activation)
+        self._check_captioner(caption)
         generator = SamAutomaticMaskGenerator(
             self.model.sam.sam,
             points_per_side=points_per_side,
@@ -188,10 +200,11 @@ class RegionSpotPredictor:
         )
         boxes, objectness, masks = sam_everything(generator, self._rgb)
         if len(boxes) == 0:
-            return _no_regions(self._rgb.shape[:2], len(vocabulary), top_k, return_all_scores)
+            return _no_regions(self._rgb.shape[:2], len(vocabulary), top_k, return_all_scores, caption)
         result = self.predict(
-            vocabulary=vocabulary, boxes=boxes, top_k=top_k, activation=activation, return_all_scores=return_all_scores
-        )
+            vocabulary=vocabulary, boxes=boxes, top_k=top_k, activation=activation, return_all_scores=return_all_scores,
+            caption=caption,
+        )  # fmt: skip
         return dataclasses.replace(result, masks=masks, mask_scores=objectness)
 
     def _predictions(
@@ -205,11 +218,16 @@ class RegionSpotPredictor:
         top_k: int,
         activation: str,
         all_scores: bool,
+        caption: bool = False,
+        captions: list[str] | None = None,
     ) -> RegionPredictions:
+        """One image's predictions; its captions are decoded here when `caption` and not already given."""
         scored = self.model.score_regions(
             frozen, text_embeddings=self.model.clip.encode_vocabulary(vocabulary), features=features,
             activation=activation, image=image,
         )  # fmt: skip
+        if caption and captions is None:
+            captions = self.model.caption_regions([frozen], None if features is None else [features])[0]
         probs = scored.probs.cpu()
         scores, class_ids = probs.topk(min(top_k, len(vocabulary)), dim=-1)
         return RegionPredictions(
@@ -220,7 +238,15 @@ class RegionSpotPredictor:
             mask_scores=scored.mask_scores.cpu(),
             boxes=clipped,
             all_scores=probs if all_scores else None,
+            captions=captions,
         )
+
+    def _check_captioner(self, caption: bool) -> None:
+        if caption and self.model.caption_decoder is None:
+            raise ValueError(
+                "caption=True needs a model with a captioner: build it from a model config with a caption: "
+                "section (a run trained with one writes it into adapter.yaml)"
+            )
 
 
 def _check_request(vocabulary: Sequence[str], top_k: int, activation: str) -> list[str]:
@@ -235,7 +261,9 @@ def _check_request(vocabulary: Sequence[str], top_k: int, activation: str) -> li
     return list(vocabulary)
 
 
-def _no_regions(size: tuple[int, int], num_classes: int, top_k: int, all_scores: bool) -> RegionPredictions:
+def _no_regions(
+    size: tuple[int, int], num_classes: int, top_k: int, all_scores: bool, caption: bool
+) -> RegionPredictions:
     k = min(top_k, num_classes)
     return RegionPredictions(
         labels=[],
@@ -245,4 +273,5 @@ def _no_regions(size: tuple[int, int], num_classes: int, top_k: int, all_scores:
         mask_scores=torch.zeros(0),
         boxes=torch.zeros(0, 4),
         all_scores=torch.zeros(0, num_classes) if all_scores else None,
+        captions=[] if caption else None,
     )

@@ -1,7 +1,7 @@
-"""Name the regions of one image from the command line.
+"""Name (and, with --caption, describe) the regions of one image from the command line.
 
     python -m regionspot.recognize --config configs/model/regionspot_bl.yaml --image photo.jpg \
-        --boxes "[[10, 20, 200, 240]]" --vocabulary "cat,dog,sofa"
+        --boxes "[[10, 20, 200, 240]]" --vocabulary "cat,dog,sofa" [--caption]
 
 Without --image it uses scikit-image's astronaut photo; without --boxes, a few boxes of that photo.
 """
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--boxes", help='JSON list of [x1, y1, x2, y2] in pixels, e.g. "[[0, 0, 50, 80]]"')
     parser.add_argument("--vocabulary", default=_ASTRONAUT_VOCABULARY, help="comma-separated class names")
     parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--caption", action="store_true", help="also caption each region (a model with a captioner)")
     args = parser.parse_args(argv)
 
     if args.image is None:
@@ -43,12 +44,16 @@ def main(argv: list[str] | None = None) -> None:
     predictor = RegionSpotPredictor(build_regionspot(args.config))
     predictor.set_image(image)
     vocabulary = [name.strip() for name in args.vocabulary.split(",") if name.strip()]
-    result = predictor.predict(boxes=boxes, vocabulary=vocabulary, top_k=args.top_k)
+    try:
+        result = predictor.predict(boxes=boxes, vocabulary=vocabulary, top_k=args.top_k, caption=args.caption)
+    except ValueError as err:  # e.g. --caption with a model that has no captioner: the message says what to do
+        raise SystemExit(f"error: {err}") from err
     for region in result.to_list():
         named = ", ".join(
             f"{label} {score:.2f}" for label, score in zip(region["labels"], region["scores"], strict=True)
         )
-        print(f"box {[round(v) for v in region['box']]}  mask {int(region['mask'].sum())} px  ->  {named}")
+        said = f'  "{region["caption"]}"' if "caption" in region else ""
+        print(f"box {[round(v) for v in region['box']]}  mask {int(region['mask'].sum())} px  ->  {named}{said}")
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ def test_lvis_records_use_coco_url_basename_and_bad_entries_are_counted(tmp_path
     assert broken == {"skipped": "unreadable_image", "dataset": "lvis"}
     batch = collate_detections([sample, broken])
     assert len(batch["images"]) == 1 and batch["skipped"] == {"unreadable_image": 1} and batch["dataset"] == "lvis"
+    assert "captions" not in batch and "region_keys" not in batch  # a detection set has neither
 
 
 def test_missing_files_and_bad_configs_raise_clear_errors(tmp_path):
@@ -128,8 +129,8 @@ def test_augmentations_move_boxes_with_pixels():
     labels = np.array([0, 1])
     config = AugmentConfig(flip_prob=0.5, short_edges=[60, 90, 120], max_size=200, crop_prob=1.0, crop_min_scale=0.5)
     for seed in range(20):
-        out, out_boxes, out_labels = augment(image, boxes, labels, np.random.default_rng(seed), config)
-        assert len(out_boxes) >= 1 and len(out_boxes) == len(out_labels)
+        out, out_boxes, out_labels, out_captions = augment(image, boxes, labels, np.random.default_rng(seed), config)
+        assert len(out_boxes) >= 1 and len(out_boxes) == len(out_labels) and out_captions is None
         assert (out_boxes[:, :2] >= 0).all() and (out_boxes[:, 2] <= out.shape[1]).all()
         assert (out_boxes[:, 3] <= out.shape[0]).all()
         for box, label in zip(out_boxes, out_labels, strict=True):

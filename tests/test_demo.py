@@ -235,3 +235,11 @@ def test_fitted_backbones_lower_their_losses_and_load_through_build_regionspot(s
     predictions = predictor.predict(vocabulary=names, boxes=example.boxes, top_k=3)
     assert len(predictions) == len(example.boxes)
     assert predictions.masks.shape[1:] == example.pixels.shape[:2]
+
+
+def test_every_object_has_a_caption_that_names_its_class_first(small_dataset):
+    data = load_annotations(small_dataset.annotation_files["test"])
+    names = {cat["id"]: cat["name"] for cat in data["categories"]}
+    assert data["annotations"]
+    for ann in data["annotations"]:
+        assert ann["caption"].startswith(f"a {names[ann['category_id']]} ")

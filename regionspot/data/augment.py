@@ -1,11 +1,14 @@
 """Training augmentations on (image, boxes): horizontal flip, multi-scale resize, random crop.
 
-Every geometric change is applied to the boxes too, so a box always covers the same pixels.
+Every geometric change is applied to the boxes too, so a box always covers the same pixels, and to the
+boxes' captions where it changes what they say (a flip swaps left and right).
 Images are (H, W, 3) uint8 arrays and boxes (N, 4) float32 x1, y1, x2, y2 in pixels.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +46,24 @@ def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     flipped = boxes.copy()
     flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
     return np.ascontiguousarray(image[:, ::-1]), flipped
+
+
+# Whole words only: "bright" and "leftover" say nothing about a side.
+_SIDE_WORD = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_OTHER_SIDE = {"left": "right", "right": "left"}
+
+
+def mirror_left_right(caption: str) -> str:
+    """The caption of the mirrored image: "left" and "right" swapped as whole words, keeping their case."""
+    return _SIDE_WORD.sub(_other_side, caption)
+
+
+def _other_side(match: re.Match[str]) -> str:
+    word = match.group(0)
+    other = _OTHER_SIDE[word.lower()]
+    if word.isupper():
+        return other.upper()
+    return other.capitalize() if word[0].isupper() else other
 
 
 def resize_short_edge(
@@ -88,11 +109,33 @@ def random_crop(
 
 
 def augment(
-    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, rng: np.random.Generator, config: AugmentConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flip, resize the shortest edge to a random scale, then maybe crop; labels follow the kept boxes."""
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    config: AugmentConfig,
+    *,
+    captions: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str] | None]:
+    """Flip, resize the shortest edge to a random scale, then maybe crop.
+
+    Args:
+        image: (H, W, 3) uint8.
+        boxes: (N, 4) float32 x1, y1, x2, y2 in pixels.
+        labels: (N,) any per-box values; they follow the boxes the crop keeps.
+        rng: draws every random choice.
+        config: which augmentations, how strong.
+        captions: N captions, one per box, or None.
+
+    Returns:
+        (image, boxes (M, 4), labels (M,), captions (M) or None) of the M <= N boxes kept; a flip mirrors the
+        captions' "left" and "right", since a caption that kept them would describe the wrong side.
+    """
+    out_captions = None if captions is None else list(captions)
     if rng.random() < config.flip_prob:
         image, boxes = hflip(image, boxes)
+        if out_captions is not None:
+            out_captions = [mirror_left_right(caption) for caption in out_captions]
     if config.short_edges:
         short_edge = int(config.short_edges[rng.integers(len(config.short_edges))])
         image, boxes = resize_short_edge(image, boxes, short_edge, config.max_size)
@@ -101,4 +144,6 @@ def augment(
             image, boxes, rng, min_scale=config.crop_min_scale, min_box_size=config.min_box_size
         )
         labels = labels[keep]
-    return image, boxes, labels
+        if out_captions is not None:
+            out_captions = [out_captions[i] for i in keep]
+    return image, boxes, labels, out_captions

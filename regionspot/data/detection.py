@@ -2,9 +2,11 @@
 
 Both become a `DetectionDataset`: a list of image records (boxes as x1, y1, x2, y2 pixels, labels as
 indices into the data set's own vocabulary, its class names as stored: the model reads them its own way,
-`regionspot.vocabulary.read_class_names`). Bad entries never stop training: annotations and images
-that cannot be used are skipped and counted, by reason, in `DetectionDataset.skipped` (while indexing)
-or in a sample's "skipped" field (while reading, e.g. an unreadable image file).
+`regionspot.vocabulary.read_class_names`). Region-caption sets (`DatasetConfig.captions`, their own
+formats in `regionspot.data.captions`) take the same path, with a caption and a region key per box.
+Bad entries never stop training: annotations and images that cannot be used are skipped and counted,
+by reason, in `DetectionDataset.skipped` (while indexing) or in a sample's "skipped" field (while
+reading, e.g. an unreadable image file).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +36,11 @@ BBOX_FORMATS = ("xywh", "xyxy")
 
 @dataclass
 class DatasetConfig:
-    """One detection data set. Give `ann_file` + `image_dir`, or `hf_path` for a Hugging Face data set."""
+    """One data set of boxes. Give `ann_file` + `image_dir`, or `hf_path` for a Hugging Face data set."""
 
-    ann_file: str | None = None  # COCO/LVIS-format JSON (images, annotations, categories)
+    # COCO/LVIS-format JSON (images, annotations, categories); with `captions`, also Visual Genome's own
+    # region_descriptions.json (regionspot.data.captions)
+    ann_file: str | None = None
     image_dir: str | None = None  # folder of the images named by the JSON's file_name (or coco_url's basename)
     ratio: float = 1.0  # sampling weight among the training data sets (RegionSpot: equal)
     hf_path: str | None = None  # a `datasets.load_dataset` name or a `save_to_disk` folder
@@ -44,8 +49,13 @@ class DatasetConfig:
     # Draw the package's toy set (`regionspot.data.toy`, coloured rectangles) at ann_file when that file is
     # missing: the data of the tiny smoke run, which then needs nothing but the package.
     toy: bool = False
+    # Read one caption per box (an annotation's "caption", VG's "phrase"); boxes without one are skipped.
+    # Categories become optional: a box without a known one gets label -1 (a captions-only set such as VG).
+    captions: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.captions, bool):  # a YAML string such as "false" would read as true
+            raise ValueError(f"captions must be true or false, got {self.captions!r}")
         if (self.ann_file is None) == (self.hf_path is None):
             raise ValueError("a data set needs either ann_file (with image_dir) or hf_path, not both")
         if self.ann_file is not None and self.image_dir is None:
@@ -65,25 +75,62 @@ class ImageRecord:
     image_id: int
     source: str | int  # file path, or row index of a Hugging Face data set
     boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2 in pixels
-    labels: np.ndarray  # (N,) int64 indices into the vocabulary
+    labels: np.ndarray  # (N,) int64 indices into the vocabulary; -1: a box with a caption but no known class
+    captions: list[str] | None = None  # N captions, one per box in the same order (caption data sets)
+    region_keys: list[str] | None = None  # N keys, one per box: what its caption is scored under
+
+
+# One box of an image while indexing: (4,) x1, y1, x2, y2, label, caption and region key (None: no captions).
+Region = tuple[np.ndarray, int, str | None, str | None]
+
+
+def image_record(image_id: int, source: str | int, regions: Sequence[Region]) -> ImageRecord:
+    """The record of an image from its (non-empty) regions, in their order."""
+    boxes, labels, captions, keys = zip(*regions, strict=True)
+    return ImageRecord(
+        image_id,
+        source,
+        np.stack(boxes).astype(np.float32),
+        np.asarray(labels, dtype=np.int64),
+        captions=None if captions[0] is None else list(captions),
+        region_keys=None if keys[0] is None else list(keys),
+    )
+
+
+def region_key(region_id: Any, image_id: Any, j: int) -> str:
+    """A region's key: its own id where it has one (GLaMM keys RefCOCOg by annotation id, VG by region_id),
+    else TAP's "{image_id}_region_{j}", j being the region's place among its image's regions in file order."""
+    return str(region_id) if region_id is not None else f"{image_id}_region_{j}"
+
+
+def usable_caption(caption: Any, skipped: Counter) -> str | None:
+    """The caption stripped, or None (counted as "empty_caption") if it is missing, not a str or blank."""
+    if isinstance(caption, str) and caption.strip():
+        return caption.strip()
+    skipped["empty_caption"] += 1
+    return None
 
 
 class DetectionDataset(Dataset):
-    """Images with boxes and labels over one vocabulary.
+    """Images with boxes and labels over one vocabulary (and, for a caption data set, a caption per box).
 
     An item is keyed by an index, or by (index, seed): the seed drives the augmentation and the choice
-    of regions, so a batch sampler that hands out seeds makes every epoch reproducible.
+    of regions, so a batch sampler that hands out seeds makes every epoch reproducible. An item is a dict
+    of "image" ((H, W, 3) uint8 numpy), "boxes" ((N, 4) float32 tensor), "labels" ((N,) int64 tensor),
+    "image_id", "dataset" and, when the records have them, "captions" and "region_keys" (N each, in the
+    boxes' order); or {"skipped": reason, "dataset"} for an image that cannot be used.
 
     Args:
         name: the data set's name (batches carry it; its vocabulary is looked up by it).
-        vocabulary: C class names as the source stores them (the model's `clip.class_names` reads them).
+        vocabulary: C class names as the source stores them (the model's `clip.class_names` reads them);
+            empty for a captions-only data set.
         category_ids: the C category ids of the source, in vocabulary order.
         records: the usable images.
         read_image: source -> PIL image (raises on unreadable files).
         augment_config: training augmentations, or None (validation).
         max_regions: at most this many boxes per image (a random subset), or None for all.
         skipped: counts of what indexing skipped, by reason.
-        ground_truth: the COCO/LVIS annotation dict (for scoring), if the source has one.
+        ground_truth: the COCO/LVIS(-style) annotation dict (for scoring), if the source has one.
     """
 
     def __init__(
@@ -122,36 +169,56 @@ class DetectionDataset(Dataset):
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             log.warning("skipping unreadable image %s of data set %s: %s", record.source, self.name, err)
             return {"skipped": "unreadable_image", "dataset": self.name}
-        boxes, labels = _boxes_inside(record.boxes, record.labels, image.shape[:2])
+        boxes, kept = _boxes_inside(record.boxes, image.shape[:2])  # kept: the record's indices of the boxes
         if len(boxes) == 0:
             return {"skipped": "no_box_inside_image", "dataset": self.name}
+        captions = _pick(record.captions, kept)
         rng = np.random.default_rng(seed)
         if self.augment_config is not None:
-            image, boxes, labels = augment(image, boxes, labels, rng, self.augment_config)
+            # The record's indices ride through the crop as the labels, so labels and region keys follow it too.
+            image, boxes, kept, captions = augment(image, boxes, kept, rng, self.augment_config, captions=captions)
         if self.max_regions is not None and len(boxes) > self.max_regions:
-            keep = np.sort(rng.choice(len(boxes), self.max_regions, replace=False))
-            boxes, labels = boxes[keep], labels[keep]
-        return {
+            subset = np.sort(rng.choice(len(boxes), self.max_regions, replace=False))
+            boxes, kept, captions = boxes[subset], kept[subset], _pick(captions, subset)
+        sample = {
             # (H, W, 3) uint8 numpy: Lightning leaves it on the CPU, where the model's one preprocessing resizes it
             "image": np.ascontiguousarray(image),
             "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32)),
-            "labels": torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+            "labels": torch.from_numpy(np.asarray(record.labels[kept], dtype=np.int64)),
             "image_id": record.image_id,
             "dataset": self.name,
         }
+        if captions is not None:
+            sample["captions"] = captions
+        if record.region_keys is not None:
+            sample["region_keys"] = _pick(record.region_keys, kept)
+        return sample
 
 
-def _boxes_inside(boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Clip boxes to the decoded image (its size may differ from the JSON's); drop those left empty."""
+def _boxes_inside(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Clip boxes to the decoded image (its size may differ from the JSON's, or be unknown until now); drop those
+    left empty. Returns the (M, 4) boxes kept and their (M,) indices in `boxes`."""
     clipped = clip_to_image(boxes, size).astype(np.float32)
-    keep = has_area(clipped)
-    return clipped[keep], labels[keep]
+    keep = np.flatnonzero(has_area(clipped))
+    return clipped[keep], keep
+
+
+def _pick(items: Sequence[str] | None, indices: np.ndarray) -> list[str] | None:
+    return None if items is None else [items[i] for i in indices]
 
 
 def build_dataset(
     name: str, config: DatasetConfig, *, augment_config: AugmentConfig | None = None, max_regions: int | None = None
 ) -> DetectionDataset:
-    """The data set `config` describes: a COCO/LVIS JSON with its image folder, or a Hugging Face data set."""
+    """The data set `config` describes: a COCO/LVIS JSON with its image folder, or a Hugging Face data set;
+    with `config.captions`, a region-caption file (`regionspot.data.captions.load_caption_file`) or table."""
+    if config.ann_file is not None and config.captions:
+        # Imported here: the caption formats are built from this module's parts.
+        from regionspot.data.captions import load_caption_file
+
+        return load_caption_file(
+            name, config.ann_file, config.image_dir, augment_config=augment_config, max_regions=max_regions
+        )
     if config.ann_file is not None:
         return load_coco_detection(
             name, config.ann_file, config.image_dir, augment_config=augment_config, max_regions=max_regions
@@ -165,7 +232,12 @@ def build_dataset(
             raise ValueError(f"{config.hf_path} has no split {config.hf_split!r}; it has {sorted(hf)}")
         hf = hf[config.hf_split]
     return load_hf_detection(
-        name, hf, bbox_format=config.bbox_format, augment_config=augment_config, max_regions=max_regions
+        name,
+        hf,
+        bbox_format=config.bbox_format,
+        captions=config.captions,
+        augment_config=augment_config,
+        max_regions=max_regions,
     )
 
 
@@ -178,11 +250,34 @@ def load_coco_detection(
     max_regions: int | None = None,
 ) -> DetectionDataset:
     """A COCO/LVIS-format JSON and its image folder. Categories are ordered by id."""
-    image_dir = Path(image_dir)
-    if not image_dir.is_dir():
+    check_image_dir(name, image_dir)
+    return coco_style_dataset(
+        name, load_annotations(ann_file), image_dir, captions=False, augment_config=augment_config,
+        max_regions=max_regions,
+    )  # fmt: skip
+
+
+def check_image_dir(name: str, image_dir: str | Path) -> None:
+    """Raise FileNotFoundError unless `image_dir` is a folder (before the annotation file is read)."""
+    if not Path(image_dir).is_dir():
         raise FileNotFoundError(f"image folder of data set {name!r} not found: {image_dir}")
-    data = load_annotations(ann_file)
-    categories = sorted(data["categories"], key=lambda cat: cat["id"])
+
+
+def coco_style_dataset(
+    name: str,
+    data: dict[str, Any],
+    image_dir: str | Path,
+    *,
+    captions: bool,
+    augment_config: AugmentConfig | None = None,
+    max_regions: int | None = None,
+) -> DetectionDataset:
+    """The data set of a parsed COCO-style dict (images, annotations, categories ordered by id).
+
+    With `captions`, each box also takes its annotation's "caption" and a region key (`region_key` of the
+    annotation's id), categories may be absent, and a box without a known category gets label -1.
+    """
+    categories = sorted(data.get("categories") or [], key=lambda cat: cat["id"])
     label_of = {cat["id"]: i for i, cat in enumerate(categories)}
     skipped: Counter = Counter()
     images = {}
@@ -191,15 +286,14 @@ def load_coco_detection(
             images[image["id"]] = (image, image_file_name(image))
         except ValueError:
             skipped["image_without_file_name"] += 1
-    by_image = _group_boxes(data["annotations"], images, label_of, skipped)
+    by_image = _group_regions(data["annotations"], images, label_of, skipped, captions=captions)
     records = []
     for image_id, (_, file_name) in images.items():
-        if image_id not in by_image:
+        if image_id in by_image:
+            records.append(image_record(image_id, str(Path(image_dir) / file_name), by_image[image_id]))
+        else:
             skipped["image_without_boxes"] += 1
-            continue
-        boxes, labels = (np.asarray(x) for x in zip(*by_image[image_id], strict=True))
-        records.append(ImageRecord(image_id, str(image_dir / file_name), boxes.astype(np.float32), labels))
-    _log_skipped(name, len(records), skipped)
+    log_skipped(name, len(records), skipped)
     return DetectionDataset(
         name=name,
         vocabulary=category_names(categories),
@@ -213,23 +307,47 @@ def load_coco_detection(
     )
 
 
-def _group_boxes(
-    annotations: Iterable[dict[str, Any]], images: dict[int, Any], label_of: dict[int, int], skipped: Counter
-) -> dict[int, list[tuple[np.ndarray, int]]]:
-    by_image: dict[int, list[tuple[np.ndarray, int]]] = defaultdict(list)
+def _group_regions(
+    annotations: Iterable[dict[str, Any]],
+    images: dict[int, Any],
+    label_of: dict[int, int],
+    skipped: Counter,
+    *,
+    captions: bool,
+) -> dict[int, list[Region]]:
+    by_image: dict[int, list[Region]] = defaultdict(list)
+    place: Counter = Counter()  # annotations of each image so far, usable or not: j of "{image_id}_region_{j}"
     for ann in annotations:
-        if ann["image_id"] not in images:
-            skipped["box_of_unknown_image"] += 1
-        elif ann["category_id"] not in label_of:
-            skipped["box_of_unknown_category"] += 1
-        elif ann.get("iscrowd", 0):
-            skipped["crowd_box"] += 1
-        else:
-            image = images[ann["image_id"]][0]
-            box = xywh_box(ann["bbox"], image.get("width"), image.get("height"), skipped)
-            if box is not None:
-                by_image[ann["image_id"]].append((box, label_of[ann["category_id"]]))
+        image_id = ann.get("image_id")
+        region = _coco_region(ann, images, label_of, skipped, captions=captions, j=place[image_id])
+        place[image_id] += 1
+        if region is not None:
+            by_image[image_id].append(region)
     return by_image
+
+
+def _coco_region(
+    ann: dict[str, Any], images: dict[int, Any], label_of: dict[int, int], skipped: Counter, *, captions: bool, j: int
+) -> Region | None:
+    """One annotation's region, or None (counted in `skipped`) if it cannot be used."""
+    if ann.get("image_id") not in images:
+        skipped["box_of_unknown_image"] += 1
+        return None
+    label = label_of.get(ann.get("category_id"), -1)
+    if label < 0 and not captions:
+        skipped["box_of_unknown_category"] += 1
+        return None
+    if ann.get("iscrowd", 0):
+        skipped["crowd_box"] += 1
+        return None
+    caption = usable_caption(ann.get("caption"), skipped) if captions else None
+    if captions and caption is None:
+        return None
+    image = images[ann["image_id"]][0]
+    box = xywh_box(ann.get("bbox"), image.get("width"), image.get("height"), skipped)
+    if box is None:
+        return None
+    return box, label, caption, region_key(ann.get("id"), ann["image_id"], j) if captions else None
 
 
 def xywh_box(bbox: Any, width: float | None, height: float | None, skipped: Counter) -> np.ndarray | None:
@@ -257,33 +375,31 @@ def load_hf_detection(
     dataset: Any,
     *,
     bbox_format: str = "xywh",
+    captions: bool = False,
     augment_config: AugmentConfig | None = None,
     max_regions: int | None = None,
 ) -> DetectionDataset:
-    """A Hugging Face data set with the detection schema: "image" and "objects" {"bbox", "category" (ClassLabel)}."""
+    """A Hugging Face data set with the detection schema: "image" and "objects" {"bbox", "category" (ClassLabel)}.
+
+    With `captions`, objects carry a "caption" each and "category" is optional (label -1 without it); region
+    keys are "{image_id}_region_{j}", j being the object's place in its row.
+    """
     if bbox_format not in BBOX_FORMATS:
         raise ValueError(f"bbox_format must be one of {BBOX_FORMATS}, got {bbox_format!r}")
-    class_names = _hf_class_names(dataset, name)
+    class_names = _hf_class_names(dataset, name, captions=captions)
     image_ids = dataset["image_id"] if "image_id" in dataset.column_names else range(len(dataset))
     skipped: Counter = Counter()
     records = []
     for row, (image_id, objects) in enumerate(zip(image_ids, dataset["objects"], strict=True)):
-        boxes, labels = [], []
-        for bbox, category in _hf_objects(objects):
-            if not 0 <= int(category) < len(class_names):
-                skipped["box_of_unknown_category"] += 1
-                continue
-            if bbox_format == "xyxy" and bbox is not None and len(bbox) == 4:
-                bbox = [bbox[0], bbox[1], bbox[2] - bbox[0], bbox[3] - bbox[1]]
-            box = xywh_box(bbox, None, None, skipped)  # the image size is known only once decoded
-            if box is not None:
-                boxes.append(box)
-                labels.append(int(category))
-        if not boxes:
+        regions = _hf_regions(
+            objects, image_id=int(image_id), num_classes=len(class_names), bbox_format=bbox_format,
+            captions=captions, skipped=skipped,
+        )  # fmt: skip
+        if regions:
+            records.append(image_record(int(image_id), row, regions))
+        else:
             skipped["image_without_boxes"] += 1
-            continue
-        records.append(ImageRecord(int(image_id), row, np.stack(boxes), np.asarray(labels, dtype=np.int64)))
-    _log_skipped(name, len(records), skipped)
+    log_skipped(name, len(records), skipped)
     return DetectionDataset(
         name=name,
         vocabulary=list(class_names),
@@ -296,6 +412,27 @@ def load_hf_detection(
     )
 
 
+def _hf_regions(
+    objects: Any, *, image_id: int, num_classes: int, bbox_format: str, captions: bool, skipped: Counter
+) -> list[Region]:
+    """The usable regions of one row's objects; the others are counted in `skipped`."""
+    regions = []
+    for j, (bbox, category, caption) in enumerate(_hf_objects(objects)):
+        label = int(category) if category is not None and 0 <= int(category) < num_classes else -1
+        if label < 0 and not captions:
+            skipped["box_of_unknown_category"] += 1
+            continue
+        text = usable_caption(caption, skipped) if captions else None
+        if captions and text is None:
+            continue
+        if bbox_format == "xyxy" and bbox is not None and len(bbox) == 4:
+            bbox = [bbox[0], bbox[1], bbox[2] - bbox[0], bbox[3] - bbox[1]]
+        box = xywh_box(bbox, None, None, skipped)  # the image size is known only once decoded
+        if box is not None:
+            regions.append((box, label, text, region_key(None, image_id, j) if captions else None))
+    return regions
+
+
 class _HFImageReader:
     """Row index -> PIL image of a Hugging Face data set (a class, so that workers can pickle it)."""
 
@@ -306,27 +443,35 @@ class _HFImageReader:
         return self.dataset[int(row)]["image"]
 
 
-def _hf_class_names(dataset: Any, name: str) -> list[str]:
+def _hf_class_names(dataset: Any, name: str, *, captions: bool) -> list[str]:
+    """The ClassLabel names of objects.category; [] for a caption data set without one."""
     objects = dataset.features.get("objects") if "objects" in dataset.column_names else None
     if objects is None or "image" not in dataset.column_names:
-        raise ValueError(f"Hugging Face data set {name!r} needs columns 'image' and 'objects' (bbox, category)")
+        fields = "bbox, caption" if captions else "bbox, category"
+        raise ValueError(f"Hugging Face data set {name!r} needs columns 'image' and 'objects' ({fields})")
     if not isinstance(objects, dict):  # a list of per-object dicts
         objects = objects.feature
     category = objects.get("category") if isinstance(objects, dict) else None
     label = getattr(category, "feature", category)
     if getattr(label, "names", None) is None:
+        if captions:
+            return []
         raise ValueError(f"Hugging Face data set {name!r}: objects.category must be a ClassLabel (it names classes)")
     return list(label.names)
 
 
-def _hf_objects(objects: Any) -> Iterable[tuple[Any, Any]]:
-    """(bbox, category) pairs from either layout: a dict of lists, or a list of per-object dicts."""
+def _hf_objects(objects: Any) -> Iterable[tuple[Any, Any, Any]]:
+    """(bbox, category, caption) triples from either layout: a dict of lists, or a list of per-object dicts.
+
+    A field an object lacks is None, so that the object is counted as skipped rather than silently lost.
+    """
     if isinstance(objects, dict):
-        return zip(objects.get("bbox") or [], objects.get("category") or [], strict=False)
-    return ((obj.get("bbox"), obj.get("category")) for obj in objects or [])
+        return zip_longest(objects.get("bbox") or [], objects.get("category") or [], objects.get("caption") or [])
+    return ((obj.get("bbox"), obj.get("category"), obj.get("caption")) for obj in objects or [])
 
 
-def _log_skipped(name: str, kept: int, skipped: Counter) -> None:
+def log_skipped(name: str, kept: int, skipped: Counter) -> None:
+    """Log, once per data set, how many images it kept and what indexing skipped, by reason."""
     if skipped:
         reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items()))
         log.warning("data set %s: %d images kept; skipped %s", name, kept, reasons)

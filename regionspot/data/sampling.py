@@ -133,13 +133,14 @@ def collate_detections(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Samples of one data set -> a batch of lists (images differ in size); skipped samples are counted.
 
     Returns a dict with "images" (B uint8 numpy (H, W, 3)), "boxes" (B (N_i, 4)), "labels" (B (N_i,)),
-    "image_ids", "dataset" (the name) and "skipped" (reason -> count).
+    "image_ids", "dataset" (the name) and "skipped" (reason -> count); for a caption data set also
+    "captions" and "region_keys" (B lists of N_i strings).
     """
     names = {s["dataset"] for s in samples}
     if len(names) != 1:
         raise ValueError(f"a batch must come from one data set, got {sorted(names)}")
     kept = [s for s in samples if "skipped" not in s]
-    return {
+    batch = {
         "images": [s["image"] for s in kept],
         "boxes": [s["boxes"] for s in kept],
         "labels": [s["labels"] for s in kept],
@@ -147,6 +148,10 @@ def collate_detections(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "dataset": names.pop(),
         "skipped": dict(Counter(s["skipped"] for s in samples if "skipped" in s)),
     }
+    for field in ("captions", "region_keys"):
+        if kept and field in kept[0]:  # one data set: its samples all have the field or none does
+            batch[field] = [s[field] for s in kept]
+    return batch
 
 
 class ShardSampler(Sampler[int]):

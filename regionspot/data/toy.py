@@ -1,4 +1,5 @@
-"""The package's toy detection data set: solid coloured rectangles on grey, classes named by colour, LVIS format.
+"""The package's toy detection data set: solid coloured rectangles on grey, classes named by colour, LVIS format,
+with a caption per box ("a red box on the left").
 
 Random frozen backbones carry colour but not shape (docs/demo.md), so colour is what an adapter on them
 can learn; each image holds one rectangle so that its colour decides its class. `configs/tiny.yaml`'s
@@ -51,8 +52,16 @@ def write_colour_boxes(
                 "not_exhaustive_category_ids": [],
             }
         )
+        name, side = list(COLOURS)[label], "left" if x + w / 2 < width / 2 else "right"
         annotations.append(
-            {"id": image_id, "image_id": image_id, "category_id": label + 1, "bbox": [x, y, w, h], "area": w * h}
+            {
+                "id": image_id,
+                "image_id": image_id,
+                "category_id": label + 1,
+                "bbox": [x, y, w, h],
+                "area": w * h,
+                "caption": f"a {name} box on the {side}",  # for captioning tests: what and where
+            }
         )
     ann_file = root / f"{split}.json"
     ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))

@@ -1,8 +1,9 @@
-"""A picture of what the model says: test images with each ground-truth box, its predicted label and score."""
+"""A picture of what the model says: test images with each ground-truth box, its predicted label and score, and
+its caption when there is one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ def draw_predictions(
     detections: Sequence[dict[str, Any]],
     image_dir: str | Path,
     out_file: str | Path,
+    captions: Mapping[str, str] | None = None,
     num_images: int = 6,
     scale: int = 3,
     columns: int = 3,
@@ -35,7 +37,8 @@ def draw_predictions(
     """Draw the first `num_images` images of `gt` with every GT box labelled by its top prediction.
 
     A label is green when the top class is the box's true class and red (with the truth after "/")
-    when it is not. Images are enlarged `scale` times so that the labels stay readable.
+    when it is not; a box's caption (`captions`, keyed by annotation id as a string) is written in white
+    under its label. Images are enlarged `scale` times so that the labels stay readable.
     """
     names = {cat["id"]: cat["name"].replace("_", " ") for cat in gt["categories"]}
     best = best_label_per_box(detections)
@@ -47,7 +50,10 @@ def draw_predictions(
     if not images:
         raise ValueError("the ground truth has no annotated image to draw")
     font = ImageFont.load_default(size=11)
-    tiles = [_draw_one(img, boxes_by_image[img["id"]], best, names, Path(image_dir), scale, font) for img in images]
+    said = captions or {}
+    tiles = [
+        _draw_one(img, boxes_by_image[img["id"]], best, names, said, Path(image_dir), scale, font) for img in images
+    ]
     width, height = tiles[0].size
     rows = -(-len(tiles) // columns)
     sheet = Image.new("RGB", (width * min(columns, len(tiles)), height * rows), "white")
@@ -59,7 +65,7 @@ def draw_predictions(
     return out_file
 
 
-def _draw_one(image_record, annotations, best, names, image_dir: Path, scale: int, font) -> Image.Image:
+def _draw_one(image_record, annotations, best, names, captions, image_dir: Path, scale: int, font) -> Image.Image:
     with Image.open(image_dir / image_record["file_name"]) as raw:
         image = raw.convert("RGB")
     image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
@@ -79,4 +85,10 @@ def _draw_one(image_record, annotations, best, names, image_dir: Path, scale: in
         left, top, right_edge, bottom = draw.textbbox((x + 2, y + 2), text, font=font)
         draw.rectangle((left - 1, top - 1, right_edge + 1, bottom + 1), fill=(0, 0, 0))
         draw.text((x + 2, y + 2), text, fill=colour, font=font)
+        caption = captions.get(str(ann["id"]))
+        if caption:
+            below = (x + 2, bottom + 2)
+            left, top, right_edge, bottom = draw.textbbox(below, caption, font=font)
+            draw.rectangle((left - 1, top - 1, right_edge + 1, bottom + 1), fill=(0, 0, 0))
+            draw.text(below, caption, fill=(255, 255, 255), font=font)
     return image

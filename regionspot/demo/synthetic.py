@@ -36,6 +36,8 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
+from regionspot.demo.descriptions import DrawnObject, describe_objects
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
     "green": (40, 175, 60),
@@ -47,7 +49,7 @@ SHAPES = ("circle", "square", "triangle")
 # Clutter is drawn in colours no class uses, so it is never a missed object.
 CLUTTER_COLOURS = ((20, 20, 20), (240, 240, 240), (120, 120, 120), (120, 80, 50))
 SPLITS = ("train", "val", "test", "pretrain")
-GENERATOR_VERSION = 2  # 2: the pretrain split; shapes upright unless `rotation` says otherwise
+GENERATOR_VERSION = 3  # 2: the pretrain split; shapes upright unless `rotation` says otherwise; 3: captions
 
 RARE_MAX_IMAGES = 10  # LVIS: rare = 1-10 training images, common = 11-100, frequent = more
 COMMON_MAX_IMAGES = 100
@@ -236,11 +238,11 @@ def render_image(
     rng: np.random.Generator,
     object_size: tuple[float, float] = (0.18, 0.38),
     rotation: float = 0.0,
-) -> tuple[np.ndarray, list[tuple[SyntheticClass, np.ndarray]]]:
+) -> tuple[np.ndarray, list[tuple[SyntheticClass, np.ndarray, str]]]:
     """Draw one image with one object per entry of `classes` (an object that finds no place is dropped).
 
     Returns:
-        (S, S, 3) uint8 RGB, and (class, (S, S) bool visible mask) per object kept.
+        (S, S, 3) uint8 RGB, and (class, (S, S) bool visible mask, caption) per object kept, in drawing order.
     """
     grid = np.mgrid[0:size, 0:size].astype(np.float64)
     grid = (grid[0] + 0.5, grid[1] + 0.5)
@@ -258,8 +260,12 @@ def render_image(
         kept.append((cls, mask))
     _clutter(image, owner, rng, int(rng.integers(0, 3)))
     image += rng.normal(0, 4, size=image.shape)
-    visible = [(cls, owner == index) for index, (cls, _) in enumerate(kept)]
-    return np.clip(image, 0, 255).astype(np.uint8), visible
+    drawn = [
+        DrawnObject(colour=cls.colour, texture=cls.texture, shape=cls.shape, full=full, visible=owner == index)
+        for index, (cls, full) in enumerate(kept)
+    ]
+    objects = zip((cls for cls, _ in kept), (d.visible for d in drawn), describe_objects(drawn), strict=True)
+    return np.clip(image, 0, 255).astype(np.uint8), list(objects)
 
 
 def _place(cls, kept, owner, grid, size, rng, object_size, rotation) -> np.ndarray | None:
@@ -276,7 +282,7 @@ def _place(cls, kept, owner, grid, size, rng, object_size, rotation) -> np.ndarr
 # ---------------------------------------------------------------------------------------------------- LVIS files
 
 
-def _annotation(ann_id: int, image_id: int, cls: SyntheticClass, mask: np.ndarray) -> dict[str, Any]:
+def _annotation(ann_id: int, image_id: int, cls: SyntheticClass, mask: np.ndarray, caption: str) -> dict[str, Any]:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     bbox = [float(v) for v in mask_utils.toBbox(rle)]  # the visible mask's extent, xywh
     rle["counts"] = rle["counts"].decode("ascii")
@@ -287,6 +293,7 @@ def _annotation(ann_id: int, image_id: int, cls: SyntheticClass, mask: np.ndarra
         "bbox": bbox,
         "area": int(mask.sum()),
         "segmentation": rle,
+        "caption": caption,  # what the drawing shows of it (regionspot.demo.descriptions)
     }
 
 
@@ -303,7 +310,7 @@ def _write_split(
         pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size, rotation=rotation)
         file_name = f"images/{split}/{image_id:06d}.png"
         Image.fromarray(pixels).save(root / file_name, optimize=False)
-        present = {cls.id for cls, _ in objects}
+        present = {cls.id for cls, _, _ in objects}
         absent = [cid for cid in all_ids if cid not in present]
         negatives = sorted(cid for cid in absent if rng.random() < neg_fraction)
         images.append(
@@ -316,8 +323,8 @@ def _write_split(
                 "not_exhaustive_category_ids": [],  # every object drawn is annotated
             }
         )
-        for cls, mask in objects:
-            annotations.append(_annotation(ann_id, image_id, cls, mask))
+        for cls, mask, caption in objects:
+            annotations.append(_annotation(ann_id, image_id, cls, mask, caption))
             ann_id += 1
         image_id += 1
     return {"images": images, "annotations": annotations}

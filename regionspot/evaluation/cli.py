@@ -1,7 +1,9 @@
-"""Command line of evaluate.py: recognise the regions of a data set and score them, or score a results file.
+"""Command line of evaluate.py: recognise the regions of a data set and score them, caption them and score the
+captions, or score a results file.
 
     python evaluate.py --config configs/model/regionspot_bl.yaml --adapter adapter.safetensors \\
         --ann lvis_v1_val.json --images coco/ [--proposals glip_lvis_val.json | --source sam] [--out eval/]
+    python evaluate.py captions --config run/adapter.yaml --ann vg_test.json --images vg/ --out caption_eval/
     python evaluate.py score --gt lvis_v1_val.json --detections eval/detections.json --out metrics.json
 """
 
@@ -28,8 +30,14 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("regionspot").setLevel(logging.INFO)
     try:
-        return _score(argv[1:]) if argv[:1] == ["score"] else _run(argv)
-    except (FileNotFoundError, ValueError) as err:  # bad inputs: the message says which file and what to do
+        if argv[:1] == ["score"]:
+            return _score(argv[1:])
+        return _captions(argv[1:]) if argv[:1] == ["captions"] else _run(argv)
+    except (
+        FileNotFoundError,
+        ValueError,
+        RuntimeError,
+    ) as err:  # bad inputs: the message says which file and what to do
         raise SystemExit(f"error: {err}") from err
 
 
@@ -79,6 +87,28 @@ def _run(argv: list[str]) -> dict:
     args = vars(parser.parse_args(argv))
     args["devices"] = int(args["devices"]) if args["devices"].isdigit() else args["devices"]
     return evaluate(EvalSettings(**args))
+
+
+def _captions(argv: list[str]) -> dict:
+    from regionspot.evaluation.caption_eval import CaptionEvalSettings, evaluate_captions
+
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py captions",
+        description="Caption every annotated region and score with pycocoevalcap (CIDEr-D, BLEU-4, METEOR, ROUGE-L).",
+    )
+    parser.add_argument("--config", required=True, help="model YAML with a caption: section (a run's adapter.yaml)")
+    parser.add_argument("--ann", help="region-caption JSON: COCO-style with a caption per annotation, or VG's own")
+    parser.add_argument("--images", help="folder of its images")
+    parser.add_argument("--hf-path", help="or a Hugging Face data set (objects with bbox and caption)")
+    parser.add_argument("--hf-split", default="test")
+    parser.add_argument("--out", default="caption_eval", help="output folder; a rerun resumes the run in it")
+    parser.add_argument("--max-images", type=int, help="only the first N images (scored on those alone)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images captioned together")
+    parser.add_argument("--num-beams", type=int, help="default: the model config's caption.num_beams")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--spice", action="store_true", help="also SPICE (downloads Stanford CoreNLP on first use)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    return evaluate_captions(CaptionEvalSettings(**vars(parser.parse_args(argv))))
 
 
 def _score(argv: list[str]) -> dict:

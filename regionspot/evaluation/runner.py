@@ -133,7 +133,7 @@ def evaluate(settings: EvalSettings) -> dict[str, Any]:
     out = Path(settings.out)
     if fabric.global_rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _check_or_write_run_file(out, _fingerprint(settings, precision=precision, max_dets=plan.max_dets))
+        check_or_write_run_file(out, _fingerprint(settings, precision=precision, max_dets=plan.max_dets))
     fabric.launch(recognise_shard, settings, plan)
     if fabric.global_rank != 0:
         return {}
@@ -199,10 +199,10 @@ def _uses_gpu(accelerator: str) -> bool:
 def _fingerprint(settings: EvalSettings, *, precision: str, max_dets: int | None) -> dict[str, Any]:
     """The settings that decide the detections: a resumed run must share them all."""
     return {
-        "config": {"path": str(Path(settings.config).resolve()), "sha256": _sha256(settings.config)},
+        "config": {"path": str(Path(settings.config).resolve()), "sha256": file_sha256(settings.config)},
         "adapter": None
         if settings.adapter is None
-        else {"path": str(Path(settings.adapter).resolve()), "sha256": _sha256(settings.adapter)},
+        else {"path": str(Path(settings.adapter).resolve()), "sha256": file_sha256(settings.adapter)},
         "ann": str(Path(settings.ann).resolve()),
         "source": settings.source,
         "proposals": None if settings.proposals is None else str(Path(settings.proposals).resolve()),
@@ -224,18 +224,19 @@ def _fingerprint(settings: EvalSettings, *, precision: str, max_dets: int | None
     }
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else ""
 
 
-def _check_or_write_run_file(out: Path, fingerprint: dict[str, Any]) -> None:
+def check_or_write_run_file(out: Path, fingerprint: dict[str, Any], *, parts: str = PART_GLOB) -> None:
+    """Refuse to resume the run in `out` (whose part files match `parts`) with other settings; record these."""
     run_file = out / RUN_FILE
-    if run_file.is_file() and any(out.glob(PART_GLOB)):
+    if run_file.is_file() and any(out.glob(parts)):
         previous = json.loads(run_file.read_text())
         changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
         if changed:
             raise ValueError(
-                f"{out} holds an earlier run with different {', '.join(changed)} (see {run_file}); its detections "
+                f"{out} holds an earlier run with different {', '.join(changed)} (see {run_file}); its results "
                 "cannot be mixed with these. Use another --out folder, or delete that one to start afresh."
             )
     run_file.write_text(json.dumps(fingerprint, indent=2))
@@ -257,7 +258,7 @@ def recognise_shard(fabric: Any, settings: EvalSettings, plan: RunPlan) -> None:
         fabric.barrier()
         return
     recogniser = _ImageRecogniser(fabric, settings, plan)
-    with _PartWriter(part_file(out, fabric.global_rank)) as writer:
+    with PartWriter(part_file(out, fabric.global_rank)) as writer:
         show = settings.progress and fabric.global_rank == 0
         for job in tqdm(mine, desc=f"rank 0 of {fabric.world_size}", unit="img", disable=not show):
             writer.write(recogniser(job))
@@ -377,14 +378,14 @@ def _read_image(job: ImageJob, images: Path) -> tuple[np.ndarray | None, str]:
     return rgb, ""
 
 
-class _PartWriter:
+class PartWriter:
     """Appends one JSON line per image and flushes it, so a killed run loses at most the image in flight."""
 
     def __init__(self, path: Path) -> None:
         _drop_partial_last_line(path)
         self.path = path
 
-    def __enter__(self) -> _PartWriter:
+    def __enter__(self) -> PartWriter:
         self.file = self.path.open("a", encoding="utf-8")
         return self
 

@@ -6,11 +6,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from regionspot.modeling.adapter import RegionFusionAdapter
+from regionspot.modeling.caption_decoder import CaptionDecoder
+from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.modeling.clip import ClipBackbone
 from regionspot.modeling.preprocess import ImagePreprocessor, PreparedImage
 from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
@@ -52,19 +55,38 @@ class ScoredRegions:
 
 
 class RegionSpot(nn.Module):
-    """The region recogniser. Only `adapter` trains; SAM and CLIP stay frozen and in eval mode.
+    """The region model: SAM and CLIP stay frozen and in eval mode; the adapter, and the captioner on top of it
+    when there is one, are what train.
 
     Args:
         sam: the frozen SAM region encoder.
         clip: the frozen CLIP backbone.
         adapter: the fusion adapter, sized to `sam.token_dim`, `clip.width` and `clip.embed_dim`.
+        caption_decoder: the region captioner (its `condition_dim` = `clip.embed_dim + sam.token_dim`), or None.
+        caption_tokenizer: the captioner's vocabulary (given with `caption_decoder`).
+        caption_beams: beams of its decoding (1: greedy).
     """
 
-    def __init__(self, *, sam: SamRegionEncoder, clip: ClipBackbone, adapter: RegionFusionAdapter) -> None:
+    def __init__(
+        self,
+        *,
+        sam: SamRegionEncoder,
+        clip: ClipBackbone,
+        adapter: RegionFusionAdapter,
+        caption_decoder: CaptionDecoder | None = None,
+        caption_tokenizer: CaptionTokenizer | None = None,
+        caption_beams: int = 1,
+    ) -> None:
         super().__init__()
+        if (caption_decoder is None) != (caption_tokenizer is None):
+            raise ValueError("a caption decoder needs its tokenizer, and a tokenizer its decoder")
         self.sam = sam
         self.clip = clip
         self.adapter = adapter
+        self.caption_decoder = caption_decoder
+        self.caption_tokenizer = caption_tokenizer
+        self.caption_beams = caption_beams
+        self._frozen_parts = ["sam", "clip"]
         self.freeze_backbones()
 
     @property
@@ -79,6 +101,12 @@ class RegionSpot(nn.Module):
             backbone.requires_grad_(False)
             backbone.eval()
 
+    def freeze_adapter(self) -> None:
+        """Keep the adapter as it is (e.g. while a captioner learns on top of it): no gradients, eval mode."""
+        self.adapter.requires_grad_(False)
+        self.adapter.eval()
+        self._frozen_parts.append("adapter")
+
     def cast_backbones(self, dtype: torch.dtype) -> None:
         """Put SAM, and CLIP unless its config fixed its precision (`clip.fixed_precision`), in `dtype`: the run's
         choice for the backbones, which a fixed `clip.precision` (e.g. RegionSpot's float16) overrides."""
@@ -89,8 +117,8 @@ class RegionSpot(nn.Module):
 
     def train(self, mode: bool = True) -> RegionSpot:
         super().train(mode)
-        self.sam.eval()  # frozen backbones never switch to training behaviour (dropout, drop-path)
-        self.clip.eval()
+        for part in self._frozen_parts:  # frozen parts never switch to training behaviour (dropout, drop-path)
+            getattr(self, part).eval()
         return self
 
     @torch.no_grad()
@@ -219,6 +247,69 @@ class RegionSpot(nn.Module):
                 for chunk in mask_logits.split(_MASK_UPSCALE_CHUNK)
             ]
         )
+
+    # ----- captioning ---------------------------------------------------------------------------------------------
+    def caption_condition(self, frozen: FrozenFeatures, features: torch.Tensor) -> torch.Tensor:
+        """What the captioner reads of one image's N regions: (N, E + C), the fused feature and SAM's region token
+        of the token SAM trusts most (as `score_regions` picks it).
+
+        The fused feature knows what a region is (it is trained to name it) and SAM's token where it is and what
+        bounds it; each is layer-normalised (no weights) because the unit-norm feature is ~sqrt(E) times smaller
+        than SAM's token, and the decoder's one Linear should weigh both from the start.
+        """
+        best = frozen.mask_scores.argmax(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        parts = (features[rows, best].float(), frozen.region_tokens[rows, best].float())
+        return torch.cat([F.layer_norm(part, part.shape[-1:]) for part in parts], dim=-1)
+
+    def caption_loss(
+        self, frozen: Sequence[FrozenFeatures], features: Sequence[torch.Tensor], captions: Sequence[Sequence[str]]
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy of the reference captions of B images' regions (one caption per region).
+
+        Args:
+            frozen: B images' `FrozenFeatures`; features: their (N_i, T, E) region features; captions: B lists of
+                N_i captions.
+        """
+        decoder, tokenizer = self._captioner()
+        if any(len(c) != len(f.region_tokens) for c, f in zip(captions, frozen, strict=True)):
+            raise ValueError("caption_loss needs one caption per region")
+        condition = torch.cat([self.caption_condition(f, x) for f, x in zip(frozen, features, strict=True)])
+        tokens = tokenizer.encode([c for image in captions for c in image], max_length=decoder.max_length)
+        return decoder.loss(condition, tokens.to(condition.device), pad_id=tokenizer.pad_id)
+
+    @torch.no_grad()
+    def caption_regions(
+        self, frozen: Sequence[FrozenFeatures], features: Sequence[torch.Tensor] | None = None
+    ) -> list[list[str]]:
+        """A caption for every region of B images, decoded together (`caption_beams` beams; 1 = greedy).
+
+        Args:
+            frozen: B images' `FrozenFeatures`.
+            features: their region features if already fused (`region_features`); else fused here.
+
+        Returns:
+            B lists of N_i captions.
+        """
+        decoder, tokenizer = self._captioner()
+        if features is None:
+            features = self.region_features(frozen)
+        condition = torch.cat([self.caption_condition(f, x) for f, x in zip(frozen, features, strict=True)])
+        was_training = decoder.training
+        decoder.eval()  # decoding never drops out
+        try:
+            ids = decoder.generate(
+                condition, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, num_beams=self.caption_beams
+            )
+        finally:
+            decoder.train(was_training)
+        texts = iter(tokenizer.decode(ids.cpu()))
+        return [[next(texts) for _ in range(len(f.region_tokens))] for f in frozen]
+
+    def _captioner(self) -> tuple[CaptionDecoder, CaptionTokenizer]:
+        if self.caption_decoder is None or self.caption_tokenizer is None:
+            raise ValueError("this model has no captioner: give its model config a `caption:` section")
+        return self.caption_decoder, self.caption_tokenizer
 
     def forward(self, frozen: Sequence[FrozenFeatures], text_embeddings: torch.Tensor) -> list[torch.Tensor]:
         """B images' `FrozenFeatures` -> B tensors (N_i, T, K) of class logits (every token, for training)."""

@@ -63,9 +63,7 @@ class StepProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         total = trainer.max_steps if trainer.max_steps > 0 else None
         show = self._enabled and trainer.is_global_zero
-        self._bar = tqdm(
-            total=total, initial=trainer.global_step, desc="training the adapter", unit="step", disable=not show
-        )
+        self._bar = tqdm(total=total, initial=trainer.global_step, desc="training", unit="step", disable=not show)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
         self._bar.update(trainer.global_step - self._bar.n)
@@ -101,7 +99,11 @@ class ExportAdapter(L.Callback):
         if "FSDP" in type(trainer.strategy).__name__:  # the adapter's weights are shards here
             rank_zero_warn("not exporting under FSDP: run `python train.py export --ckpt <last.ckpt>` instead")
             return
+        decoder = pl_module.model.caption_decoder
         weights, config = save_adapter(
-            pl_module.model.adapter.state_dict(), pl_module.model_config, self.output_path(trainer)
+            pl_module.model.adapter.state_dict(),
+            pl_module.model_config,
+            self.output_path(trainer),
+            caption_decoder=None if decoder is None else decoder.state_dict(),
         )
         rank_zero_info(f"exported the adapter to {weights}; load it with build_regionspot({str(config)!r})")

@@ -1,6 +1,8 @@
-"""Adapter export: a training checkpoint -> `adapter.safetensors` + a model YAML that loads it.
+"""Adapter export: a training checkpoint -> `adapter.safetensors` (+ `caption_decoder.safetensors` for a model
+with a captioner) + a model YAML that loads them.
 
-The YAML is the run's model config with `adapter.checkpoint` pointing at the exported file, so
+The YAML is the run's model config with `adapter.checkpoint` (and `caption.checkpoint`) pointing at the
+exported files, so
 `build_regionspot("adapter.yaml")` (or the predictor) gives the trained model. The original RegionSpot's
 `model_final.pth` converts the same way, given the model config it was trained for
 (configs/model/regionspot_{bb,bl,bl336}.yaml): only its adapter is written, under this package's names.
@@ -21,7 +23,7 @@ from regionspot.build import build_regionspot
 from regionspot.checkpoint import check_fits, is_regionspot_release, model_part, read_state_dict, require_file
 from regionspot.config import RegionSpotConfig
 from regionspot.modeling.adapter import RegionFusionAdapter
-from regionspot.training.module import CONFIG_KEY, TRAINABLE_PREFIX
+from regionspot.training.module import CONFIG_KEY, HEAD_PARTS
 
 # RegionSpot's adapters by (CLIP width, text dim): what to give as --config.
 _REGIONSPOT_VARIANTS = {
@@ -30,12 +32,24 @@ _REGIONSPOT_VARIANTS = {
 }
 
 
-def save_adapter(state: dict[str, torch.Tensor], model_config: RegionSpotConfig, out: str | Path) -> tuple[Path, Path]:
-    """Write the adapter weights to `out` (.safetensors) and the model config to `out` with suffix .yaml.
+CAPTION_DECODER_FILE = "caption_decoder.safetensors"
+
+
+def save_adapter(
+    state: dict[str, torch.Tensor],
+    model_config: RegionSpotConfig,
+    out: str | Path,
+    *,
+    caption_decoder: dict[str, torch.Tensor] | None = None,
+) -> tuple[Path, Path]:
+    """Write the adapter weights to `out` (.safetensors) and the model config to `out` with suffix .yaml; the
+    caption decoder's weights, when given, to `caption_decoder.safetensors` beside them.
 
     Returns:
-        (weights path, model config path).
+        (adapter weights path, model config path).
     """
+    if (caption_decoder is None) != (model_config.caption is None):
+        raise ValueError("give the caption decoder's weights exactly when the model config has a caption: section")
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"the adapter is written as .safetensors, got {out}")
@@ -45,15 +59,23 @@ def save_adapter(state: dict[str, torch.Tensor], model_config: RegionSpotConfig,
         if config[section]["checkpoint"] is not None:
             config[section]["checkpoint"] = str(Path(config[section]["checkpoint"]).resolve())
     config["adapter"]["checkpoint"] = out.name  # beside the YAML: found from wherever the folder goes
-    tensors = {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
-    save_file(tensors, str(out), metadata={"regionspot_model_config": json.dumps(config)})
+    if caption_decoder is not None:
+        config["caption"]["checkpoint"] = CAPTION_DECODER_FILE
+        _save_tensors(caption_decoder, out.parent / CAPTION_DECODER_FILE, config)
+    _save_tensors(state, out, config)
     config_path = out.with_suffix(".yaml")
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     return out, config_path
 
 
-def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RegionSpotConfig]:
-    """The adapter weights (keys without the module prefix) and model config saved by RegionSpotModule."""
+def _save_tensors(state: dict[str, torch.Tensor], path: Path, config: dict[str, Any]) -> None:
+    tensors = {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={"regionspot_model_config": json.dumps(config)})
+
+
+def read_training_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], RegionSpotConfig]:
+    """The trained parts saved by RegionSpotModule ("adapter", and "caption_decoder" for a model with a
+    captioner; each a state dict without the module prefix) and the model config."""
     path = require_file(path, what="training checkpoint", hint="Give a .ckpt written by `python train.py fit`.")
     try:
         checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
@@ -68,14 +90,15 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor],
                 "e.g. --config configs/model/regionspot_bl.yaml."
             )
         raise ValueError(f"{path} is not a RegionSpotModule checkpoint (no {CONFIG_KEY!r} or state_dict).{hint}")
-    state = {
-        k.removeprefix(TRAINABLE_PREFIX): v
-        for k, v in checkpoint["state_dict"].items()
-        if k.startswith(TRAINABLE_PREFIX)
-    }
-    if not state:
-        raise ValueError(f"{path} holds no adapter weights (keys {TRAINABLE_PREFIX}*)")
-    return state, RegionSpotConfig.from_dict(checkpoint[CONFIG_KEY])
+    parts = {}
+    for part in HEAD_PARTS:
+        prefix = f"model.{part}."
+        state = {k.removeprefix(prefix): v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        if state:
+            parts[part] = state
+    if "adapter" not in parts:
+        raise ValueError(f"{path} holds no adapter weights (keys model.adapter.*)")
+    return parts, RegionSpotConfig.from_dict(checkpoint[CONFIG_KEY])
 
 
 def read_regionspot_release(path: str | Path, model_config: RegionSpotConfig) -> dict[str, torch.Tensor]:
@@ -124,9 +147,10 @@ def export_adapter(
     written with that config; without, a checkpoint of `python train.py fit`, written with the config it holds.
     """
     if model_config is None:
-        state, config = read_training_checkpoint(ckpt)
-    else:
-        if not isinstance(model_config, RegionSpotConfig):
-            model_config = RegionSpotConfig.from_yaml(model_config)
-        state, config = read_regionspot_release(ckpt, model_config), model_config
-    return save_adapter(state, config, out)
+        parts, config = read_training_checkpoint(ckpt)
+        return save_adapter(parts["adapter"], config, out, caption_decoder=parts.get("caption_decoder"))
+    if not isinstance(model_config, RegionSpotConfig):
+        model_config = RegionSpotConfig.from_yaml(model_config)
+    if model_config.caption is not None:
+        raise ValueError("RegionSpot's releases have no captioner: give a model config without a caption: section")
+    return save_adapter(read_regionspot_release(ckpt, model_config), model_config, out)

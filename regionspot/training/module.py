@@ -1,9 +1,9 @@
-"""`RegionSpotModule`: trains the adapter of a RegionSpot whose SAM and CLIP stay frozen.
+"""`RegionSpotModule`: trains the heads of a RegionSpot whose SAM and CLIP stay frozen.
 
 The module is thin: the network comes from `regionspot.build.build_regionspot` and does the work (its one
-frozen-feature step, the adapter, the scores); this file holds the loss, the optimizer and schedule,
-validation with ground-truth boxes scored as evaluate.py scores them, and the checkpoint contents
-(trainable weights and the model config only).
+frozen-feature step, the adapter, the scores, the caption loss); this file holds how the losses combine, the
+optimizer and schedule, validation with ground-truth boxes scored as evaluate.py scores them, and the
+checkpoint contents (trained weights and the model config only).
 """
 
 from __future__ import annotations
@@ -44,14 +44,18 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda reco
 # Lightning 2.6 asks torch's pytree in a way torch 2.14 deprecates, once per run: not ours to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 
-TRAINABLE_PREFIX = "model.adapter."
+# The parts a checkpoint holds (the frozen backbones come from the model config's files): the adapter, also
+# when it is kept frozen under a captioner (a checkpoint is then whole), and the caption decoder.
+HEAD_PARTS = ("adapter", "caption_decoder")
+HEAD_PREFIXES = tuple(f"model.{part}." for part in HEAD_PARTS)
 _SKIP_CHECK_EVERY = 50  # steps between checks of the skipped share (a collective on every rank)
 CONFIG_KEY = "regionspot_model_config"
 BACKBONE_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class RegionSpotModule(L.LightningModule):
-    """Lightning wrapper around a RegionSpot built from a model config; only `model.adapter` trains.
+    """Lightning wrapper around a RegionSpot built from a model config; its adapter, and its caption decoder when
+    the config has a `caption:` section, train (SAM and CLIP stay frozen).
 
     It is handed its data's vocabularies and validation set: by `RegionDataModule` when the trainer has one
     (read in `setup`), or by `use_data` in a notebook. Class names are read as the model config's
@@ -65,6 +69,12 @@ class RegionSpotModule(L.LightningModule):
         warmup_steps, warmup_start_factor: linear warm-up (RegionSpot: 1000 steps).
         lr_milestones, lr_gamma: LR multiplied by `lr_gamma` at these steps (RegionSpot: 350k, 420k; 0.1).
         focal_alpha, focal_gamma: focal loss settings (0.25, 2).
+        focal_loss_weight, caption_loss_weight: the step's loss is focal_loss_weight x the focal loss (over the
+            boxes with a class, of data sets with a vocabulary) + caption_loss_weight x the captions' next-token
+            cross-entropy (over the boxes with a caption, when the model has a captioner).
+        train_adapter: False keeps the adapter as `adapter.checkpoint` gives it (no gradients, eval mode), so
+            that a captioner learns on a recogniser that stays exactly as it was; True trains it (jointly with
+            the captioner when there is one).
         loss_reduction: how the boxes' losses (each summed over the vocabulary) make the step's loss: "boxes"
             (the mean over every box of the batch) or "images" (RegionSpot's: the mean over each image's boxes,
             summed over the images of the per-device batch); see `region_focal_loss`.
@@ -94,6 +104,9 @@ class RegionSpotModule(L.LightningModule):
         lr_gamma: float = 0.1,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        focal_loss_weight: float = 1.0,
+        caption_loss_weight: float = 1.0,
+        train_adapter: bool = True,
         loss_reduction: str = "boxes",
         backbone_precision: str = "auto",
         val_top_k: int = DEFAULT_TOP_K,
@@ -113,10 +126,20 @@ class RegionSpotModule(L.LightningModule):
             raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction}")
         if val_top_k < 1 or val_activation not in ACTIVATIONS:
             raise ValueError(f"val_top_k must be >= 1 and val_activation one of {ACTIVATIONS}")
+        if focal_loss_weight < 0 or caption_loss_weight < 0:
+            raise ValueError("focal_loss_weight and caption_loss_weight must be >= 0")
+        if not train_adapter and model_config.adapter.checkpoint is None:
+            raise ValueError(
+                "train_adapter=False keeps the adapter as it is: give it trained weights (adapter.checkpoint)"
+            )
+        if not train_adapter and model_config.caption is None:
+            raise ValueError("train_adapter=False with no caption: section leaves nothing to train")
         # The model config goes into checkpoints as a plain dict (CONFIG_KEY), readable with weights_only=True.
         self.save_hyperparameters(ignore=["model_config"])
         self.model_config = model_config
         self.model = build_regionspot(model_config)
+        if not train_adapter:
+            self.model.freeze_adapter()
         self.vocabularies: dict[str, list[str]] = {}
         self.val_set: DetectionDataset | None = None
         self.val_ap: DetectionAP | None = None
@@ -156,12 +179,15 @@ class RegionSpotModule(L.LightningModule):
         validation scores against."""
         style = self.model_config.clip.class_names
         self.vocabularies.update({name: read_class_names(names, style=style) for name, names in vocabularies.items()})
-        if val_set is not None:
-            if val_set.ground_truth is None:
-                raise ValueError("validation needs a COCO/LVIS-format data set (data.val.ann_file) to score against")
-            self.vocabularies[val_set.name] = read_class_names(val_set.vocabulary, style=style)
-            self.val_set = val_set
-            self.val_ap = DetectionAP(ground_truth=val_set.ground_truth).to(self.device)
+        if val_set is None:
+            return
+        self.val_set = val_set
+        if not val_set.vocabulary:  # a captions-only set (e.g. Visual Genome): validated by its caption loss
+            return
+        if val_set.ground_truth is None:
+            raise ValueError("validation needs a COCO/LVIS-format data set (data.val.ann_file) to score against")
+        self.vocabularies[val_set.name] = read_class_names(val_set.vocabulary, style=style)
+        self.val_ap = DetectionAP(ground_truth=val_set.ground_truth).to(self.device)
 
     def class_embeddings(self, name: str) -> torch.Tensor:
         """(C, E) text embeddings of data set `name`'s vocabulary (the CLIP backbone's cache encodes each once)."""
@@ -217,10 +243,15 @@ class RegionSpotModule(L.LightningModule):
     # ----- training ----------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
         counts = self.model.parameter_counts()
+        trained = [part for part in HEAD_PARTS if any(p.requires_grad for p in self._part(part).parameters())]
         rank_zero_info(
-            f"training the adapter ({counts['trainable'] / 1e6:.2f}M parameters); SAM and CLIP "
+            f"training the {' and the '.join(trained).replace('_', ' ')} ({counts['trainable'] / 1e6:.2f}M "
+            f"parameters); {'SAM, CLIP and the adapter' if 'adapter' not in trained else 'SAM and CLIP'} "
             f"({counts['frozen'] / 1e6:.1f}M) stay frozen, in eval mode"
         )
+
+    def _part(self, name: str) -> torch.nn.Module:
+        return getattr(self.model, name) or torch.nn.Module()
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         seed = np.random.SeedSequence([self.hparams.seed, self.global_step, self.global_rank]).generate_state(1)[0]
@@ -228,23 +259,50 @@ class RegionSpotModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._count_skipped(batch.get("skipped") or {}, kept=len(batch["images"]))
-        if not batch["images"]:  # every image of this batch was unreadable: a zero step keeps DDP ranks in step
-            return sum(p.sum() * 0.0 for p in self.model.adapter.parameters())
-        logits = self(batch["images"], batch["boxes"], batch["dataset"])
+        # A zero that touches every trained weight: a step that has nothing to learn keeps DDP ranks in step.
+        loss = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+        if not batch["images"]:  # every image of this batch was unreadable
+            return loss
+        frozen = self.frozen_features(batch["images"], batch["boxes"])
+        with torch.set_grad_enabled(self.hparams.train_adapter):
+            features = self.model.region_features(frozen)
+        batch_size = len(batch["images"])
+        if self._learns_names(batch["dataset"]):
+            focal = self._focal_loss(features, batch["labels"], batch["dataset"])
+            loss = loss + self.hparams.focal_loss_weight * focal
+            self.log("train/focal_loss", focal, batch_size=batch_size)
+        if self._learns_captions(batch):
+            caption = self.model.caption_loss(frozen, features, batch["captions"])
+            loss = loss + self.hparams.caption_loss_weight * caption
+            self.log("train/caption_loss", caption, prog_bar=True, batch_size=batch_size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/regions", float(sum(len(b) for b in batch["boxes"])), batch_size=batch_size)
+        return loss
+
+    def _learns_names(self, dataset: str) -> bool:
+        """Whether this batch trains naming: the adapter trains, the focal loss counts, the data set has classes."""
+        hparams = self.hparams
+        return hparams.train_adapter and hparams.focal_loss_weight > 0 and bool(self.vocabularies.get(dataset))
+
+    def _learns_captions(self, batch: dict[str, Any]) -> bool:
+        return self.model.caption_decoder is not None and self.hparams.caption_loss_weight > 0 and "captions" in batch
+
+    def _focal_loss(self, features: list[torch.Tensor], labels: list[torch.Tensor], dataset: str) -> torch.Tensor:
+        """RegionSpot's focal loss over every token of the boxes that have a class (label -1: captions only)."""
+        text = self.class_embeddings(dataset)
+        tokens = features[0].shape[1]
+        named = [y >= 0 for y in labels]
+        logits = [self.model.classify(x[keep], text) for x, keep in zip(features, named, strict=True)]
         scores = torch.cat([x.flatten(0, 1) for x in logits])  # (sum N_i * T, C)
-        tokens = logits[0].shape[1]
-        labels = torch.cat([y.repeat_interleave(tokens) for y in batch["labels"]])
-        loss = region_focal_loss(
+        targets = torch.cat([y[keep].repeat_interleave(tokens) for y, keep in zip(labels, named, strict=True)])
+        return region_focal_loss(
             scores,
-            labels,
+            targets,
             alpha=self.hparams.focal_alpha,
             gamma=self.hparams.focal_gamma,
             reduction=self.hparams.loss_reduction,
             boxes_per_image=[len(x) * tokens for x in logits],
         )
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["images"]))
-        self.log("train/regions", float(len(labels)), batch_size=len(batch["images"]))
-        return loss
 
     def _count_skipped(self, skipped: dict[str, int], kept: int) -> None:
         self._images_read += kept + sum(skipped.values())
@@ -273,8 +331,9 @@ class RegionSpotModule(L.LightningModule):
             )
 
     def configure_optimizers(self):
-        params = [p for p in self.model.adapter.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # foreach: one kernel per step for all tensors; the per-tensor loop costs ~10 ms a step on CPU
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, foreach=True)
         schedule = WarmupMultiStep(
             warmup_steps=self.hparams.warmup_steps,
             warmup_start_factor=self.hparams.warmup_start_factor,
@@ -286,31 +345,41 @@ class RegionSpotModule(L.LightningModule):
 
     # ----- validation: ground-truth boxes as regions, scored exactly as evaluate.py scores them -------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if self.val_ap is None:
+        if self.val_set is None:
             raise ValueError("validation needs a validation set: data.val, or use_data(val_set=...)")
+        if not batch["images"]:
+            if self.val_ap is not None:
+                self.val_ap.update([], batch["image_ids"])
+            return
+        frozen = self.frozen_features(batch["images"], batch["boxes"])
+        features = self.model.region_features(frozen)
+        if self._learns_captions(batch):  # teacher-forced, as in training: cheap, and comparable across runs
+            caption = self.model.caption_loss(frozen, features, batch["captions"])
+            self.log("val/caption_loss", caption, sync_dist=True, batch_size=len(batch["images"]))
+        if self.val_ap is None:
+            return
+        text = self.class_embeddings(batch["dataset"])
         detections: list[dict[str, Any]] = []
-        if batch["images"]:
-            frozen = self.frozen_features(batch["images"], batch["boxes"])
-            features = self.model.region_features(frozen)
-            text = self.class_embeddings(batch["dataset"])
-            for image_id, boxes, image_frozen, image_features in zip(
-                batch["image_ids"], batch["boxes"], frozen, features, strict=True
-            ):
-                detections += detect_regions(
-                    self.model,
-                    image_frozen,
-                    features=image_features,
-                    text_embeddings=text,
-                    image_id=image_id,
-                    boxes=boxes,
-                    category_ids=self.val_set.category_ids,
-                    top_k=self.hparams.val_top_k,
-                    activation=self.hparams.val_activation,
-                    max_per_image=protocol_max_dets(self.val_set.ground_truth),
-                )
+        for image_id, boxes, image_frozen, image_features in zip(
+            batch["image_ids"], batch["boxes"], frozen, features, strict=True
+        ):
+            detections += detect_regions(
+                self.model,
+                image_frozen,
+                features=image_features,
+                text_embeddings=text,
+                image_id=image_id,
+                boxes=boxes,
+                category_ids=self.val_set.category_ids,
+                top_k=self.hparams.val_top_k,
+                activation=self.hparams.val_activation,
+                max_per_image=protocol_max_dets(self.val_set.ground_truth),
+            )
         self.val_ap.update(detections, batch["image_ids"])
 
     def on_validation_epoch_end(self) -> None:
+        if self.val_ap is None:
+            return
         if self.trainer.sanity_checking:
             self.val_ap.reset()
             return
@@ -321,14 +390,14 @@ class RegionSpotModule(L.LightningModule):
 
     # ----- checkpoints: trainable weights and the model config only ----------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(TRAINABLE_PREFIX)}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(HEAD_PREFIXES)}
         checkpoint[CONFIG_KEY] = self.model_config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
-        if not any(k.startswith(TRAINABLE_PREFIX) for k in state):
+        if not any(k.startswith(HEAD_PREFIXES[0]) for k in state):
             raise ValueError("this checkpoint holds no adapter weights (keys model.adapter.*)")
-        frozen = {k: v for k, v in self.state_dict().items() if not k.startswith(TRAINABLE_PREFIX)}
+        frozen = {k: v for k, v in self.state_dict().items() if not k.startswith(HEAD_PREFIXES)}
         checkpoint["state_dict"] = {**frozen, **state}  # the frozen backbones come from the model config's files
 
 

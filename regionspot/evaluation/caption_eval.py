@@ -1,0 +1,200 @@
+"""Region captioning evaluation: caption every annotated region of a data set, score with the COCO caption toolkit.
+
+    python evaluate.py captions --config run/adapter.yaml --ann test.json --images images/ --out caption_eval/
+
+The data set is any region-caption file `build_dataset` reads with `captions=True`: GRiT's Visual Genome
+test.json (one reference per region, keyed "{image_id}_region_{j}": TAP's protocol), RefCOCOg as GLaMM
+converted it (keyed by annotation id: GLaMM's), Visual Genome's own region_descriptions.json, or a Hugging
+Face data set. Each image's captions are appended to `captions.rank0.jsonl` as soon as they are decoded, so a
+rerun with the same `out` resumes where an interrupted one stopped; `captions.json` ({region key: caption})
+and `metrics.json` (CIDEr-D, BLEU-4, METEOR, ROUGE-L by pycocoevalcap itself) are written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regionspot.build import build_regionspot
+from regionspot.config import RegionSpotConfig
+from regionspot.data.captions import caption_references
+from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.evaluation.caption_metrics import require_java, score_captions
+from regionspot.evaluation.runner import METRICS_FILE, RUN_FILE, PartWriter, check_or_write_run_file, file_sha256
+from regionspot.modeling.regionspot import RegionSpot
+from regionspot.transforms import prepare_prompts
+
+log = logging.getLogger(__name__)
+
+CAPTIONS_FILE = "captions.json"  # {region key: predicted caption}
+CAPTION_PARTS = "captions.rank*.jsonl"  # one JSON line per finished image
+
+
+@dataclass
+class CaptionEvalSettings:
+    """One captioning evaluation. Give `ann` + `images`, or `hf_path`; paths are local, nothing is downloaded."""
+
+    config: str  # model YAML with a caption: section (a captioning run's adapter.yaml)
+    out: str  # output folder; holds the part file of an unfinished run, which a rerun resumes
+    ann: str | None = None  # region-caption JSON (COCO-style with a caption per annotation, or VG's own)
+    images: str | None = None  # its image folder
+    hf_path: str | None = None  # or a Hugging Face data set (objects with bbox and caption)
+    hf_split: str = "test"
+    max_images: int | None = None  # only the first N images (scored on those alone: CIDEr-D's IDF changes)
+    batch_size: int = 8  # images whose regions are embedded and decoded together
+    num_beams: int | None = None  # default: the model config's caption.num_beams
+    device: str = "auto"  # "auto" (CUDA when there is one), "cpu", "cuda", ...
+    spice: bool = False  # SPICE downloads Stanford CoreNLP on first use: off unless asked
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.ann is None) == (self.hf_path is None):
+            raise ValueError("give the data as --ann with --images, or as --hf-path")
+        if self.ann is not None and self.images is None:
+            raise ValueError(f"{self.ann} needs --images, the folder of its images")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be at least 1, got {self.max_images}")
+        if self.batch_size < 1 or (self.num_beams is not None and self.num_beams < 1):
+            raise ValueError("batch_size and num_beams must be at least 1")
+
+
+def evaluate_captions(settings: CaptionEvalSettings) -> dict[str, Any]:
+    """Caption the data set's regions (resuming `out`), score them, write and return the metrics."""
+    require_java()  # before hours of decoding, not after
+    model = _build_model(settings)
+    dataset = build_dataset(
+        "captions",
+        DatasetConfig(
+            ann_file=settings.ann, image_dir=settings.images, hf_path=settings.hf_path, hf_split=settings.hf_split,
+            captions=True,
+        ),
+    )  # fmt: skip
+    indices = list(range(len(dataset)))[: settings.max_images]
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_or_write_run_file(out, _fingerprint(settings), parts=CAPTION_PARTS)
+    part = out / "captions.rank0.jsonl"
+    done = read_caption_parts(out)
+    remaining = [i for i in indices if dataset.records[i].image_id not in done]
+    if done:
+        log.info("resuming: %d images already captioned, %d to go", len(indices) - len(remaining), len(remaining))
+    _caption_images(model, dataset, remaining, part, settings)
+    return _merge_and_score(dataset, indices, out, settings)
+
+
+def _build_model(settings: CaptionEvalSettings) -> RegionSpot:
+    config = RegionSpotConfig.from_yaml(settings.config)
+    if config.caption is None:
+        raise ValueError(f"{settings.config} has no caption: section; give the adapter.yaml of a captioning run")
+    if config.caption.checkpoint is None:
+        log.warning("the model config names no caption decoder weights: the captions are untrained")
+    if settings.num_beams is not None:
+        config.caption.num_beams = settings.num_beams
+    device = settings.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return build_regionspot(config).to(device).eval()
+
+
+def _fingerprint(settings: CaptionEvalSettings) -> dict[str, Any]:
+    """The settings that decide the captions: a resumed run must share them all."""
+    config = RegionSpotConfig.from_yaml(settings.config)
+    caption = config.caption.checkpoint if config.caption else None
+    return {
+        "config": {"path": str(Path(settings.config).resolve()), "sha256": file_sha256(settings.config)},
+        "adapter": file_sha256(config.adapter.checkpoint) if config.adapter.checkpoint else None,
+        "caption_decoder": file_sha256(caption) if caption else None,
+        "data": str(Path(settings.ann).resolve()) if settings.ann else [settings.hf_path, settings.hf_split],
+        "num_beams": settings.num_beams or (config.caption.num_beams if config.caption else None),
+    }
+
+
+@torch.no_grad()
+def _caption_images(
+    model: RegionSpot, dataset: DetectionDataset, indices: list[int], part: Path, settings: CaptionEvalSettings
+) -> None:
+    from tqdm import tqdm
+
+    with PartWriter(part) as writer, tqdm(total=len(indices), unit="img", disable=not settings.progress) as bar:
+        for start in range(0, len(indices), settings.batch_size):
+            batch = [(i, dataset[i]) for i in indices[start : start + settings.batch_size]]
+            for record in caption_batch(model, dataset, batch):
+                writer.write(record)
+            bar.update(len(batch))
+
+
+def caption_batch(model: RegionSpot, dataset: DetectionDataset, batch: list[tuple[int, dict]]) -> list[dict]:
+    """(index, data set item) pairs -> one JSON record per image: its captions by region key, or why it was skipped."""
+    records, usable = [], []
+    for index, item in batch:
+        image_id = dataset.records[index].image_id
+        if "skipped" in item:
+            log.warning("skipping image %s: %s", image_id, item["skipped"])
+            records.append({"image_id": image_id, "skipped": item["skipped"]})
+        else:
+            usable.append((image_id, item))
+    if usable:
+        prepared = [model.preprocessor(item["image"]) for _, item in usable]
+        prompts = [
+            prepare_prompts(model.sam, image_size=image.original_size, boxes=item["boxes"])[0]
+            for image, (_, item) in zip(prepared, usable, strict=True)
+        ]
+        captions = model.caption_regions(model.frozen_features(prepared, prompts))
+        for (image_id, item), texts in zip(usable, captions, strict=True):
+            records.append({"image_id": image_id, "captions": dict(zip(item["region_keys"], texts, strict=True))})
+    return records
+
+
+def read_caption_parts(out: str | Path) -> dict[int, dict[str, Any]]:
+    """{image id: its record} of every image finished in `out` (a half-written last line is ignored)."""
+    done: dict[int, dict[str, Any]] = {}
+    for path in sorted(Path(out).glob(CAPTION_PARTS)):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "skipped" not in record or record["image_id"] not in done:
+                done[record["image_id"]] = record
+    return done
+
+
+def _merge_and_score(
+    dataset: DetectionDataset, indices: list[int], out: Path, settings: CaptionEvalSettings
+) -> dict[str, Any]:
+    done = read_caption_parts(out)
+    evaluated = {dataset.records[i].image_id for i in indices}
+    keys = {key for i in indices for key in (dataset.records[i].region_keys or [])}
+    references = {key: refs for key, refs in caption_references(dataset).items() if key in keys}
+    predictions = {
+        key: text
+        for image_id, record in done.items()
+        if image_id in evaluated
+        for key, text in record.get("captions", {}).items()
+    }
+    missing = sorted(set(references) - set(predictions))
+    if missing:  # an unreadable image or a box with no area inside it: an empty caption, scored as such
+        log.warning("%d regions have no caption (unreadable images, empty boxes); they score 0", len(missing))
+    predictions = {key: predictions.get(key, "") for key in references}
+    (out / CAPTIONS_FILE).write_text(json.dumps(predictions, indent=0))
+    metrics = score_captions(predictions, references, spice=settings.spice)
+    metrics["images"] = {
+        "total": len(indices),
+        "skipped": sum("skipped" in done.get(i, {}) for i in evaluated),
+        "regions_without_caption": len(missing),
+    }
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    print(format_caption_metrics(metrics))
+    log.info("captions: %s; metrics: %s; run settings: %s", out / CAPTIONS_FILE, out / METRICS_FILE, out / RUN_FILE)
+    return metrics
+
+
+def format_caption_metrics(metrics: dict[str, Any]) -> str:
+    """One line of the caption metrics in the toolkit's usual scale (x100)."""
+    names = [name for name in ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L", "SPICE") if name in metrics]
+    return ", ".join(f"{name} {100 * metrics[name]:.1f}" for name in names) + f" ({metrics['regions']} regions)"
