@@ -30,7 +30,7 @@ def _disc(cx: int, cy: int, r: int, size: int = 60) -> np.ndarray:
 
 
 def test_captions_name_attributes_place_and_what_hides_what():
-    back, front, apart = _disc(12, 12, 8), _disc(20, 14, 8), _disc(50, 50, 6)
+    back, front, apart = _disc(12, 12, 8), _disc(17, 13, 8), _disc(50, 50, 6)
     objects = [
         DrawnObject(colour="red", texture="striped", shape="circle", full=back, visible=back & ~front),
         DrawnObject(colour="blue", texture="solid", shape="square", full=front, visible=front),

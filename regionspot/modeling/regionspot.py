@@ -249,18 +249,23 @@ class RegionSpot(nn.Module):
         )
 
     # ----- captioning ---------------------------------------------------------------------------------------------
-    def caption_condition(self, frozen: FrozenFeatures, features: torch.Tensor) -> torch.Tensor:
-        """What the captioner reads of one image's N regions: (N, E + C), the fused feature and SAM's region token
-        of the token SAM trusts most (as `score_regions` picks it).
+    def caption_condition(self, frozen: Sequence[FrozenFeatures], features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """What the captioner reads of B images' regions: (sum N_i, E + C), each region's fused feature and SAM
+        region token, of the token SAM trusts most (as `score_regions` picks it), all images at once.
 
         The fused feature knows what a region is (it is trained to name it) and SAM's token where it is and what
         bounds it; each is layer-normalised (no weights) because the unit-norm feature is ~sqrt(E) times smaller
         than SAM's token, and the decoder's one Linear should weigh both from the start.
+
+        Args:
+            frozen: B images' `FrozenFeatures`; features: their (N_i, T, E) region features.
         """
-        best = frozen.mask_scores.argmax(dim=1)
+        scores = torch.cat([f.mask_scores for f in frozen])  # (R, T)
+        best = scores.argmax(dim=1)
         rows = torch.arange(len(best), device=best.device)
-        parts = (features[rows, best].float(), frozen.region_tokens[rows, best].float())
-        return torch.cat([F.layer_norm(part, part.shape[-1:]) for part in parts], dim=-1)
+        fused = torch.cat(list(features))[rows, best].float()  # (R, E)
+        tokens = torch.cat([f.region_tokens for f in frozen])[rows, best].float()  # (R, C)
+        return torch.cat([F.layer_norm(part, part.shape[-1:]) for part in (fused, tokens)], dim=-1)
 
     def caption_loss(
         self, frozen: Sequence[FrozenFeatures], features: Sequence[torch.Tensor], captions: Sequence[Sequence[str]]
@@ -274,7 +279,7 @@ class RegionSpot(nn.Module):
         decoder, tokenizer = self._captioner()
         if any(len(c) != len(f.region_tokens) for c, f in zip(captions, frozen, strict=True)):
             raise ValueError("caption_loss needs one caption per region")
-        condition = torch.cat([self.caption_condition(f, x) for f, x in zip(frozen, features, strict=True)])
+        condition = self.caption_condition(frozen, features)
         tokens = tokenizer.encode([c for image in captions for c in image], max_length=decoder.max_length)
         return decoder.loss(condition, tokens.to(condition.device), pad_id=tokenizer.pad_id)
 
@@ -294,7 +299,7 @@ class RegionSpot(nn.Module):
         decoder, tokenizer = self._captioner()
         if features is None:
             features = self.region_features(frozen)
-        condition = torch.cat([self.caption_condition(f, x) for f, x in zip(frozen, features, strict=True)])
+        condition = self.caption_condition(frozen, features)
         was_training = decoder.training
         decoder.eval()  # decoding never drops out
         try:
