@@ -90,8 +90,8 @@ def main() -> None:
     model = build_regionspot(config).eval()
     splits = {}
     for split, ann in (("train", "train_seen.json"), ("test", "test.json")):
-        config = DatasetConfig(ann_file=str(demo / "data" / ann), image_dir=str(demo / "data"), captions=True)
-        splits[split] = conditions(model, build_dataset(split, config))
+        data = DatasetConfig(ann_file=str(demo / "data" / ann), image_dir=str(demo / "data"), captions=True)
+        splits[split] = conditions(model, build_dataset(split, data))
     print(f"# {args.demo}: {len(splits['train'][1])} training and {len(splits['test'][1])} test regions, "
           f"{args.steps} steps of {args.batch_size} captions, torch {torch.__version__}")  # fmt: skip
     print("| prefix tokens | parameters | final loss | train s | CIDEr | BLEU-4 | METEOR | ROUGE-L |")

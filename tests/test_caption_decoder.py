@@ -316,3 +316,11 @@ def test_rotary_positions_match_transformers_llama():
     ours_cos, ours_sin = rotary_tables(positions, 16)
     torch.testing.assert_close(apply_rotary(q, ours_cos, ours_sin), expected_q)
     torch.testing.assert_close(apply_rotary(k, ours_cos, ours_sin), expected_k)
+
+
+def test_default_decoder_is_taps_size():
+    """TAP's decoder: ~38M parameters in its 12 blocks (docs/captioning.md quotes these counts)."""
+    with torch.device("meta"):
+        decoder = CaptionDecoder(vocab_size=CaptionTokenizer().vocab_size, condition_dim=512 + 256)
+    assert sum(p.numel() for p in decoder.blocks.parameters()) == 37_828_608
+    assert sum(p.numel() for p in decoder.parameters()) == 88_867_073
