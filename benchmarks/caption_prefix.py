@@ -73,7 +73,7 @@ def train_and_score(model, settings, prefix_tokens: int, train, test, *, steps: 
     references = {key: [caption] for key, caption in zip(test[2], test[1], strict=True)}
     scores = score_captions(predicted, references)
     params = sum(p.numel() for p in decoder.parameters())
-    return {"loss": float(loss), "train_s": train_s, "params": params, **scores}
+    return {"loss": loss.item(), "train_s": train_s, "params": params, **scores}
 
 
 def main() -> None:
