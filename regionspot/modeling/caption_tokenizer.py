@@ -13,6 +13,7 @@ normalisation, so captions read the same.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from functools import cache, lru_cache
 
@@ -22,7 +23,8 @@ from open_clip.tokenizer import SimpleTokenizer
 CLIP_VOCAB_SIZE = 49408
 CLIP_BOS = 49406  # <start_of_text>
 CLIP_EOS = 49407  # <end_of_text>
-UNK_TEXT = "<unk>"  # how `decode` writes a word the shortlist does not have
+UNK_TEXT = "<unk>"
+_SPACE_BEFORE_PUNCTUATION = re.compile(r" ([,.;:!?])")  # how `decode` writes a word the shortlist does not have
 
 
 @cache
@@ -114,7 +116,7 @@ class CaptionTokenizer:
 
     def decode(self, rows: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
         """Rows of internal ids (e.g. `CaptionDecoder.generate`'s) -> texts, as CLIP's `SimpleTokenizer.decode`
-        writes them (lowercase, single spaces, stripped).
+        writes them (lowercase, single spaces, stripped), with no space before punctuation.
 
         BOS and padding are dropped, a row ends at its first EOS (whatever follows is padding), UNK is `UNK_TEXT`.
         """
@@ -135,4 +137,5 @@ class CaptionTokenizer:
             elif index not in (self.pad_id, self.bos_id):
                 run.append(self._to_clip[index])
         pieces.append(_clip_bpe().decode(run))
-        return " ".join("".join(pieces).split())
+        # CLIP's decode ends every token with a space, so punctuation comes out as "middle , in front"
+        return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join("".join(pieces).split()))
