@@ -66,7 +66,8 @@ class CaptionEvalSettings:
 def evaluate_captions(settings: CaptionEvalSettings) -> dict[str, Any]:
     """Caption the data set's regions (resuming `out`), score them, write and return the metrics."""
     require_java()  # before hours of decoding, not after
-    model = _build_model(settings)
+    config = _model_config(settings)
+    model = _build_model(config, device=settings.device)
     dataset = build_dataset(
         "captions",
         DatasetConfig(
@@ -77,7 +78,7 @@ def evaluate_captions(settings: CaptionEvalSettings) -> dict[str, Any]:
     indices = list(range(len(dataset)))[: settings.max_images]
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_or_write_run_file(out, _fingerprint(settings), parts=CAPTION_PARTS)
+    check_or_write_run_file(out, _fingerprint(settings, config), parts=CAPTION_PARTS)
     part = out / "captions.rank0.jsonl"
     done = read_caption_parts(out)
     remaining = [i for i in indices if dataset.records[i].image_id not in done]
@@ -87,7 +88,8 @@ def evaluate_captions(settings: CaptionEvalSettings) -> dict[str, Any]:
     return _merge_and_score(dataset, indices, out, settings)
 
 
-def _build_model(settings: CaptionEvalSettings) -> RegionSpot:
+def _model_config(settings: CaptionEvalSettings) -> RegionSpotConfig:
+    """The model YAML, checked to caption, with the run's beam count."""
     config = RegionSpotConfig.from_yaml(settings.config)
     if config.caption is None:
         raise ValueError(f"{settings.config} has no caption: section; give the adapter.yaml of a captioning run")
@@ -95,15 +97,17 @@ def _build_model(settings: CaptionEvalSettings) -> RegionSpot:
         log.warning("the model config names no caption decoder weights: the captions are untrained")
     if settings.num_beams is not None:
         config.caption.num_beams = settings.num_beams
-    device = settings.device
+    return config
+
+
+def _build_model(config: RegionSpotConfig, *, device: str) -> RegionSpot:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return build_regionspot(config).to(device).eval()
 
 
-def _fingerprint(settings: CaptionEvalSettings) -> dict[str, Any]:
+def _fingerprint(settings: CaptionEvalSettings, config: RegionSpotConfig) -> dict[str, Any]:
     """The settings that decide the captions: a resumed run must share them all."""
-    config = RegionSpotConfig.from_yaml(settings.config)
     caption = config.caption.checkpoint if config.caption else None
     return {
         "config": {"path": str(Path(settings.config).resolve()), "sha256": file_sha256(settings.config)},
