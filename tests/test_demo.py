@@ -39,12 +39,12 @@ def small_dataset(tmp_path_factory):
     return generate_dataset(out_dir=tmp_path_factory.mktemp("synthetic"), seed=3, **SMALL)
 
 
-def test_same_seed_same_files_other_seed_other_files(small_dataset, tmp_path):
-    again = generate_dataset(out_dir=tmp_path / "again", seed=3, **{**SMALL, "num_train": 200})
+def test_same_seed_same_files_with_any_number_of_workers_other_seed_other_files(small_dataset, tmp_path):
+    again = generate_dataset(out_dir=tmp_path / "again", seed=3, workers=2, **{**SMALL, "num_train": 200})
     for split, path in small_dataset.annotation_files.items():
         assert path.read_bytes() == again.annotation_files[split].read_bytes()
-    first = json.loads(small_dataset.annotation_files["val"].read_text())["images"][0]["file_name"]
-    assert (small_dataset.root / first).read_bytes() == (again.root / first).read_bytes()
+    for image in json.loads(small_dataset.annotation_files["val"].read_text())["images"]:
+        assert (small_dataset.root / image["file_name"]).read_bytes() == (again.root / image["file_name"]).read_bytes()
     other = generate_dataset(out_dir=tmp_path / "other", seed=4, **{**SMALL, "num_train": 200, "num_val": 0})
     assert (small_dataset.root / "images/train/000001.png").read_bytes() != (
         other.root / "images/train/000001.png"

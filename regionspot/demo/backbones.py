@@ -29,6 +29,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from segment_anything.modeling import Sam
 from tqdm.auto import tqdm
 
 from regionspot.data.coco import load_annotations
+from regionspot.demo.parallel import run_side_by_side
 from regionspot.demo.synthetic import AnnotatedImage, load_split
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
 from regionspot.modeling.preprocess import resize_for_clip, resize_for_sam
@@ -76,25 +78,59 @@ def fit_backbones(
     batch_size: int = 16,
     sam_lr: float = 1e-3,
     clip_lr: float = 2e-3,
+    side_by_side: bool = True,
 ) -> FittedBackbones:
-    """Fit the tiny SAM and CLIP on the split `ann_file` (no held-out class allowed); save them into `out_dir`."""
+    """Fit the tiny SAM and CLIP on the split `ann_file` (no held-out class allowed); save them into `out_dir`.
+
+    The two fits share nothing, so by default they run side by side, each in its own process on half the cores
+    (`regionspot.demo.parallel`); `side_by_side=False` runs them one after the other in this process. Each is
+    seeded by `seed` alone, so either way gives the same models up to the float rounding of the thread count.
+    """
     data = load_annotations(ann_file)
-    examples = load_split(ann_file, exclude_category_ids=data.get("heldout_category_ids", ()))
-    if not examples:
+    if not data.get("annotations"):  # a held-out class in it is refused by load_split, in each fit
         raise ValueError(f"{ann_file} has no annotated images to fit on")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seconds = {}
-    start = time.perf_counter()
-    sam, sam_losses = fit_sam(examples, seed=seed, steps=sam_steps, batch_size=batch_size, lr=sam_lr)
-    seconds["sam"] = time.perf_counter() - start
-    torch.save(sam.state_dict(), out_dir / "sam.pth")
-    start = time.perf_counter()
-    attributes = {c["id"]: tuple(c["attributes"]) for c in data["categories"]}
-    clip, clip_losses = fit_clip(examples, attributes, seed=seed, steps=clip_steps, batch_size=batch_size, lr=clip_lr)
-    seconds["clip"] = time.perf_counter() - start
-    torch.save(clip.state_dict(), out_dir / "clip.pt")
+    shared = {"ann_file": str(ann_file), "seed": seed, "batch_size": batch_size}
+    jobs = [
+        partial(_fit_and_save_sam, **shared, out_file=out_dir / "sam.pth", steps=sam_steps, lr=sam_lr),
+        partial(_fit_and_save_clip, **shared, out_file=out_dir / "clip.pt", steps=clip_steps, lr=clip_lr),
+    ]
+    if side_by_side:  # one progress bar per line
+        jobs = [partial(job, bar_position=position) for position, job in enumerate(jobs)]
+        (sam_losses, sam_seconds), (clip_losses, clip_seconds) = run_side_by_side(jobs)
+    else:
+        (sam_losses, sam_seconds), (clip_losses, clip_seconds) = [job() for job in jobs]
+    seconds = {"sam": sam_seconds, "clip": clip_seconds}
     return FittedBackbones(out_dir / "sam.pth", out_dir / "clip.pt", sam_losses, clip_losses, seconds)
+
+
+def _pretraining_examples(ann_file: str) -> tuple[dict, list[AnnotatedImage]]:
+    data = load_annotations(ann_file)
+    return data, load_split(ann_file, exclude_category_ids=data.get("heldout_category_ids", ()))
+
+
+def _fit_and_save_sam(
+    *, ann_file: str, out_file: Path, seed: int, steps: int, batch_size: int, lr: float, bar_position: int = 0
+) -> tuple[list[float], float]:
+    start = time.perf_counter()
+    _, examples = _pretraining_examples(ann_file)
+    sam, losses = fit_sam(examples, seed=seed, steps=steps, batch_size=batch_size, lr=lr, bar_position=bar_position)
+    torch.save(sam.state_dict(), out_file)
+    return losses, time.perf_counter() - start
+
+
+def _fit_and_save_clip(
+    *, ann_file: str, out_file: Path, seed: int, steps: int, batch_size: int, lr: float, bar_position: int = 0
+) -> tuple[list[float], float]:
+    start = time.perf_counter()
+    data, examples = _pretraining_examples(ann_file)
+    attributes = {c["id"]: tuple(c["attributes"]) for c in data["categories"]}
+    clip, losses = fit_clip(
+        examples, attributes, seed=seed, steps=steps, batch_size=batch_size, lr=lr, bar_position=bar_position
+    )
+    torch.save(clip.state_dict(), out_file)
+    return losses, time.perf_counter() - start
 
 
 def _optimizer(params, *, lr: float, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -114,9 +150,10 @@ def _optimizer(params, *, lr: float, steps: int) -> tuple[torch.optim.Optimizer,
 
 
 def fit_sam(
-    examples: Sequence[AnnotatedImage], *, seed: int, steps: int, batch_size: int, lr: float
+    examples: Sequence[AnnotatedImage], *, seed: int, steps: int, batch_size: int, lr: float, bar_position: int = 0
 ) -> tuple[Sam, list[float]]:
-    """Train a tiny SAM from scratch to segment each object from its (jittered) box."""
+    """Train a tiny SAM from scratch to segment each object from its (jittered) box (`bar_position`: the line of
+    its progress bar, when another fit shows one too)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     sam = build_sam(variant=DEMO_SAM)
@@ -125,7 +162,7 @@ def fit_sam(
     optimizer, schedule = _optimizer(sam.parameters(), lr=lr, steps=steps)
     sam.train()
     losses = []
-    for step in (bar := tqdm(range(steps), desc="fitting the stand-in SAM", unit="step")):
+    for step in (bar := tqdm(range(steps), desc="fitting the stand-in SAM", unit="step", position=bar_position)):
         batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
         embeddings = sam.image_encoder(inputs[batch])  # (B, C, h, w)
         prompts = [SamPrompts(boxes=_jitter(boxes[b], rng)) for b in batch]
@@ -201,6 +238,7 @@ def fit_clip(
     steps: int,
     batch_size: int,
     lr: float,
+    bar_position: int = 0,
 ) -> tuple[open_clip.CLIP, list[float]]:
     """Train a tiny open_clip CLIP from scratch, region-text contrastive (see the module docstring)."""
     torch.manual_seed(seed)
@@ -221,7 +259,7 @@ def fit_clip(
     optimizer, schedule = _optimizer(model.parameters(), lr=lr, steps=steps)
     model.train()
     losses = []
-    for step in (bar := tqdm(range(steps), desc="fitting the stand-in CLIP", unit="step")):
+    for step in (bar := tqdm(range(steps), desc="fitting the stand-in CLIP", unit="step", position=bar_position)):
         batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
         regions = region_embeddings(backbone, images[batch], [weights[b] for b in batch])  # (R, E)
         text = model.encode_text(text_tokens, normalize=True)  # (P, E)

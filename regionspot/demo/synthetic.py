@@ -28,6 +28,7 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from regionspot.demo.descriptions import DrawnObject, describe_objects
+from regionspot.demo.parallel import map_in_processes
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -282,12 +284,12 @@ def _place(cls, kept, owner, grid, size, rng, object_size, rotation) -> np.ndarr
 # ---------------------------------------------------------------------------------------------------- LVIS files
 
 
-def _annotation(ann_id: int, image_id: int, cls: SyntheticClass, mask: np.ndarray, caption: str) -> dict[str, Any]:
+def _annotation(image_id: int, cls: SyntheticClass, mask: np.ndarray, caption: str) -> dict[str, Any]:
+    """An LVIS annotation without its "id" (ids are dealt out in order once every image of a split is drawn)."""
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     bbox = [float(v) for v in mask_utils.toBbox(rle)]  # the visible mask's extent, xywh
     rle["counts"] = rle["counts"].decode("ascii")
     return {
-        "id": ann_id,
         "image_id": image_id,
         "category_id": cls.id,
         "bbox": bbox,
@@ -297,37 +299,42 @@ def _annotation(ann_id: int, image_id: int, cls: SyntheticClass, mask: np.ndarra
     }
 
 
-def _write_split(
-    split, draws, *, root, image_size, object_size, rotation, start_ids, neg_fraction, all_ids, seeds
-) -> dict[str, Any]:
-    """Render and save the split's images; return its images and annotations (categories come later)."""
-    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+def _write_split(split, draws, *, seeds, start_ids, workers, **settings) -> dict[str, Any]:
+    """Render and save the split's images (in `workers` processes); return its images and annotations."""
+    (settings["root"] / "images" / split).mkdir(parents=True, exist_ok=True)
     image_id, ann_id = start_ids
+    tasks = zip(draws, seeds, range(image_id, image_id + len(draws)), strict=True)
+    drawn = map_in_processes(partial(_draw_image, split=split, **settings), tasks, workers=workers)
     images, annotations = [], []
-    drawn = tqdm(zip(draws, seeds, strict=True), total=len(draws), desc=f"drawing the {split} images", unit="img")
-    for classes, seed in drawn:
-        rng = np.random.default_rng(seed)
-        pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size, rotation=rotation)
-        file_name = f"images/{split}/{image_id:06d}.png"
-        Image.fromarray(pixels).save(root / file_name, optimize=False)
-        present = {cls.id for cls, _, _ in objects}
-        absent = [cid for cid in all_ids if cid not in present]
-        negatives = sorted(cid for cid in absent if rng.random() < neg_fraction)
-        images.append(
-            {
-                "id": image_id,
-                "file_name": file_name,
-                "width": image_size,
-                "height": image_size,
-                "neg_category_ids": negatives,
-                "not_exhaustive_category_ids": [],  # every object drawn is annotated
-            }
-        )
-        for cls, mask, caption in objects:
-            annotations.append(_annotation(ann_id, image_id, cls, mask, caption))
+    for image, objects in tqdm(drawn, total=len(draws), desc=f"drawing the {split} images", unit="img"):
+        images.append(image)
+        for ann in objects:
+            annotations.append({"id": ann_id, **ann})
             ann_id += 1
-        image_id += 1
     return {"images": images, "annotations": annotations}
+
+
+def _draw_image(
+    task, *, split, root, image_size, object_size, rotation, neg_fraction, all_ids
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Draw and save one image from its own seed (so that any number of workers draws the same files)."""
+    classes, seed, image_id = task
+    rng = np.random.default_rng(seed)
+    pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size, rotation=rotation)
+    file_name = f"images/{split}/{image_id:06d}.png"
+    Image.fromarray(pixels).save(root / file_name, optimize=False)
+    present = {cls.id for cls, _, _ in objects}
+    absent = [cid for cid in all_ids if cid not in present]
+    negatives = sorted(cid for cid in absent if rng.random() < neg_fraction)
+    image = {
+        "id": image_id,
+        "file_name": file_name,
+        "width": image_size,
+        "height": image_size,
+        "neg_category_ids": negatives,
+        "not_exhaustive_category_ids": [],  # every object drawn is annotated
+    }
+    return image, [_annotation(image_id, cls, mask, caption) for cls, mask, caption in objects]
 
 
 def _categories(classes: list[SyntheticClass], train: dict[str, Any]) -> list[dict[str, Any]]:
@@ -376,6 +383,7 @@ def generate_dataset(
     object_size: tuple[float, float] = (0.18, 0.38),
     rotation: float = 0.0,
     neg_fraction: float = 0.5,
+    workers: int = 1,
 ) -> GeneratedDataset:
     """Write the synthetic data set under `out_dir` (see the module docstring); the same arguments give the same files.
 
@@ -392,6 +400,7 @@ def generate_dataset(
             tiny backbones fitted in minutes learn upright shapes well and turned ones poorly (docs/demo.md).
         neg_fraction: chance that a class absent from an image is listed in its `neg_category_ids`
             (verified absent); unlisted absent classes are not evaluated on that image, as in LVIS.
+        workers: processes that draw the images (each image has its own seed: any number gives the same files).
     """
     if num_train < 1 or min(num_val, num_test, num_pretrain) < 0:
         raise ValueError("need num_train >= 1 and num_val, num_test, num_pretrain >= 0")
@@ -431,6 +440,7 @@ def generate_dataset(
             neg_fraction=neg_fraction,
             all_ids=all_ids,
             seeds=image_seeds,
+            workers=workers,
         )
         last_ann = splits[split]["annotations"][-1]["id"] if splits[split]["annotations"] else next_ids[1] - 1
         next_ids = (splits[split]["images"][-1]["id"] + 1, last_ann + 1)
@@ -540,6 +550,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-pretrain", type=int, default=0, help="class-balanced images for the stand-ins")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--num-heldout", type=int, default=6)
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing images (same files for any number)")
     args = parser.parse_args(argv)
     data = generate_dataset(
         out_dir=args.out,
@@ -550,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         num_pretrain=args.num_pretrain,
         image_size=args.image_size,
         num_heldout=args.num_heldout,
+        workers=args.workers,
     )
     print(f"wrote {', '.join(str(p) for p in data.annotation_files.values())} and {data.manifest}")
 
