@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -13,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.factory import convert_state_dict
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from regionspot.checkpoint import check_release_digest, load_weights, model_part, read_state_dict, require_file
@@ -22,7 +27,11 @@ from regionspot.config import CLIP_PRECISIONS, CLIP_RESIZES, PROMPT_MEANS
 open_clip.add_model_config(Path(__file__).parent / "clip_configs")
 
 
+log = logging.getLogger(__name__)
+
 _VOCABULARIES_KEPT = 8
+# Bumped when the meaning of a text-embedding cache file changes, so that older files miss.
+_TEXT_CACHE_FORMAT = "regionspot-text-embeddings-1"
 # clip.precision -> open_clip's precision: "fp16"/"bf16" convert the weights as OpenAI's release is stored
 # (linear, convolution and attention weights in low precision; LayerNorms computing in float32).
 _OPEN_CLIP_PRECISIONS = {"auto": "fp32", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -111,7 +120,11 @@ class ClipBackbone(nn.Module):
             model's preprocessing reads it here.
         fixed_precision: True when `model` was built in the dtype it must compute in (`clip.precision`): its
             towers then run with autocast off, so that a run's mixed precision does not recast them.
-        text_batch_size: prompts per text-encoder call, to bound memory for large vocabularies.
+        text_batch_size: prompts per text-encoder call, to bound memory for large vocabularies (whole names per
+            call: at least one name's templates).
+        text_cache_dir: a folder where each vocabulary's embeddings are kept on disk between runs (see
+            `encode_vocabulary`); None (the default) keeps them in memory only. Also settable afterwards as the
+            `text_cache_dir` attribute.
     """
 
     def __init__(
@@ -124,6 +137,7 @@ class ClipBackbone(nn.Module):
         resize: str = "bicubic",
         fixed_precision: bool = False,
         text_batch_size: int = 1024,
+        text_cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         if not hasattr(model.visual, "forward_intermediates") or not hasattr(model.visual, "transformer"):
@@ -137,7 +151,9 @@ class ClipBackbone(nn.Module):
         self.resize = resize
         self.fixed_precision = fixed_precision
         self.text_batch_size = text_batch_size
+        self.text_cache_dir = None if text_cache_dir is None else Path(text_cache_dir)
         self._text_cache: dict[str, torch.Tensor] = {}  # per class name, CPU float32
+        self._text_tower_sha256: str | None = None  # of the text tower's weights, read once (see clear_text_cache)
         # per vocabulary, stacked on the device, last few used: a training step's vocabulary then costs nothing
         self._vocabulary_cache: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         cfg = open_clip.get_model_preprocess_cfg(model)
@@ -199,7 +215,11 @@ class ClipBackbone(nn.Module):
         """Class names -> (C, E) unit-norm float32 embeddings (`prompt_mean` over the templates), on its device.
 
         The package's one text-embedding cache: each name is encoded once (until `clear_text_cache`), as a
-        plain tensor even when first asked for under inference mode, so that training can use it.
+        plain tensor even when first asked for under inference mode, so that training can use it. With
+        `text_cache_dir`, a vocabulary's embeddings are also written there and read back by later runs: one
+        safetensors file per (text tower, vocabulary), named and checked by the digests of the text tower's
+        weights, tokenizer and compute precision, and of the names, templates and `prompt_mean`. A file that
+        does not match or is damaged is recomputed (and rewritten) with a warning, never read as data.
         """
         if len(names) == 0:
             raise ValueError("the vocabulary is empty: give at least one class name")
@@ -208,36 +228,117 @@ class ClipBackbone(nn.Module):
             raise ValueError(f"class names must be non-empty strings, got {bad[:5]}")
         key = tuple(names)
         if key not in self._vocabulary_cache:
-            new = list(dict.fromkeys(n for n in names if n not in self._text_cache))
             with torch.inference_mode(False), torch.no_grad():
-                if new:
-                    self._text_cache.update(zip(new, self._encode_names(new), strict=True))
-                self._vocabulary_cache[key] = torch.stack([self._text_cache[n] for n in names]).to(
-                    self.image_mean.device
-                )
+                self._vocabulary_cache[key] = self._embed_vocabulary(list(names)).to(self.image_mean.device)
             while len(self._vocabulary_cache) > _VOCABULARIES_KEPT:
                 self._vocabulary_cache.popitem(last=False)
         self._vocabulary_cache.move_to_end(key)
         return self._vocabulary_cache[key].to(self.image_mean.device)  # no copy unless the model moved since
 
+    def _embed_vocabulary(self, names: list[str]) -> torch.Tensor:
+        """(C, E) CPU float32: read from the disk cache if it holds them, else encoded (names not yet in memory)."""
+        path, metadata = self._disk_cache_entry(names) if self.text_cache_dir is not None else (None, {})
+        cached = None if path is None else _read_text_cache(path, metadata, rows=len(names))
+        if cached is not None:
+            self._text_cache.update(zip(names, cached, strict=True))
+            return cached
+        new = list(dict.fromkeys(n for n in names if n not in self._text_cache))
+        if new:
+            self._text_cache.update(zip(new, self._encode_names(new), strict=True))
+        embeddings = torch.stack([self._text_cache[n] for n in names])
+        if path is not None:
+            _write_text_cache(path, embeddings, metadata)
+        return embeddings
+
     def _encode_names(self, names: list[str]) -> torch.Tensor:
+        # Whole names per text-encoder call: each call's prompt embeddings are reduced to one row per name at
+        # once, so memory holds (C, E), not all C x templates prompt embeddings (V3Det: 13k x 81).
+        per_call = max(1, self.text_batch_size // len(self.templates))
+        return torch.cat([self._encode_batch(names[i : i + per_call]) for i in range(0, len(names), per_call)])
+
+    def _encode_batch(self, names: list[str]) -> torch.Tensor:
         prompts = [template(name) for name in names for template in self.templates]
-        device = self.image_mean.device
         normalized = self.prompt_mean == "normalized"
         with self._own_precision():
-            chunks = [
-                self.model.encode_text(
-                    self.tokenizer(prompts[i : i + self.text_batch_size]).to(device), normalize=normalized
-                )
-                for i in range(0, len(prompts), self.text_batch_size)
-            ]
-        per_prompt = torch.cat(chunks).view(len(names), len(self.templates), -1)
+            per_prompt = self.model.encode_text(
+                self.tokenizer(prompts).to(self.image_mean.device), normalize=normalized
+            )
+        per_prompt = per_prompt.view(len(names), len(self.templates), -1)
         if normalized:
             per_prompt = per_prompt.float()
         # "raw" averages and normalises in the text tower's dtype, as RegionSpot did (in float16 with its CLIP).
         return F.normalize(per_prompt.mean(dim=1), dim=-1).float().cpu()
 
+    def _disk_cache_entry(self, names: list[str]) -> tuple[Path, dict[str, str]]:
+        """The cache file of `names` for this text tower, and the metadata that file must carry."""
+        device = self.image_mean.device.type
+        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        computes_in = "own dtype" if self.fixed_precision or autocast is None else f"autocast {autocast}"
+        model = hashlib.sha256(f"{self._text_tower_digest()}|{computes_in}".encode()).hexdigest()
+        recipe = {"names": names, "templates": [t("{}") for t in self.templates], "prompt_mean": self.prompt_mean}
+        vocabulary = hashlib.sha256(json.dumps(recipe, ensure_ascii=False).encode()).hexdigest()
+        metadata = {"format": _TEXT_CACHE_FORMAT, "text_tower": model, "vocabulary": vocabulary}
+        return self.text_cache_dir / f"text_{model[:16]}_{vocabulary[:16]}.safetensors", metadata
+
+    def _text_tower_digest(self) -> str:
+        """SHA-256 of what decides a text embedding besides the prompt: the text tower's weights (every entry
+        but the visual tower's and the logit scale/bias), their dtypes, and the tokenizer's kind and length."""
+        if self._text_tower_sha256 is None:
+            tokenizer = f"{type(self.tokenizer).__name__}:{getattr(self.tokenizer, 'context_length', None)}"
+            digest = hashlib.sha256(tokenizer.encode())
+            for name, tensor in self.model.state_dict().items():
+                if name.startswith("visual.") or name in ("logit_scale", "logit_bias"):
+                    continue
+                digest.update(f"|{name}:{tensor.dtype}:{tuple(tensor.shape)}|".encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+            self._text_tower_sha256 = digest.hexdigest()
+        return self._text_tower_sha256
+
     def clear_text_cache(self) -> None:
-        """Forget every text embedding (after the backbone's weights, dtype or device change)."""
+        """Forget every text embedding in memory (after the backbone's weights, dtype or device change); the disk
+        cache is keyed by the weights, so files of the old weights are simply no longer read."""
         self._text_cache.clear()
         self._vocabulary_cache.clear()
+        self._text_tower_sha256 = None
+
+
+def _read_text_cache(path: Path, metadata: dict[str, str], *, rows: int) -> torch.Tensor | None:
+    """The (rows, E) float32 embeddings stored at `path`, or None (with a warning if a file was there but is not
+    the one asked for or is damaged: its metadata is checked first, then the digest of its data it records)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(path, framework="pt") as stored:
+            found = stored.metadata() or {}
+            if any(found.get(k) != v for k, v in metadata.items()):
+                log.warning("text-embedding cache %s is another model's or vocabulary's: recomputing it", path)
+                return None
+            embeddings = stored.get_tensor("embeddings")
+    except (SafetensorError, OSError) as error:
+        log.warning("text-embedding cache %s is unreadable (%s): recomputing it", path, error)
+        return None
+    if (
+        embeddings.dtype != torch.float32
+        or len(embeddings) != rows
+        or found.get("sha256") != _tensor_sha256(embeddings)
+    ):
+        log.warning("text-embedding cache %s is damaged (its data does not match its digest): recomputing it", path)
+        return None
+    return embeddings
+
+
+def _write_text_cache(path: Path, embeddings: torch.Tensor, metadata: dict[str, str]) -> None:
+    """Write `embeddings` (C, E) float32 to `path` atomically (a reader never sees half a file); a cache that
+    cannot be written is warned about, not fatal."""
+    staging = path.with_name(f"{path.name}.{os.getpid()}.partial")  # one per process: ranks may write at once
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"embeddings": embeddings}, staging, metadata={**metadata, "sha256": _tensor_sha256(embeddings)})
+        os.replace(staging, path)
+    except OSError as error:
+        log.warning("could not write the text-embedding cache %s (%s); continuing without it", path, error)
+        staging.unlink(missing_ok=True)
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()

@@ -1,12 +1,16 @@
 """Frozen SAM: one image embedding per image, then position-aware region tokens for all its prompts.
 
 The region token is the output of SAM's mask token(s) after the mask decoder's two-way transformer,
-before the hypernetwork MLPs. `segment_anything` has no API for it, so a forward hook on
-`mask_decoder.transformer` reads it while SAM's own decoder runs unchanged.
+before the hypernetwork MLPs. `segment_anything` has no API for it: when masks are wanted, a forward hook on
+`mask_decoder.transformer` reads it while SAM's own decoder runs unchanged; when only tokens are wanted, the
+decoding is composed from SAM's own submodules so that what is the same for every prompt of an image is
+computed once per image (see `SamRegionEncoder.decode`).
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -145,6 +149,48 @@ class SamRegions:
     mask_logits: torch.Tensor | None = None  # (N, T, 4h, 4w) low-resolution mask logits, when asked for
 
 
+@dataclass
+class _ImageSide:
+    """The image side of SAM's first two-way block for B images (hw image tokens, H heads of width c)."""
+
+    keys: torch.Tensor  # (B, hw, C) image embedding + no-mask embedding, as tokens
+    key_pe: torch.Tensor  # (1, hw, C) the dense positional encoding, as tokens
+    token_to_image_k: torch.Tensor  # (B, H, hw, c) token-to-image attention keys
+    token_to_image_v: torch.Tensor  # (B, H, hw, c) token-to-image attention values
+    image_to_token_q: torch.Tensor  # (B, H, hw, c) image-to-token attention queries
+
+
+def _tokens_attend_image(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention of n prompts' tokens over one image's keys, which are not copied per prompt.
+
+    Each query attends on its own, so the n prompts' T tokens attend as one sequence of n*T queries.
+
+    Args:
+        q: (n, H, T, c) the prompts' queries; k, v: (H, hw, c) the image's keys and values.
+
+    Returns:
+        (n, H, T, c).
+    """
+    n, heads, t, c = q.shape
+    attn = torch.softmax(q.transpose(0, 1).reshape(heads, n * t, c) @ k.transpose(1, 2) / math.sqrt(c), dim=-1)
+    return (attn @ v).reshape(heads, n, t, c).transpose(0, 1)
+
+
+def _image_attends_tokens(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention of one image's queries over each of n prompts' tokens, the queries not copied.
+
+    Args:
+        q: (H, hw, c) the image's queries; k, v: (n, H, T, c) the prompts' keys and values.
+
+    Returns:
+        (n, H, hw, c): for each prompt, the image tokens' attention over that prompt's T tokens alone.
+    """
+    n, heads, t, c = k.shape
+    scores = q @ k.permute(1, 3, 0, 2).reshape(heads, c, n * t)  # (H, hw, n*T): all prompts in one product
+    attn = torch.softmax((scores / math.sqrt(c)).unflatten(-1, (n, t)), dim=-1)  # softmax within each prompt
+    return attn.permute(2, 0, 1, 3) @ v
+
+
 class SamRegionEncoder(nn.Module):
     """A frozen SAM that embeds a batch of images and turns all their prompts into region tokens.
 
@@ -155,7 +201,8 @@ class SamRegionEncoder(nn.Module):
         sam: a `segment_anything` Sam model (weights already loaded).
         multimask: if True, each prompt yields SAM's three multimask tokens and masks, else one.
         prompt_batch_size: prompts per decoder call, over all images of a batch; bounds memory, since the
-            decoder holds one copy of the image embedding per prompt.
+            decoder holds one copy of the image embedding per prompt (the tokens-only decoding from the first
+            block's output on, SAM's own decoder from its input on).
     """
 
     def __init__(self, *, sam: Sam, multimask: bool = False, prompt_batch_size: int = 64) -> None:
@@ -195,15 +242,18 @@ class SamRegionEncoder(nn.Module):
     ) -> list[SamRegions]:
         """Region tokens, mask scores (and masks) for the prompts of B images, in as few decoder calls as memory allows.
 
-        The prompts of all images are decoded together, `prompt_batch_size` at a time: SAM's decoder takes
-        one image and adds its embedding to each prompt's dense embedding first, so each prompt's own image
-        embedding is added here instead, which is the per-image call batched (tested equal).
+        The prompts of all images are decoded together, `prompt_batch_size` at a time (chunks may span images).
+        With masks, SAM's own decoder runs: it takes one image and adds its embedding to each prompt's dense
+        embedding first, so each prompt's own image embedding is added here instead, which is the per-image call
+        batched (tested equal). Tokens only (and no mask inputs), the decoding is composed from SAM's modules
+        with the image side of the first two-way block computed once per image (`_image_side`), and the mask
+        upscaling and hypernetworks skipped (tested equal to SAM's decoder).
 
         Args:
             embeddings: (B, C, h, w) the images' SAM embeddings.
             prompts: B prompt sets, one per image, in SAM's input frame.
-            with_masks: also return the low-resolution mask logits; False skips the decoder's mask
-                upscaling and hypernetworks (the costly part of a decoder call when only tokens are read).
+            with_masks: also return the low-resolution mask logits; False returns tokens and scores only, by the
+                faster decoding (or, for prompts with a mask input, by SAM's own decoder, masks dropped).
         """
         if embeddings.ndim != 4 or embeddings.shape[0] != len(prompts):
             raise ValueError(
@@ -213,11 +263,13 @@ class SamRegionEncoder(nn.Module):
         counts = [len(p) for p in prompts]
         if 0 in counts:
             raise ValueError("decode needs at least one prompt per image")
-        owners = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(counts)).to(embeddings.device)
+        owners = [image for image, count in enumerate(counts) for _ in range(count)]
         joined = SamPrompts.cat(prompts)
+        # A mask input gives each prompt its own dense embedding, so nothing is shared: SAM's own decoder then.
+        shared = None if with_masks or joined.mask_logits is not None else self._image_side(embeddings)
         size = self.prompt_batch_size
         parts = [
-            self._decode_chunk(embeddings, owners[start : start + size], chunk, with_masks=with_masks)
+            self._decode_chunk(embeddings, shared, owners[start : start + size], chunk, with_masks=with_masks)
             for start, chunk in zip(range(0, len(joined), size), joined.chunk(size), strict=True)
         ]
         tokens, scores, masks = (
@@ -229,24 +281,114 @@ class SamRegionEncoder(nn.Module):
             for t, s, m in zip(tokens.split(counts), scores.split(counts), masks, strict=True)
         ]
 
-    def _decode_chunk(self, embeddings: torch.Tensor, owners: torch.Tensor, prompts: SamPrompts, *, with_masks: bool):
+    def _decode_chunk(
+        self,
+        embeddings: torch.Tensor,
+        shared: _ImageSide | None,
+        owners: list[int],
+        prompts: SamPrompts,
+        *,
+        with_masks: bool,
+    ):
         dtype = embeddings.dtype
         boxes = None if prompts.boxes is None else prompts.boxes.to(dtype)
         points = None if prompts.points is None else (prompts.points.to(dtype), prompts.point_labels)
         mask_input = None if prompts.mask_logits is None else prompts.mask_logits.to(dtype)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        src = embeddings[owners] + dense  # (n, C, h, w): what SAM's decoder builds from one image's embedding
-        image_pe = self.sam.prompt_encoder.get_dense_pe()
+        if shared is not None:
+            return *self._decode_tokens(shared, owners, sparse), None
+        # (n, C, h, w): what SAM's decoder builds from one image's embedding
+        src = embeddings[torch.tensor(owners, device=embeddings.device)] + dense
+        tokens, scores, masks = self._decode_with_masks(src, self.sam.prompt_encoder.get_dense_pe(), sparse)
+        return tokens, scores, masks if with_masks else None
+
+    def _image_side(self, embeddings: torch.Tensor) -> _ImageSide:
+        """What SAM's first two-way block computes from the image alone, once per image.
+
+        With no mask input, SAM's decoder feeds every prompt of an image the same image side: keys = the image
+        embedding + the prompt encoder's `no_mask_embed` (its dense embedding for "no mask"), key positions =
+        the dense positional encoding. So, in the first block, the token-to-image keys and values and the
+        image-to-token queries are projections of the same tensors for every prompt; SAM's decoder repeats the
+        embedding per prompt and projects each copy, this projects each image once (the same arithmetic, so the
+        same numbers up to float summation order). From the first block's image-to-token update on, the keys
+        depend on the prompt's tokens and are per prompt.
+        """
+        block = self.sam.mask_decoder.transformer.layers[0]
+        no_mask = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        keys = (embeddings + no_mask).flatten(2).transpose(1, 2)  # (B, hw, C)
+        key_pe = self.sam.prompt_encoder.get_dense_pe().flatten(2).transpose(1, 2)  # (1, hw, C)
+        to_image, to_tokens = block.cross_attn_token_to_image, block.cross_attn_image_to_token
+        return _ImageSide(
+            keys=keys,
+            key_pe=key_pe,
+            token_to_image_k=to_image._separate_heads(to_image.k_proj(keys + key_pe), to_image.num_heads),
+            token_to_image_v=to_image._separate_heads(to_image.v_proj(keys), to_image.num_heads),
+            image_to_token_q=to_tokens._separate_heads(to_tokens.q_proj(keys + key_pe), to_tokens.num_heads),
+        )
+
+    def _decode_tokens(self, shared: _ImageSide, owners: list[int], sparse: torch.Tensor):
+        """SAM's decoder up to its two-way transformer's output tokens and its IoU head, composed from its modules.
+
+        Args:
+            shared: the image side of the first block for the B images.
+            owners: n image indices (non-decreasing), the image of each prompt.
+            sparse: (n, P, C) the prompts' sparse embeddings.
+
+        Returns:
+            tokens (n, T, C) and mask scores (n, T).
+        """
         decoder = self.sam.mask_decoder
-        if with_masks:
-            return self._decode_with_masks(src, image_pe, sparse)
-        # Tokens only: the decoder's own steps up to its transformer and IoU head, without mask upscaling.
+        transformer = decoder.transformer
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        tokens = torch.cat([output_tokens[None].expand(len(src), -1, -1), sparse], dim=1)
-        hidden, _ = decoder.transformer(src, image_pe.expand(len(src), -1, -1, -1), tokens)
+        point_pe = torch.cat([output_tokens[None].expand(len(sparse), -1, -1), sparse], dim=1)  # (n, 5 + P, C)
+        images, sizes = zip(*[(image, len(list(rows))) for image, rows in itertools.groupby(owners)], strict=True)
+        queries, keys = self._first_block(shared, images, sizes, point_pe)
+        for layer in transformer.layers[1:]:
+            queries, keys = layer(queries=queries, keys=keys, query_pe=point_pe, key_pe=shared.key_pe)
+        attn_out = transformer.final_attn_token_to_image(q=queries + point_pe, k=keys + shared.key_pe, v=keys)
+        hidden = transformer.norm_final_attn(queries + attn_out)  # (n, 5 + P, C)
         scores = decoder.iou_prediction_head(hidden[:, 0])
         scores = scores[:, 1:] if self.multimask else scores[:, :1]
-        return hidden[:, _MULTIMASK_TOKENS if self.multimask else _SINGLE_MASK_TOKEN], scores, None
+        return hidden[:, _MULTIMASK_TOKENS if self.multimask else _SINGLE_MASK_TOKEN], scores
+
+    def _first_block(
+        self, shared: _ImageSide, images: tuple[int, ...], sizes: tuple[int, ...], point_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's first `TwoWayAttentionBlock` over n prompts, its image side read from `shared`.
+
+        Args:
+            images, sizes: the n prompts as consecutive runs, `sizes[i]` prompts of image `images[i]`.
+            point_pe: (n, T, C) the prompts' tokens, also their positional encoding.
+
+        Returns:
+            queries (n, T, C) and keys (n, hw, C), as the block returns them.
+        """
+        block = self.sam.mask_decoder.transformer.layers[0]
+        # SAM's first block has no positional encoding (and no residual) in its self-attention.
+        queries = block.norm1(block.self_attn(q=point_pe, k=point_pe, v=point_pe))
+        to_image = block.cross_attn_token_to_image
+        q = to_image._separate_heads(to_image.q_proj(queries + point_pe), to_image.num_heads)  # (n, H, T, c)
+        out = torch.cat(
+            [
+                _tokens_attend_image(q_i, shared.token_to_image_k[image], shared.token_to_image_v[image])
+                for image, q_i in zip(images, q.split(sizes), strict=True)
+            ]
+        )
+        queries = block.norm2(queries + to_image.out_proj(to_image._recombine_heads(out)))
+        queries = block.norm3(queries + block.mlp(queries))
+
+        to_tokens = block.cross_attn_image_to_token
+        k = to_tokens._separate_heads(to_tokens.k_proj(queries + point_pe), to_tokens.num_heads)  # (n, H, T, c)
+        v = to_tokens._separate_heads(to_tokens.v_proj(queries), to_tokens.num_heads)
+        out = torch.cat(
+            [
+                _image_attends_tokens(shared.image_to_token_q[image], k_i, v_i)
+                for image, k_i, v_i in zip(images, k.split(sizes), v.split(sizes), strict=True)
+            ]
+        )  # (n, H, hw, c)
+        update = to_tokens.out_proj(to_tokens._recombine_heads(out))  # (n, hw, C): from here on, keys are per prompt
+        keys = torch.cat([shared.keys[image] + u for image, u in zip(images, update.split(sizes), strict=True)])
+        return queries, block.norm4(keys)
 
     def _decode_with_masks(self, src: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor):
         # SAM's own decoder, fed a zero image embedding: it adds that to `src` (exact), then runs unchanged.
