@@ -1,7 +1,8 @@
 """Loading weights from local files, with errors that say which file, which model and which keys.
 
 Nothing here downloads: a path is a path, and a missing file is an error that says what to do.
-Files are read with `torch.load(weights_only=True)`, which runs no code from the file.
+Files are read with `torch.load(weights_only=True)` (`load_torch_file`), which runs no code from the file: one
+that pickles more than tensors and plain data is refused, unrun, with an error naming it.
 
 The original RegionSpot's released `model_final.pth` files are read too (`model_part`): detectron2's
 `{"model": {"model.<name>": tensor}, "trainer": ..., "iteration": ...}`, holding its trained `to_clip`,
@@ -16,6 +17,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,23 +69,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error type for a truncated or foreign file
+            raise CheckpointMismatchError(f"cannot read {path} as safetensors: {err}") from err
     if _is_torchscript(path):
-        # OpenAI's original CLIP files are TorchScript; their state dict carries three int entries.
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        # OpenAI's original CLIP files are TorchScript; their state dict carries three int entries. TorchScript's
+        # own reader runs no Python from the file; a file that only looks like an archive fails here, named.
+        try:
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception as err:
+            raise CheckpointMismatchError(f"cannot read {path} as a TorchScript archive: {err}") from err
         return {k: v for k, v in state.items() if k not in ("input_resolution", "context_length", "vocab_size")}
-    try:
-        # Memory-mapped where the format allows: a RegionSpot file holds SAM and CLIP beside the adapter, and
-        # only the tensors used are then read from disk.
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        # torch names the class a file pickles that weights_only refuses; garbage fails with no such name.
-        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if pickled is None:
-            raise CheckpointMismatchError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
-        raise CheckpointMismatchError(_needs_more_than_weights(path, pickled.group(1))) from err
-    except Exception as err:
-        raise CheckpointMismatchError(f"cannot read {path} as a PyTorch checkpoint: {err}") from err
+    state = load_torch_file(path, what="PyTorch checkpoint", refused_hint=_resave_weights_hint(path))
     for container in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(container), Mapping):
             state = state[container]
@@ -94,11 +92,42 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _needs_more_than_weights(path: Path, pickled: str) -> str:
+def load_torch_file(path: str | Path, *, what: str, refused_hint: str = "") -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, memory-mapped where the format allows.
+
+    weights_only unpickles tensors and plain data only, so a file that pickles anything else (a class, or a
+    function such as `exec` that would run code) is refused before any of it runs.
+
+    Args:
+        path: the file.
+        what: what the file should be ("PyTorch checkpoint", "Lightning checkpoint"), for errors.
+        refused_hint: appended to the error when the file pickles more than weights (what the user can do).
+
+    Raises:
+        CheckpointMismatchError: naming `path`, if the file pickles more than weights or cannot be read at all.
+    """
+    path = Path(path)
+    try:
+        # Memory-mapped where the format allows: a RegionSpot file holds SAM and CLIP beside the adapter, and
+        # only the tensors used are then read from disk.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        # torch names the global that weights_only refuses; garbage fails without one.
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if pickled is None:
+            raise CheckpointMismatchError(f"cannot read {path} as a {what}: {err}") from err
+        raise CheckpointMismatchError(
+            f"{path} holds more than weights (it pickles {pickled.group(1)}), which torch.load(weights_only=True) "
+            f"refuses to run: nothing of it was executed.{refused_hint}"
+        ) from err
+    except Exception as err:
+        raise CheckpointMismatchError(f"cannot read {path} as a {what}: {err}") from err
+
+
+def _resave_weights_hint(path: Path) -> str:
     saved = path.with_name(f"{path.stem}_weights.pth")
     return (
-        f"{path} holds more than weights (it pickles {pickled}), which torch.load(weights_only=True) refuses to run. "
-        "If you trust the file, re-save its weights once and use the new file:\n"
+        " If you trust the file, re-save its weights once and use the new file:\n"
         f"  python -c \"import torch; c = torch.load({str(path)!r}, map_location='cpu', weights_only=False); "
         f"torch.save(c.get('model', c.get('state_dict', c)), {str(saved)!r})\""
     )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ class SamConfig:
     seed: int = 0  # draws the random weights when there is no checkpoint: every build of this config is the same SAM
 
     def __post_init__(self) -> None:
+        check_field_types(self, "sam")
         if self.variant not in SAM_VARIANTS:
             raise ValueError(f"sam.variant must be one of {SAM_VARIANTS}, got {self.variant!r}")
         if self.prompt_batch_size < 1:
@@ -66,8 +70,12 @@ class ClipConfig:
     # built in and always computes in, whatever the run's autocast ("float16": OpenAI's release, as RegionSpot).
     precision: str = "auto"
     seed: int = 0  # draws the random weights when there is no checkpoint: every build of this config is the same CLIP
+    # A folder for the text embeddings of each vocabulary (safetensors keyed by the text tower's weights and the
+    # names + templates): a large vocabulary (V3Det's 13k x 81 prompts) is embedded once, ever. None: memory only.
+    text_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self, "clip")
         for name, allowed in (
             ("templates", ("imagenet", "plain")),
             ("prompt_mean", PROMPT_MEANS),
@@ -92,6 +100,7 @@ class AdapterConfig:
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self, "adapter")
         if self.depth < 1 or self.num_heads < 1 or self.ffn_dim < 1:
             raise ValueError("adapter.depth, adapter.num_heads and adapter.ffn_dim must be positive")
         if not 0.0 <= self.dropout < 1.0:
@@ -119,6 +128,7 @@ class CaptionConfig:
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self, "caption")
         for name in ("depth", "width", "num_heads", "mlp_dim", "prefix_tokens", "num_beams"):
             if getattr(self, name) < 1:
                 raise ValueError(f"caption.{name} must be positive, got {getattr(self, name)}")
@@ -130,17 +140,62 @@ class CaptionConfig:
             self.token_ids = [int(i) for i in self.token_ids]
 
 
+LLM_TRAINING = ("frozen", "lora", "full")
+LLM_DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class VqaConfig:
+    """Region VQA: each region's condition projected into a causal LLM's prompt where a question names it."""
+
+    # A local folder holding a Hugging Face causal LM and its tokenizer (save_pretrained's layout); never downloaded.
+    llm: str = ""
+    tokens_per_region: int = 1  # LLM input embeddings per <regionK> (All-Seeing, Osprey: 1 per region)
+    # What of the LLM trains beside the projector: "frozen" (nothing: LLaVA's first stage, the default), "lora"
+    # (peft low-rank adapters on `lora_targets`) or "full" (every weight: only for a small LLM, such as the
+    # demo's stand-in, which starts random).
+    llm_training: str = "frozen"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    llm_dtype: str = "auto"  # "auto": as the folder's config says; "float32"; "bfloat16"
+    gradient_checkpointing: bool = False  # recompute the LLM's activations in backward: large LLMs on small GPUs
+    max_new_tokens: int = 32  # the answer length cap of generation
+    # Trained weights (`vqa.safetensors`, written beside the adapter's): the projector, and the LoRA or full LLM
+    # weights when those train; None = an untrained projector.
+    checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        check_field_types(self, "vqa")
+        if not self.llm:
+            raise ValueError("vqa.llm must name a local folder holding a causal LM and its tokenizer")
+        if self.llm_training not in LLM_TRAINING:
+            raise ValueError(f"vqa.llm_training must be one of {LLM_TRAINING}, got {self.llm_training!r}")
+        if self.llm_dtype not in LLM_DTYPES:
+            raise ValueError(f"vqa.llm_dtype must be one of {LLM_DTYPES}, got {self.llm_dtype!r}")
+        for name in ("tokens_per_region", "lora_rank", "lora_alpha", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"vqa.{name} must be positive, got {getattr(self, name)}")
+
+
 @dataclass
 class RegionSpotConfig:
-    """A whole model: which SAM, which CLIP, what adapter, and optionally a captioner on top."""
+    """A whole model: which SAM, which CLIP, what adapter, and optionally a captioner and a VQA head on top."""
 
     sam: SamConfig = field(default_factory=SamConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     caption: CaptionConfig | None = None  # None: a recogniser only
+    vqa: VqaConfig | None = None  # None: no question answering
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RegionSpotConfig:
+        """The config of a plain dict (a YAML's, a checkpoint's); unknown keys raise ValueError and wrong types
+        TypeError, each naming the key (`adapter.depth`)."""
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"a model config must be a mapping with sam/clip/adapter sections, got {type(data).__name__}"
+            )
         _check_keys(data, cls, "config")
         parts = {}
         for part in dataclasses.fields(cls):
@@ -168,17 +223,25 @@ class RegionSpotConfig:
         if not isinstance(data, dict):
             raise ValueError(f"model config {path} must be a mapping with sam/clip/adapter sections")
         config = cls.from_dict(data)
-        for section in (config.sam, config.clip, config.adapter, config.caption):
+        for section in (config.sam, config.clip, config.adapter, config.caption, config.vqa):
             if section is not None:
                 section.checkpoint = _next_to(path.parent, section.checkpoint)
+        if config.vqa is not None and (path.parent / config.vqa.llm).is_dir():  # found next to the YAML first
+            config.vqa.llm = str(path.parent / config.vqa.llm)
         return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {"sam": SamConfig, "clip": ClipConfig, "adapter": AdapterConfig, "caption": CaptionConfig}
-_OPTIONAL_SECTIONS = ("caption",)
+_SECTIONS = {
+    "sam": SamConfig,
+    "clip": ClipConfig,
+    "adapter": AdapterConfig,
+    "caption": CaptionConfig,
+    "vqa": VqaConfig,
+}
+_OPTIONAL_SECTIONS = ("caption", "vqa")
 
 
 def _next_to(folder: Path, checkpoint: str | None) -> str | None:
@@ -190,6 +253,53 @@ def _next_to(folder: Path, checkpoint: str | None) -> str | None:
     if checkpoint is None or Path(checkpoint).is_absolute() or not (folder / checkpoint).exists():
         return checkpoint
     return str(folder / checkpoint)
+
+
+def check_field_types(section: Any, where: str) -> None:
+    """Raise TypeError, naming `where`.field, unless every field of dataclass `section` has its annotated type.
+
+    YAML and the command line give any type anywhere (`depth: "two"`, `multimask: "false"`, a list for an int),
+    and a wrong one would otherwise fail later, unnamed, or not at all (a non-empty string is true). Bools are not
+    taken for numbers; ints are taken for floats (YAML writes `dropout: 0`).
+    """
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not _has_type(value, hints[f.name]):
+            raise TypeError(
+                f"{where}.{f.name} must be {_type_name(hints[f.name])}, got {value!r} ({type(value).__name__})"
+            )
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_has_type(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is int:
+        return isinstance(value, numbers.Integral)
+    if hint is float:
+        return isinstance(value, numbers.Real)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is list:
+        item = typing.get_args(hint)[0]
+        return f"a list of {_PLURALS.get(item, item.__name__)}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, hint.__name__)
+
+
+_PLURALS = {int: "integers", float: "numbers", str: "strings"}
 
 
 def _check_keys(data: dict[str, Any], cls: type, where: str) -> None:

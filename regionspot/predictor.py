@@ -6,7 +6,10 @@ Also `predict_everything` (SAM's automatic masks, each named) and `predict_image
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import numbers
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,20 @@ from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures, ImageEmbeddings, RegionSpot
 from regionspot.modeling.sam import sam_everything
 from regionspot.transforms import prepare_prompts, to_rgb_uint8
+
+
+@contextmanager
+def _attention_in_linear_memory() -> Iterator[None]:
+    """Run without nn.MultiheadAttention's inference fast path, which on the CPU builds each (N, N) attention
+    matrix in full: the adapter's self-attention over 10,000 regions then takes 800 MB a head (measured), where
+    the path through scaled_dot_product_attention takes a few MB and is faster. The switch is global, so it is
+    restored afterwards."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 @dataclass
@@ -65,13 +82,20 @@ class RegionSpotPredictor:
 
     @torch.no_grad()
     def set_image(self, image: Image.Image | np.ndarray | torch.Tensor) -> None:
-        """Embed `image` once with SAM and CLIP. See `to_rgb_uint8` for the accepted formats."""
+        """Embed `image` once with SAM and CLIP. See `to_rgb_uint8` for the accepted formats (a PIL image is
+        turned upright by its EXIF orientation first; prompts are then in that upright frame).
+
+        Raises:
+            ValueError: for an image `to_rgb_uint8` refuses, or one too thin for SAM (a side that its resize to
+                SAM's input would round to no pixel). A failed call leaves no image set.
+        """
         self._image, self._rgb = None, None  # a failed call leaves no stale image behind
         rgb = to_rgb_uint8(image)
         self._image = self.model.embed_images([self.model.preprocessor(rgb)])
         self._rgb = rgb
 
     @torch.no_grad()
+    @_attention_in_linear_memory()
     def predict(
         self,
         *,
@@ -96,6 +120,17 @@ class RegionSpotPredictor:
             activation: "softmax" over the vocabulary (RegionSpot's evaluation) or independent "sigmoid".
             return_all_scores: also return the (N, C) score matrix.
             caption: also describe each region in words (needs a model with a captioner: a `caption:` section).
+
+        Returns:
+            N predictions, one per region in the order given: labels and scores (N, min(top_k, C)), scores
+            finite in [0, 1], masks (N, H, W) of the image set.
+
+        Raises:
+            RuntimeError: before `set_image`. TypeError: for a vocabulary that is not a list of strings, a
+                top_k that is not an integer, or prompts that are not numbers. ValueError: for an empty
+                vocabulary, a blank or repeated name, top_k < 1, an unknown activation, caption without a
+                captioner, or prompts `prepare_prompts` refuses (boxes are clipped to the image; one with no
+                area left inside it, inverted, or NaN/infinite is refused by index, never dropped).
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict(...)")
@@ -117,6 +152,7 @@ class RegionSpotPredictor:
         )  # fmt: skip
 
     @torch.no_grad()
+    @_attention_in_linear_memory()
     def predict_images(
         self,
         images: Sequence[Image.Image | np.ndarray | torch.Tensor],
@@ -138,7 +174,16 @@ class RegionSpotPredictor:
             vocabulary, top_k, activation, return_all_scores, caption: as in `predict` (the captions of all the
                 batch's regions are decoded together).
             batch_size: images embedded at once (bounds memory).
+
+        Raises:
+            TypeError: if images or boxes are not lists (one per image), or batch_size is not an integer; and as
+                `predict`. ValueError: as `set_image` and `predict`, or for unequal counts of images and box sets.
         """
+        for name, value in (("images", images), ("boxes", boxes)):
+            if not isinstance(value, list | tuple):  # an array's rows would be taken for images
+                raise TypeError(f"{name} must be a list with one entry per image, got {type(value).__name__}")
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool):
+            raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box sets: give one (N_i, 4) array per image")
         if batch_size < 1:
@@ -187,10 +232,14 @@ class RegionSpotPredictor:
             vocabulary, top_k, activation, return_all_scores, caption: as in `predict`.
             points_per_side, pred_iou_thresh, stability_score_thresh: SamAutomaticMaskGenerator's settings
                 (its defaults).
+
+        Raises:
+            RuntimeError, TypeError, ValueError: as `predict`; ValueError also for points_per_side < 1.
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict_everything(...)")
         vocabulary = _check_request(vocabulary, top_k, activation)
+        _check_integer(points_per_side, name="points_per_side")
         self._check_captioner(caption)
         generator = SamAutomaticMaskGenerator(
             self.model.sam.sam,
@@ -241,6 +290,50 @@ class RegionSpotPredictor:
             captions=captions,
         )
 
+    @torch.no_grad()
+    def ask(
+        self,
+        question: str | Sequence[str],
+        *,
+        boxes: np.ndarray | torch.Tensor,
+        history: Sequence[tuple[str, str]] = (),
+        max_new_tokens: int | None = None,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> str | list[str]:
+        """Answer a question about regions of the image set: "what is <region1> holding?", `<regionK>` being
+        boxes[K - 1]. Several questions (a list) about the same boxes are answered together.
+
+        Args:
+            question: one question, or a list of them.
+            boxes: (N, 4) x1, y1, x2, y2 in the image's pixels (clipped to it), the regions the tags name.
+            history: earlier (question, answer) turns of the conversation, read before each question.
+            max_new_tokens, do_sample, temperature, top_p: the LLM's generation (greedy by default).
+
+        Returns:
+            The answer (a list of answers for a list of questions).
+
+        Raises:
+            RuntimeError: before `set_image`. ValueError: a model without a VQA head (a `vqa:` section), an empty
+                question, a tag naming a region not given (`<region3>` with two boxes), or boxes `prepare_prompts`
+                refuses.
+        """
+        if self._image is None:
+            raise RuntimeError("call set_image(image) before ask(...)")
+        questions = [question] if isinstance(question, str) else list(question)
+        if not questions:
+            raise ValueError("ask needs a question")
+        image = self._image.images[0]
+        prompts, _ = prepare_prompts(self.model.sam, image_size=image.original_size, boxes=boxes)
+        frozen = self.model.decode_regions(self._image, [prompts])[0]
+        conversations = [[*history, (q, None)] for q in questions]
+        answers = self.model.answer(
+            [frozen] * len(questions), conversations, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature, top_p=top_p,
+        )  # fmt: skip
+        return answers[0] if isinstance(question, str) else answers
+
     def _check_captioner(self, caption: bool) -> None:
         if caption and self.model.caption_decoder is None:
             raise ValueError(
@@ -254,11 +347,32 @@ def _check_request(vocabulary: Sequence[str], top_k: int, activation: str) -> li
         raise ValueError(
             f"vocabulary must be a list of class names, got the string {vocabulary!r}; use [{vocabulary!r}]"
         )
-    if activation not in ACTIVATIONS:
+    if isinstance(vocabulary, bytes) or not isinstance(vocabulary, Iterable):
+        raise TypeError(f"vocabulary must be a list of class names, got {type(vocabulary).__name__}")
+    vocabulary = list(vocabulary)
+    not_strings = [name for name in vocabulary if not isinstance(name, str)]
+    if not_strings:
+        raise TypeError(f"class names must be strings, got {not_strings[:5]!r}")
+    if not vocabulary:
+        raise ValueError("the vocabulary is empty: give at least one class name")
+    blank = [name for name in vocabulary if not name.strip()]
+    if blank:
+        raise ValueError(f"class names must be non-empty strings, got {blank[:5]!r}")
+    repeated = [name for name, count in Counter(vocabulary).items() if count > 1]
+    if repeated:  # a repeated name would split its class's softmax share between its copies
+        raise ValueError(f"the vocabulary names {repeated[:5]!r} more than once: give each class once")
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    return list(vocabulary)
+    _check_integer(top_k, name="top_k")
+    return vocabulary
+
+
+def _check_integer(value: int, *, name: str) -> None:
+    """TypeError unless `value` is an integer (not a bool), ValueError unless it is at least 1."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def _no_regions(

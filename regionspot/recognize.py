@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from regionspot import RegionSpotPredictor, build_regionspot
+from regionspot.predictor import RegionPredictions
+from regionspot.transforms import load_image
+from regionspot.visualize import draw_regions
 
 _ASTRONAUT_BOXES = [[140, 20, 330, 240], [0, 0, 512, 512], [350, 20, 500, 250], [100, 300, 420, 512]]
 _ASTRONAUT_VOCABULARY = "person,face,flag,rocket,spacesuit,helmet,dog,car,sky"
@@ -28,25 +31,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocabulary", default=_ASTRONAUT_VOCABULARY, help="comma-separated class names")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--caption", action="store_true", help="also caption each region (a model with a captioner)")
+    parser.add_argument("--draw", metavar="OUT.png", help="also write a picture of the boxes, masks and names")
     args = parser.parse_args(argv)
 
-    if args.image is None:
-        from skimage import data
-
-        image, boxes = data.astronaut(), _ASTRONAUT_BOXES
-    else:
-        image, boxes = np.array(Image.open(args.image).convert("RGB")), None
+    boxes = _ASTRONAUT_BOXES if args.image is None else None
     if args.boxes is not None:
-        boxes = json.loads(args.boxes)
+        try:
+            boxes = json.loads(args.boxes)
+        except json.JSONDecodeError as err:
+            parser.error(f"--boxes is not JSON: {err}")
     if boxes is None:
         parser.error("--boxes is required with --image")
-
-    predictor = RegionSpotPredictor(build_regionspot(args.config))
-    predictor.set_image(image)
     vocabulary = [name.strip() for name in args.vocabulary.split(",") if name.strip()]
+    # Every refusal (a missing or unreadable file, a bad config, image, box or vocabulary, --caption with a
+    # model that has no captioner) is one line that says what to do, not a traceback.
     try:
+        if args.image is None:
+            from skimage import data
+
+            image = data.astronaut()
+        else:
+            image = load_image(args.image)  # upright by its EXIF orientation, as the predictor takes a PIL image
+        predictor = RegionSpotPredictor(build_regionspot(args.config))
+        predictor.set_image(image)
         result = predictor.predict(boxes=boxes, vocabulary=vocabulary, top_k=args.top_k, caption=args.caption)
-    except ValueError as err:  # e.g. --caption with a model that has no captioner: the message says what to do
+    except (OSError, ValueError, TypeError) as err:
         raise SystemExit(f"error: {err}") from err
     for region in result.to_list():
         named = ", ".join(
@@ -54,6 +63,28 @@ def main(argv: list[str] | None = None) -> None:
         )
         said = f'  "{region["caption"]}"' if "caption" in region else ""
         print(f"box {[round(v) for v in region['box']]}  mask {int(region['mask'].sum())} px  ->  {named}{said}")
+    if args.draw is not None:
+        _draw(image, result, args.draw, vocabulary_size=len(vocabulary))
+
+
+def _draw(image: np.ndarray, result: RegionPredictions, out_file: str, *, vocabulary_size: int) -> None:
+    """Write the picture `--draw` asks for: each box with SAM's mask, its top name, score and caption."""
+    legend = [
+        (None, f"After each name: its probability among the {vocabulary_size} names."),
+        (None, "Tinted, outlined: SAM's mask from the box."),
+    ]
+    picture = draw_regions(
+        image,
+        boxes=result.boxes,
+        labels=[labels[0] for labels in result.labels],
+        scores=result.scores[:, 0],
+        captions=result.captions,
+        masks=result.masks,
+        legend=legend,
+    )
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    picture.save(out_file)
+    print(f"picture: {out_file}")
 
 
 if __name__ == "__main__":

@@ -5,28 +5,42 @@ Every check here raises ValueError with a message a user can act on, so that not
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from regionspot.boxes import clip_to_image, has_area
 from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
 
 # A binary mask prompt becomes SAM logits of +-9.2 (logit of 1e-4): confident, like SAM's own outputs.
 _MASK_PROB_CLAMP = 1e-4
+# PIL modes of more than 8 bits a sample (besides the I;16 family), which convert("RGB") would clip to 255.
+_WIDE_PIL_MODES = ("I", "F")
 
 
 def to_rgb_uint8(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     """Any supported image -> (H, W, 3) uint8 RGB.
 
     Accepts PIL images; numpy arrays (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); tensors (H, W) or
-    (C, H, W) with C in 1, 3, 4. Integers must be uint8; floats must lie in [0, 1]; alpha is dropped.
+    (C, H, W) with C in 1, 3, 4. Integers must be uint8; floats must lie in [0, 1]; bools are black and
+    white; alpha is dropped. A PIL image is first turned upright by its EXIF orientation, as viewers (and
+    cv2.imread, which SAM's examples use) show it, so that prompts drawn on what one sees fit; one with more
+    than 8 bits a sample (modes I;16, I, F) is read as its array, under the rules for arrays, rather than
+    clipped to 255 by PIL's conversion.
+
+    Raises:
+        ValueError: for anything else (another type, shape or dtype; no pixels; NaN, infinite or out-of-range
+            floats; a PIL image whose file cannot be decoded).
     """
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
+        return _pil_to_rgb_uint8(image)
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu()
+        if array.dtype == torch.bfloat16:  # numpy has no bfloat16
+            array = array.float()
         if array.ndim == 3:
             array = array.permute(1, 2, 0)
         array = array.numpy()
@@ -49,6 +63,33 @@ def to_rgb_uint8(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(array[:, :, :3])
 
 
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB, upright by its EXIF orientation (see `to_rgb_uint8`).
+
+    Raises:
+        FileNotFoundError: if there is no such file. ValueError: naming the file, if it cannot be decoded as an
+            image (corrupt, truncated, not an image, or a decompression bomb: more pixels than PIL allows).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return to_rgb_uint8(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def _pil_to_rgb_uint8(image: Image.Image) -> np.ndarray:
+    try:
+        upright = ImageOps.exif_transpose(image)
+        if image.mode in _WIDE_PIL_MODES or image.mode.startswith("I;16"):
+            return to_rgb_uint8(np.asarray(upright))
+        return np.array(upright.convert("RGB"))
+    except (OSError, SyntaxError) as err:  # a lazily opened file is decoded only now: truncated, corrupt
+        raise ValueError(f"cannot decode the image: {err}") from err
+
+
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
@@ -63,13 +104,20 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
                 "divide by 255 or pass uint8"
             )
         return np.round(array * 255).astype(np.uint8)
-    raise ValueError(f"image dtype {array.dtype} is not supported: use uint8 or float in [0, 1]")
+    raise ValueError(f"image dtype {array.dtype.name} is not supported: use uint8 or float in [0, 1]")
 
 
 def clip_boxes(boxes: np.ndarray | torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """(N, 4) xyxy boxes in pixels -> float tensor clipped to the image; degenerate or non-finite boxes raise."""
-    boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32) if not torch.is_tensor(boxes) else boxes)
-    boxes = boxes.detach().cpu().float()
+    """(N, 4) xyxy boxes in pixels -> float tensor clipped to the image.
+
+    A box partly outside the image is clipped to it; one left with no area inside it (wholly outside, inverted
+    with x2 <= x1 or y2 <= y1, or degenerate) is refused, as is one with a NaN or infinite coordinate: a box is
+    never silently dropped or reordered, so that results stay one per box given.
+
+    Raises:
+        TypeError: if the boxes are not numbers. ValueError: for another shape, or the boxes above, naming them.
+    """
+    boxes = _numbers(boxes, name="boxes").float()
     if boxes.ndim == 1 and boxes.shape[0] == 4:
         boxes = boxes[None]
     if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -107,6 +155,11 @@ def prepare_prompts(
 
     Returns:
         The prompts in SAM's frame, and the clipped boxes in original pixels (None without boxes).
+
+    Raises:
+        TypeError: if a prompt is not numbers. ValueError: for a wrong shape; a box refused by `clip_boxes`; a
+            point outside the image or not finite; a label not 0 or 1; a mask not binary or not the image's size;
+            labels without points; no prompt, or none for any region; prompts that disagree on the region count.
     """
     device = encoder.sam.device
     clipped = None if boxes is None else clip_boxes(boxes, image_size)
@@ -128,8 +181,24 @@ def prepare_prompts(
     return SamPrompts(sam_boxes, sam_points, sam_labels, mask_logits), clipped
 
 
+def _numbers(values: np.ndarray | torch.Tensor, *, name: str) -> torch.Tensor:
+    """A prompt as a CPU tensor of its own (bool, integer or float) dtype, or TypeError naming it (strings,
+    None, objects); ragged nesting is a ValueError, the shape being wrong."""
+    if not torch.is_tensor(values):
+        try:
+            values = np.asarray(values)
+        except ValueError as err:  # numpy refuses ragged nesting
+            raise ValueError(f"{name} must be a rectangular array of numbers: {err}") from None
+        if values.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must be numbers, got an array of dtype {values.dtype.name}")
+        values = torch.from_numpy(values if values.flags.writeable else values.copy())  # torch warns on read-only
+    if values.is_complex():
+        raise TypeError(f"{name} must be real numbers, got dtype {values.dtype}")
+    return values.detach().cpu()
+
+
 def _prepare_points(encoder, points, point_labels, image_size) -> tuple[torch.Tensor, torch.Tensor]:
-    points = torch.as_tensor(np.asarray(points, dtype=np.float32) if not torch.is_tensor(points) else points).float()
+    points = _numbers(points, name="points").float()
     if points.ndim != 3 or points.shape[2] != 2 or points.shape[1] == 0:
         raise ValueError(
             f"points must have shape (N regions, P >= 1 points, 2) as x, y in pixels, got {tuple(points.shape)}; "
@@ -145,7 +214,7 @@ def _prepare_points(encoder, points, point_labels, image_size) -> tuple[torch.Te
     if point_labels is None:
         labels = torch.ones(points.shape[:2])
     else:
-        labels = torch.as_tensor(np.asarray(point_labels) if not torch.is_tensor(point_labels) else point_labels)
+        labels = _numbers(point_labels, name="point_labels")
         if labels.shape != points.shape[:2]:
             raise ValueError(f"point_labels must have shape {tuple(points.shape[:2])}, got {tuple(labels.shape)}")
         if not ((labels == 0) | (labels == 1)).all():
@@ -155,7 +224,7 @@ def _prepare_points(encoder, points, point_labels, image_size) -> tuple[torch.Te
 
 
 def _mask_logits(encoder: SamRegionEncoder, masks, image_size: tuple[int, int]) -> torch.Tensor:
-    masks = torch.as_tensor(np.asarray(masks) if not torch.is_tensor(masks) else masks)
+    masks = _numbers(masks, name="masks")
     if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(image_size):
         height, width = image_size
         raise ValueError(f"masks must have shape (N, {height}, {width}) like the image, got {tuple(masks.shape)}")

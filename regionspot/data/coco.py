@@ -7,6 +7,7 @@ offending entry, so that a wrong path or format fails before any model runs.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,15 +19,16 @@ def read_json(path: str | Path, *, what: str) -> Any:
     """The parsed JSON of `path`; `what` ("annotation file", ...) names it in the errors.
 
     Raises:
-        FileNotFoundError: if there is no such file. ValueError: if it is not valid JSON.
+        FileNotFoundError: if there is no such file. ValueError: if it is not valid JSON (truncated, binary,
+            or nested too deep for Python's parser).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what} {path} is not valid JSON: {err}") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{what} {path} is not valid JSON: {err or 'nested too deep'}") from err
 
 
 def load_annotations(path: str | Path) -> dict[str, Any]:
@@ -49,22 +51,67 @@ def image_file_name(image: dict[str, Any]) -> str:
     raise ValueError(f"image {image.get('id')} has neither 'file_name' nor 'coco_url': the file cannot be found")
 
 
+# What each entry of a COCO/LVIS file needs: these fields, with ids that can key a lookup (categories are ordered
+# by theirs, so only ints there) and a category name that is a string. Boxes are checked where they are read.
+_REQUIRED_FIELDS = {
+    "images": ("id",),
+    "categories": ("id", "name"),
+    "annotations": ("id", "image_id", "category_id", "bbox"),
+}
+_FIELD_TYPES = {
+    "images": {"id": (int, str)},
+    "categories": {"id": (int,), "name": (str,)},
+    "annotations": {"id": (int, str), "image_id": (int, str), "category_id": (int,)},
+}
+_ENTRY_KINDS = {"images": "image", "categories": "category", "annotations": "annotation"}
+
+
 def check_annotations(data: Any, *, source: str = "annotations") -> None:
     """Raise ValueError unless `data` has images, annotations and categories as COCO/LVIS define them."""
+    check_annotation_lists(data, source=source)
+    for key in _REQUIRED_FIELDS:
+        for i, entry in enumerate(data[key]):
+            problem = _entry_problem(key, entry)
+            if problem:
+                raise ValueError(f"{source}: {key}[{i}] {problem}")
+
+
+def check_annotation_lists(data: Any, *, source: str) -> None:
+    """Raise ValueError, naming `source`, unless `data` is an object with lists of images, annotations and
+    categories: what a file must be for any of it to be read."""
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a JSON object with images, annotations and categories")
-    missing = [key for key in ("images", "annotations", "categories") if not isinstance(data.get(key), list)]
+    missing = [key for key in _REQUIRED_FIELDS if not isinstance(data.get(key), list)]
     if missing:
         raise ValueError(f"{source}: missing or non-list key(s) {missing}")
-    for key, fields in (
-        ("images", ("id",)),
-        ("categories", ("id", "name")),
-        ("annotations", ("id", "image_id", "category_id", "bbox")),
-    ):
-        for i, entry in enumerate(data[key]):
-            absent = [f for f in fields if not isinstance(entry, dict) or f not in entry]
-            if absent:
-                raise ValueError(f"{source}: {key}[{i}] lacks {absent}")
+
+
+def drop_malformed(data: dict[str, Any], skipped: Counter) -> dict[str, Any]:
+    """`data` (checked by `check_annotation_lists`) without the entries `check_annotations` would refuse, each
+    counted in `skipped` ("malformed_image", "malformed_category", "malformed_annotation"): a training set
+    loses the bad rows of a stranger's file, not the run, and what it keeps is valid ground truth to score on."""
+    kept = dict(data)
+    for key, kind in _ENTRY_KINDS.items():
+        kept[key] = [entry for entry in data[key] if _entry_problem(key, entry) is None]
+        if len(kept[key]) < len(data[key]):
+            skipped[f"malformed_{kind}"] += len(data[key]) - len(kept[key])
+    return kept
+
+
+def _entry_problem(key: str, entry: Any) -> str | None:
+    """What is wrong with one entry of `data[key]`, or None."""
+    absent = [f for f in _REQUIRED_FIELDS[key] if not isinstance(entry, dict) or f not in entry]
+    if absent:
+        return f"lacks {absent}"
+    for field, allowed in _FIELD_TYPES[key].items():
+        value = entry[field]
+        if isinstance(value, bool) or not isinstance(value, allowed):  # JSON true is no id
+            return f"has {field} {value!r} of type {type(value).__name__}"
+    if key == "images":
+        sizes = [entry.get(side) for side in ("width", "height")]
+        if any(v is not None and (isinstance(v, bool) or not isinstance(v, int | float)) for v in sizes):
+            return f"has width/height {sizes}, not numbers"
+    return None
 
 
 def is_lvis(data: dict[str, Any]) -> bool:
