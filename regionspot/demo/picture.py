@@ -1,5 +1,5 @@
-"""A picture of what the model says: test images with each ground-truth box, its predicted label and score, and
-its caption when there is one."""
+"""A picture of what the model says: test images with each ground-truth box, SAM's mask from it, its predicted
+name and score, and its caption when there is one, drawn by `regionspot.visualize`."""
 
 from __future__ import annotations
 
@@ -7,20 +7,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
 
-_RIGHT = (40, 200, 60)
-_WRONG = (230, 40, 40)
+from regionspot.boxes import xywh_to_xyxy
+from regionspot.evaluation.top1 import best_label_per_box, box_key
+from regionspot.visualize import CAPTION_TEXT, PAPER, RIGHT, WRONG, draw_legend, draw_regions, stack_vertically
 
-
-def best_label_per_box(detections: Sequence[dict[str, Any]]) -> dict[tuple[int, tuple[float, ...]], dict[str, Any]]:
-    """(image id, rounded xywh box) -> that region's highest-scoring detection."""
-    best: dict[tuple[int, tuple[float, ...]], dict[str, Any]] = {}
-    for det in detections:
-        key = (det["image_id"], tuple(round(v, 1) for v in det["bbox"]))
-        if key not in best or det["score"] > best[key]["score"]:
-            best[key] = det
-    return best
+TILE_GAP = 8  # pixels of paper between the images of the sheet
 
 
 def draw_predictions(
@@ -31,14 +26,16 @@ def draw_predictions(
     out_file: str | Path,
     captions: Mapping[str, str] | None = None,
     num_images: int = 6,
-    scale: int = 3,
+    min_size: int = 512,
     columns: int = 3,
 ) -> Path:
-    """Draw the first `num_images` images of `gt` with every GT box labelled by its top prediction.
+    """Draw the first `num_images` annotated images of `gt`, every GT box labelled by its top detection.
 
-    A label is green when the top class is the box's true class and red (with the truth after "/")
-    when it is not; a box's caption (`captions`, keyed by annotation id as a string) is written in white
-    under its label. Images are enlarged `scale` times so that the labels stay readable.
+    A label is green when the top class is the box's true class and red, with the truth under it, when it is
+    not; SAM's mask of the box (the detection's segmentation, when the detections hold one) is outlined in the
+    same colour; a box's caption (`captions`, keyed by annotation id as a string) is written under its name.
+    Images are enlarged until their short side has `min_size` pixels so that the labels stay readable; a
+    legend under them says what the colours and numbers mean.
     """
     names = {cat["id"]: cat["name"].replace("_", " ") for cat in gt["categories"]}
     best = best_label_per_box(detections)
@@ -49,46 +46,68 @@ def draw_predictions(
     images = images[:num_images]
     if not images:
         raise ValueError("the ground truth has no annotated image to draw")
-    font = ImageFont.load_default(size=11)
-    said = captions or {}
-    tiles = [
-        _draw_one(img, boxes_by_image[img["id"]], best, names, said, Path(image_dir), scale, font) for img in images
+    shown = [
+        (ann, best.get(box_key(ann["image_id"], ann["bbox"]))) for img in images for ann in boxes_by_image[img["id"]]
     ]
-    width, height = tiles[0].size
-    rows = -(-len(tiles) // columns)
-    sheet = Image.new("RGB", (width * min(columns, len(tiles)), height * rows), "white")
-    for i, tile in enumerate(tiles):
-        sheet.paste(tile, ((i % columns) * width, (i // columns) * height))
+    tiles = [
+        _draw_one(Path(image_dir) / img["file_name"], boxes_by_image[img["id"]], best, names, captions or {}, min_size)
+        for img in images
+    ]
+    right = sum(det is not None and det["category_id"] == ann["category_id"] for ann, det in shown)
+    legend = [
+        (None, f"Each box: the model's top name among the {len(names)} and its probability."),
+        (RIGHT, "right"),
+        (WRONG, "wrong (the true name under it)"),
+        *([(CAPTION_TEXT, "the region's caption")] if captions else []),
+        (None, "thick outline: SAM's mask from the box."),
+        (None, f"Shown: {right} of {len(shown)} right."),
+    ]
+    sheet = _grid(tiles, columns)
+    sheet = stack_vertically([sheet, draw_legend(legend, width=sheet.width, font_size=15)])
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out_file)
     return out_file
 
 
-def _draw_one(image_record, annotations, best, names, captions, image_dir: Path, scale: int, font) -> Image.Image:
-    with Image.open(image_dir / image_record["file_name"]) as raw:
-        image = raw.convert("RGB")
-    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    draw = ImageDraw.Draw(image)
-    for ann in annotations:
-        x, y, w, h = (v * scale for v in ann["bbox"])
-        det = best.get((image_record["id"], tuple(round(v, 1) for v in ann["bbox"])))
-        right = det is not None and det["category_id"] == ann["category_id"]
-        colour = _RIGHT if right else _WRONG
-        if det is None:
-            text = f"? / {names[ann['category_id']]}"
-        else:
-            text = f"{names[det['category_id']]} {det['score']:.2f}"
-            if not right:
-                text += f" / {names[ann['category_id']]}"
-        draw.rectangle((x, y, x + w, y + h), outline=colour, width=2)
-        left, top, right_edge, bottom = draw.textbbox((x + 2, y + 2), text, font=font)
-        draw.rectangle((left - 1, top - 1, right_edge + 1, bottom + 1), fill=(0, 0, 0))
-        draw.text((x + 2, y + 2), text, fill=colour, font=font)
-        caption = captions.get(str(ann["id"]))
-        if caption:
-            below = (x + 2, bottom + 2)
-            left, top, right_edge, bottom = draw.textbbox(below, caption, font=font)
-            draw.rectangle((left - 1, top - 1, right_edge + 1, bottom + 1), fill=(0, 0, 0))
-            draw.text(below, caption, fill=(255, 255, 255), font=font)
-    return image
+def _draw_one(
+    image_file: Path,
+    annotations: list[dict[str, Any]],
+    best: Mapping[tuple[int, tuple[float, ...]], dict[str, Any]],
+    names: Mapping[int, str],
+    captions: Mapping[str, str],
+    min_size: int,
+) -> Image.Image:
+    with Image.open(image_file) as raw:
+        image = np.array(raw.convert("RGB"))
+    dets = [best.get(box_key(ann["image_id"], ann["bbox"])) for ann in annotations]
+    with_masks = all(det is not None and "segmentation" in det for det in dets)
+    return draw_regions(
+        image,
+        boxes=xywh_to_xyxy(np.array([ann["bbox"] for ann in annotations], dtype=np.float64)),
+        labels=["?" if det is None else names[det["category_id"]] for det in dets],
+        scores=[0.0 if det is None else det["score"] for det in dets],
+        truths=[names[ann["category_id"]] for ann in annotations],
+        captions=[captions.get(str(ann["id"]), "") for ann in annotations] if captions else None,
+        masks=np.stack([mask_utils.decode(det["segmentation"]) for det in dets]) if with_masks else None,
+        min_size=min_size,
+        mask_alpha=0.0,  # outlines only: a tint would change the colours the names are about
+        legend=False,
+    )
+
+
+def _grid(tiles: Sequence[Image.Image], columns: int) -> Image.Image:
+    """Tiles in rows of `columns`, each row as tall as its tallest tile, `TILE_GAP` pixels apart."""
+    columns = min(columns, len(tiles))
+    rows = [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
+    width = max(t.width for t in tiles)
+    heights = [max(t.height for t in row) for row in rows]
+    sheet = Image.new(
+        "RGB", (columns * width + (columns - 1) * TILE_GAP, sum(heights) + (len(rows) - 1) * TILE_GAP), PAPER
+    )
+    y = 0
+    for row, height in zip(rows, heights, strict=True):
+        for k, tile in enumerate(row):
+            sheet.paste(tile, (k * (width + TILE_GAP), y))
+        y += height + TILE_GAP
+    return sheet
