@@ -1,7 +1,8 @@
 """Training augmentations on (image, boxes): horizontal flip, multi-scale resize, random crop.
 
 Every geometric change is applied to the boxes too, so a box always covers the same pixels, and to the
-boxes' captions where it changes what they say (a flip swaps left and right).
+boxes' captions where it changes what they say (a flip swaps left and right). Region-QA samples take
+`augment_keeping_boxes`: their questions name boxes by place, so nothing may crop one away.
 Images are (H, W, 3) uint8 arrays and boxes (N, 4) float32 x1, y1, x2, y2 in pixels.
 """
 
@@ -131,14 +132,8 @@ def augment(
         (image, boxes (M, 4), labels (M,), captions (M) or None) of the M <= N boxes kept; a flip mirrors the
         captions' "left" and "right", since a caption that kept them would describe the wrong side.
     """
-    out_captions = None if captions is None else list(captions)
-    if rng.random() < config.flip_prob:
-        image, boxes = hflip(image, boxes)
-        if out_captions is not None:
-            out_captions = [mirror_left_right(caption) for caption in out_captions]
-    if config.short_edges:
-        short_edge = int(config.short_edges[rng.integers(len(config.short_edges))])
-        image, boxes = resize_short_edge(image, boxes, short_edge, config.max_size)
+    image, boxes, flipped = _flip_and_resize(image, boxes, rng, config)
+    out_captions = None if captions is None else [mirror_left_right(c) if flipped else c for c in captions]
     if rng.random() < config.crop_prob:
         image, boxes, keep = random_crop(
             image, boxes, rng, min_scale=config.crop_min_scale, min_box_size=config.min_box_size
@@ -147,3 +142,46 @@ def augment(
         if out_captions is not None:
             out_captions = [out_captions[i] for i in keep]
     return image, boxes, labels, out_captions
+
+
+def augment_keeping_boxes(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    rng: np.random.Generator,
+    config: AugmentConfig,
+    *,
+    conversation: Sequence[tuple[str, str]],
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Flip and resize as `augment` does, but never crop: every box stays, in its order.
+
+    A region-QA conversation names its boxes by place (`<region2>` is the second box), so a crop that cut one
+    away would leave a question about a region that is gone, or renumber the rest.
+
+    Args:
+        image: (H, W, 3) uint8.
+        boxes: (N, 4) float32 x1, y1, x2, y2 in pixels.
+        rng: draws every random choice.
+        config: the flip and resize settings (its crop settings are not used).
+        conversation: (question, answer) turns about the boxes.
+
+    Returns:
+        (image, boxes (N, 4), turns); a flip mirrors "left" and "right" in questions and answers alike, so that
+        "is <region1> left of <region2>?" asks, of the mirrored image, what its answer still says.
+    """
+    image, boxes, flipped = _flip_and_resize(image, boxes, rng, config)
+    if flipped:
+        return image, boxes, [(mirror_left_right(q), mirror_left_right(a)) for q, a in conversation]
+    return image, boxes, list(conversation)
+
+
+def _flip_and_resize(
+    image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator, config: AugmentConfig
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Maybe flip, then resize the shortest edge to a random scale; returns (image, boxes, whether it flipped)."""
+    flipped = bool(rng.random() < config.flip_prob)
+    if flipped:
+        image, boxes = hflip(image, boxes)
+    if config.short_edges:
+        short_edge = int(config.short_edges[rng.integers(len(config.short_edges))])
+        image, boxes = resize_short_edge(image, boxes, short_edge, config.max_size)
+    return image, boxes, flipped

@@ -3,15 +3,20 @@
 Both become a `DetectionDataset`: a list of image records (boxes as x1, y1, x2, y2 pixels, labels as
 indices into the data set's own vocabulary, its class names as stored: the model reads them its own way,
 `regionspot.vocabulary.read_class_names`). Region-caption sets (`DatasetConfig.captions`, their own
-formats in `regionspot.data.captions`) take the same path, with a caption and a region key per box.
-Bad entries never stop training: annotations and images that cannot be used are skipped and counted,
-by reason, in `DetectionDataset.skipped` (while indexing) or in a sample's "skipped" field (while
-reading, e.g. an unreadable image file).
+formats in `regionspot.data.captions`) take the same path, with a caption and a region key per box; so do
+region-QA sets (`DatasetConfig.questions`, `regionspot.data.region_qa`), one conversation per image about
+its numbered boxes.
+Bad entries never stop training: annotations and images that cannot be used (malformed entries of the
+JSON, boxes outside their image, corrupt or truncated image files, decompression bombs) are skipped and
+counted, by reason, in `DetectionDataset.skipped` (while indexing) or in a sample's "skipped" field (while
+reading: "unreadable_image", "image_too_large"). Only a file that cannot be read as a whole (not JSON, or
+not an object with images, annotations and categories) is an error, naming it.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,8 +30,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from regionspot.boxes import clip_to_image, has_area, xywh_to_xyxy
-from regionspot.data.augment import AugmentConfig, augment
-from regionspot.data.coco import image_file_name, load_annotations
+from regionspot.data.augment import AugmentConfig, augment, augment_keeping_boxes
+from regionspot.data.coco import check_annotation_lists, drop_malformed, image_file_name, read_json
 from regionspot.vocabulary import category_names
 
 log = logging.getLogger(__name__)
@@ -52,10 +57,17 @@ class DatasetConfig:
     # Read one caption per box (an annotation's "caption", VG's "phrase"); boxes without one are skipped.
     # Categories become optional: a box without a known one gets label -1 (a captions-only set such as VG).
     captions: bool = False
+    # Read a region-QA file or table (regionspot.data.region_qa): one item per conversation, its boxes exactly
+    # the record's regions in order (<region1> = the first). No classes (labels -1); max_regions and crops
+    # never apply to such an item, since dropping a box would renumber the regions its questions name.
+    questions: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.captions, bool):  # a YAML string such as "false" would read as true
-            raise ValueError(f"captions must be true or false, got {self.captions!r}")
+        for flag in ("captions", "questions"):  # a YAML string such as "false" would read as true
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
+        if self.questions and (self.captions or self.toy):
+            raise ValueError("a region-QA data set (questions: true) is neither a caption set nor a toy set")
         if (self.ann_file is None) == (self.hf_path is None):
             raise ValueError("a data set needs either ann_file (with image_dir) or hf_path, not both")
         if self.ann_file is not None and self.image_dir is None:
@@ -78,6 +90,9 @@ class ImageRecord:
     labels: np.ndarray  # (N,) int64 indices into the vocabulary; -1: a box with a caption but no known class
     captions: list[str] | None = None  # N captions, one per box in the same order (caption data sets)
     region_keys: list[str] | None = None  # N keys, one per box: what its caption is scored under
+    # (question, answer) turns about the boxes, <regionK> naming boxes[K - 1] (region-QA data sets)
+    conversation: list[tuple[str, str]] | None = None
+    question_types: list[str] | None = None  # one name per turn, where the source names them (for scoring by type)
 
 
 # One box of an image while indexing: (4,) x1, y1, x2, y2, label, caption and region key (None: no captions).
@@ -118,7 +133,10 @@ class DetectionDataset(Dataset):
     of regions, so a batch sampler that hands out seeds makes every epoch reproducible. An item is a dict
     of "image" ((H, W, 3) uint8 numpy), "boxes" ((N, 4) float32 tensor), "labels" ((N,) int64 tensor),
     "image_id", "dataset" and, when the records have them, "captions" and "region_keys" (N each, in the
-    boxes' order); or {"skipped": reason, "dataset"} for an image that cannot be used.
+    boxes' order) or "conversation" (a region-QA set: (question, answer) string pairs, with every box of the
+    record in its order, however many `max_regions` allows, never cropped; and "question_types", one name per
+    turn, where the source has them); or {"skipped": reason, "dataset"}
+    for an image that cannot be used ("region_outside_image": a QA box that lies off its decoded image).
 
     Args:
         name: the data set's name (batches carry it; its vocabulary is looked up by it).
@@ -128,7 +146,8 @@ class DetectionDataset(Dataset):
         records: the usable images.
         read_image: source -> PIL image (raises on unreadable files).
         augment_config: training augmentations, or None (validation).
-        max_regions: at most this many boxes per image (a random subset), or None for all.
+        max_regions: at most this many boxes per image (a random subset), or None for all; a region-QA record
+            always keeps all its boxes.
         skipped: counts of what indexing skipped, by reason.
         ground_truth: the COCO/LVIS(-style) annotation dict (for scoring), if the source has one.
     """
@@ -165,13 +184,18 @@ class DetectionDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, key)
         record = self.records[index]
         try:
-            image = np.array(self.read_image(record.source).convert("RGB"))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            image = _decode(self.read_image, record.source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            log.warning("skipping image %s of data set %s: %s", record.source, self.name, err)
+            return {"skipped": "image_too_large", "dataset": self.name}
+        except (OSError, ValueError, SyntaxError) as err:
             log.warning("skipping unreadable image %s of data set %s: %s", record.source, self.name, err)
             return {"skipped": "unreadable_image", "dataset": self.name}
         boxes, kept = _boxes_inside(record.boxes, image.shape[:2])  # kept: the record's indices of the boxes
         if len(boxes) == 0:
             return {"skipped": "no_box_inside_image", "dataset": self.name}
+        if record.conversation is not None:
+            return self._conversation_sample(record, image, boxes, seed)
         captions = _pick(record.captions, kept)
         rng = np.random.default_rng(seed)
         if self.augment_config is not None:
@@ -194,6 +218,42 @@ class DetectionDataset(Dataset):
             sample["region_keys"] = _pick(record.region_keys, kept)
         return sample
 
+    def _conversation_sample(
+        self, record: ImageRecord, image: np.ndarray, boxes: np.ndarray, seed: int | Sequence[int]
+    ) -> dict[str, Any]:
+        """The sample of a region-QA record, whose `boxes` (clipped to the decoded image) must all be there:
+        its questions name them by place, so one lost box would point every later tag at the wrong region."""
+        if len(boxes) < len(record.boxes):
+            return {"skipped": "region_outside_image", "dataset": self.name}
+        conversation = list(record.conversation)
+        if self.augment_config is not None:
+            image, boxes, conversation = augment_keeping_boxes(
+                image, boxes, np.random.default_rng(seed), self.augment_config, conversation=conversation
+            )
+        sample = {
+            "image": np.ascontiguousarray(image),
+            "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32)),
+            "labels": torch.from_numpy(record.labels.copy()),
+            "image_id": record.image_id,
+            "dataset": self.name,
+            "conversation": conversation,
+        }
+        if record.question_types is not None:
+            sample["question_types"] = list(record.question_types)
+        return sample
+
+
+def _decode(read_image: Callable[[str | int], Image.Image], source: str | int) -> np.ndarray:
+    """(H, W, 3) uint8 of one image; raises what PIL raises for a file it cannot decode.
+
+    PIL refuses an image of more than twice `Image.MAX_IMAGE_PIXELS` (DecompressionBombError), but between
+    once and twice that it only warns and decodes it all: that one is raised too, so that a data loader worker
+    never decodes a bomb.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return np.array(read_image(source).convert("RGB"))
+
 
 def _boxes_inside(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Clip boxes to the decoded image (its size may differ from the JSON's, or be unknown until now); drop those
@@ -211,7 +271,13 @@ def build_dataset(
     name: str, config: DatasetConfig, *, augment_config: AugmentConfig | None = None, max_regions: int | None = None
 ) -> DetectionDataset:
     """The data set `config` describes: a COCO/LVIS JSON with its image folder, or a Hugging Face data set;
-    with `config.captions`, a region-caption file (`regionspot.data.captions.load_caption_file`) or table."""
+    with `config.captions`, a region-caption file (`regionspot.data.captions.load_caption_file`) or table; with
+    `config.questions`, a region-QA file or table (`regionspot.data.region_qa`), whose items keep every box."""
+    if config.questions:
+        # Imported here: the region-QA formats are built from this module's parts.
+        from regionspot.data.region_qa import load_region_qa_dataset
+
+        return load_region_qa_dataset(name, config, augment_config=augment_config)
     if config.ann_file is not None and config.captions:
         # Imported here: the caption formats are built from this module's parts.
         from regionspot.data.captions import load_caption_file
@@ -223,6 +289,19 @@ def build_dataset(
         return load_coco_detection(
             name, config.ann_file, config.image_dir, augment_config=augment_config, max_regions=max_regions
         )
+    return load_hf_detection(
+        name,
+        hf_table(config),
+        bbox_format=config.bbox_format,
+        captions=config.captions,
+        augment_config=augment_config,
+        max_regions=max_regions,
+    )
+
+
+def hf_table(config: DatasetConfig) -> Any:
+    """The Hugging Face table `config.hf_path` names (a `save_to_disk` folder or a `load_dataset` name), at
+    `config.hf_split` if it has splits."""
     import datasets
 
     path = Path(config.hf_path)
@@ -231,14 +310,7 @@ def build_dataset(
         if config.hf_split not in hf:
             raise ValueError(f"{config.hf_path} has no split {config.hf_split!r}; it has {sorted(hf)}")
         hf = hf[config.hf_split]
-    return load_hf_detection(
-        name,
-        hf,
-        bbox_format=config.bbox_format,
-        captions=config.captions,
-        augment_config=augment_config,
-        max_regions=max_regions,
-    )
+    return hf
 
 
 def load_coco_detection(
@@ -249,11 +321,23 @@ def load_coco_detection(
     augment_config: AugmentConfig | None = None,
     max_regions: int | None = None,
 ) -> DetectionDataset:
-    """A COCO/LVIS-format JSON and its image folder. Categories are ordered by id."""
+    """A COCO/LVIS-format JSON and its image folder. Categories are ordered by id.
+
+    Entries of the JSON that COCO/LVIS would not accept (not objects, lacking a field, ids that are no ids)
+    are skipped and counted ("malformed_image", ...), as are boxes and images that cannot be used.
+
+    Raises:
+        FileNotFoundError: if the folder or the file is missing. ValueError: naming the file, if it is not
+            JSON or not an object with lists of images, annotations and categories; or if no image has a usable box.
+    """
     check_image_dir(name, image_dir)
+    data = read_json(ann_file, what="annotation file")
+    check_annotation_lists(data, source=str(ann_file))
+    skipped: Counter = Counter()
+    data = drop_malformed(data, skipped)
     return coco_style_dataset(
-        name, load_annotations(ann_file), image_dir, captions=False, augment_config=augment_config,
-        max_regions=max_regions,
+        name, data, image_dir, captions=False, augment_config=augment_config, max_regions=max_regions,
+        skipped=skipped,
     )  # fmt: skip
 
 
@@ -271,15 +355,17 @@ def coco_style_dataset(
     captions: bool,
     augment_config: AugmentConfig | None = None,
     max_regions: int | None = None,
+    skipped: Counter | None = None,
 ) -> DetectionDataset:
     """The data set of a parsed COCO-style dict (images, annotations, categories ordered by id).
 
     With `captions`, each box also takes its annotation's "caption" and a region key (`region_key` of the
     annotation's id), categories may be absent, and a box without a known category gets label -1.
+    `skipped`: what was skipped before (e.g. `drop_malformed`'s counts), to which this adds its own.
     """
     categories = sorted(data.get("categories") or [], key=lambda cat: cat["id"])
     label_of = {cat["id"]: i for i, cat in enumerate(categories)}
-    skipped: Counter = Counter()
+    skipped = Counter(skipped or {})
     images = {}
     for image in data["images"]:
         try:
@@ -319,6 +405,9 @@ def _group_regions(
     place: Counter = Counter()  # annotations of each image so far, usable or not: j of "{image_id}_region_{j}"
     for ann in annotations:
         image_id = ann.get("image_id")
+        if not isinstance(image_id, int | str):  # e.g. a list: no image's id, and not even a lookup key
+            skipped["box_of_unknown_image"] += 1
+            continue
         region = _coco_region(ann, images, label_of, skipped, captions=captions, j=place[image_id])
         place[image_id] += 1
         if region is not None:
@@ -333,7 +422,8 @@ def _coco_region(
     if ann.get("image_id") not in images:
         skipped["box_of_unknown_image"] += 1
         return None
-    label = label_of.get(ann.get("category_id"), -1)
+    category_id = ann.get("category_id")
+    label = label_of.get(category_id, -1) if isinstance(category_id, int) else -1
     if label < 0 and not captions:
         skipped["box_of_unknown_category"] += 1
         return None

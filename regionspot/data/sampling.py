@@ -129,12 +129,23 @@ class MixedBatchSampler(Sampler[list[SampleKey]]):
         return int(self._passes[key][offset])
 
 
+# The fields only some data sets' samples have: (sample key, batch key).
+_OPTIONAL_FIELDS = (
+    ("captions", "captions"),
+    ("region_keys", "region_keys"),
+    ("conversation", "conversations"),
+    ("question_types", "question_types"),
+)
+
+
 def collate_detections(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Samples of one data set -> a batch of lists (images differ in size); skipped samples are counted.
 
     Returns a dict with "images" (B uint8 numpy (H, W, 3)), "boxes" (B (N_i, 4)), "labels" (B (N_i,)),
     "image_ids", "dataset" (the name) and "skipped" (reason -> count); for a caption data set also
-    "captions" and "region_keys" (B lists of N_i strings).
+    "captions" and "region_keys" (B lists of N_i strings); for a region-QA data set "conversations" (B lists of
+    (question, answer) string pairs, image i's <regionK> naming boxes[i][K - 1]) and, where the set names them,
+    "question_types" (B lists, one name per turn).
     """
     names = {s["dataset"] for s in samples}
     if len(names) != 1:
@@ -148,9 +159,9 @@ def collate_detections(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "dataset": names.pop(),
         "skipped": dict(Counter(s["skipped"] for s in samples if "skipped" in s)),
     }
-    for field in ("captions", "region_keys"):
+    for field, key in _OPTIONAL_FIELDS:
         if kept and field in kept[0]:  # one data set: its samples all have the field or none does
-            batch[field] = [s[field] for s in kept]
+            batch[key] = [s[field] for s in kept]
     return batch
 
 

@@ -18,6 +18,10 @@ novel classes are the rare ones. Evaluation splits draw classes uniformly, so ev
 Layout written under `out_dir`: `{split}.json` (LVIS v1 annotations plus `heldout_category_ids` and
 `train_category_ids`), `images/{split}/*.png` (`file_name` is relative to the JSON's folder), and
 `manifest.json` (settings, class lists, file paths).
+
+Train, val and test also get `qa_{split}.json`: one region-QA record per image (see `question_record` in
+`regionspot.demo.descriptions`), its boxes every object's in annotation order. The questions draw from a
+stream of each image's own seed that nothing else draws from, so asking them leaves every other file as it was.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,8 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
-from regionspot.demo.descriptions import DrawnObject, describe_objects
+from regionspot.boxes import xywh_to_xyxy
+from regionspot.demo.descriptions import DrawnObject, RegionFacts, ask_questions, describe_objects, question_record
 from regionspot.demo.parallel import map_in_processes
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -51,7 +56,9 @@ SHAPES = ("circle", "square", "triangle")
 # Clutter is drawn in colours no class uses, so it is never a missed object.
 CLUTTER_COLOURS = ((20, 20, 20), (240, 240, 240), (120, 120, 120), (120, 80, 50))
 SPLITS = ("train", "val", "test", "pretrain")
-GENERATOR_VERSION = 3  # 2: the pretrain split; shapes upright unless `rotation` says otherwise; 3: captions
+QUESTION_SPLITS = ("train", "val", "test")  # the splits with region questions (the stand-ins never read them)
+GENERATOR_VERSION = 4  # 2: the pretrain split; shapes upright unless `rotation` says otherwise; 3: captions; 4: QA
+_QUESTION_STREAM = 1  # the child of an image's seed that its questions draw from (nothing else spawns from it)
 
 RARE_MAX_IMAGES = 10  # LVIS: rare = 1-10 training images, common = 11-100, frequent = more
 COMMON_MAX_IMAGES = 100
@@ -84,6 +91,7 @@ class GeneratedDataset:
     root: Path
     annotation_files: dict[str, Path]  # split -> LVIS json
     manifest: Path
+    question_files: dict[str, Path] = field(default_factory=dict)  # split -> region-QA json (train, val, test)
 
 
 def make_classes(
@@ -299,25 +307,29 @@ def _annotation(image_id: int, cls: SyntheticClass, mask: np.ndarray, caption: s
     }
 
 
-def _write_split(split, draws, *, seeds, start_ids, workers, **settings) -> dict[str, Any]:
-    """Render and save the split's images (in `workers` processes); return its images and annotations."""
+def _write_split(split, draws, *, seeds, start_ids, workers, **settings) -> tuple[dict[str, Any], list[dict]]:
+    """Render and save the split's images (in `workers` processes); return its images and annotations, and its
+    region-QA records (none unless the split has questions)."""
     (settings["root"] / "images" / split).mkdir(parents=True, exist_ok=True)
     image_id, ann_id = start_ids
     tasks = zip(draws, seeds, range(image_id, image_id + len(draws)), strict=True)
     drawn = map_in_processes(partial(_draw_image, split=split, **settings), tasks, workers=workers)
-    images, annotations = [], []
-    for image, objects in tqdm(drawn, total=len(draws), desc=f"drawing the {split} images", unit="img"):
+    images, annotations, questions = [], [], []
+    for image, objects, record in tqdm(drawn, total=len(draws), desc=f"drawing the {split} images", unit="img"):
         images.append(image)
         for ann in objects:
             annotations.append({"id": ann_id, **ann})
             ann_id += 1
-    return {"images": images, "annotations": annotations}
+        if record is not None:
+            questions.append(record)
+    return {"images": images, "annotations": annotations}, questions
 
 
 def _draw_image(
-    task, *, split, root, image_size, object_size, rotation, neg_fraction, all_ids
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Draw and save one image from its own seed (so that any number of workers draws the same files)."""
+    task, *, split, root, image_size, object_size, rotation, neg_fraction, all_ids, colours, questions_per_image
+) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any] | None]:
+    """Draw and save one image from its own seed (so that any number of workers draws the same files); return its
+    LVIS image and annotations, and its region-QA record (None if its split has no questions)."""
     classes, seed, image_id = task
     rng = np.random.default_rng(seed)
     pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size, rotation=rotation)
@@ -334,7 +346,21 @@ def _draw_image(
         "neg_category_ids": negatives,
         "not_exhaustive_category_ids": [],  # every object drawn is annotated
     }
-    return image, [_annotation(image_id, cls, mask, caption) for cls, mask, caption in objects]
+    annotations = [_annotation(image_id, cls, mask, caption) for cls, mask, caption in objects]
+    if split not in QUESTION_SPLITS or questions_per_image == 0 or not objects:
+        return image, annotations, None
+    facts = [
+        RegionFacts(*cls.attributes, box=tuple(xywh_to_xyxy(np.asarray(ann["bbox"])).tolist()), area=ann["area"])
+        for (cls, _, _), ann in zip(objects, annotations, strict=True)
+    ]
+    asked = ask_questions(facts, colours=colours, width=image_size, turns=questions_per_image, rng=_question_rng(seed))
+    return image, annotations, question_record(image["file_name"], (image_size, image_size), facts, asked)
+
+
+def _question_rng(seed: np.random.SeedSequence) -> np.random.Generator:
+    """An image's stream for its questions: the child `seed.spawn` would make, without spawning (which would
+    change `seed`); nothing else draws from it, so asking questions changes no pixel and no annotation."""
+    return np.random.default_rng(np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, _QUESTION_STREAM)))
 
 
 def _categories(classes: list[SyntheticClass], train: dict[str, Any]) -> list[dict[str, Any]]:
@@ -383,6 +409,7 @@ def generate_dataset(
     object_size: tuple[float, float] = (0.18, 0.38),
     rotation: float = 0.0,
     neg_fraction: float = 0.5,
+    questions_per_image: int = 6,
     workers: int = 1,
 ) -> GeneratedDataset:
     """Write the synthetic data set under `out_dir` (see the module docstring); the same arguments give the same files.
@@ -400,6 +427,8 @@ def generate_dataset(
             tiny backbones fitted in minutes learn upright shapes well and turned ones poorly (docs/demo.md).
         neg_fraction: chance that a class absent from an image is listed in its `neg_category_ids`
             (verified absent); unlisted absent classes are not evaluated on that image, as in LVIS.
+        questions_per_image: region questions asked about each image of train, val and test, written to
+            `qa_{split}.json` (an image allowing fewer distinct ones gets fewer); 0 writes no such files.
         workers: processes that draw the images (each image has its own seed: any number gives the same files).
     """
     if num_train < 1 or min(num_val, num_test, num_pretrain) < 0:
@@ -411,6 +440,8 @@ def generate_dataset(
         raise ValueError(f"objects_per_image must be (low, high) with 1 <= low <= high, got {objects_per_image}")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 px, got {image_size}")
+    if questions_per_image < 0:
+        raise ValueError(f"questions_per_image must be 0 or more, got {questions_per_image}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     design, *split_seeds = np.random.SeedSequence(seed).spawn(1 + len(SPLITS))
@@ -421,6 +452,7 @@ def generate_dataset(
     all_ids = [c.id for c in classes]
     sizes = dict(zip(SPLITS, (num_train, num_val, num_test, num_pretrain), strict=True))
     splits: dict[str, dict[str, Any]] = {}
+    questions: dict[str, list[dict[str, Any]]] = {}
     next_ids = (1, 1)
     for split, split_seed in zip(SPLITS, split_seeds, strict=True):
         if sizes[split] == 0:
@@ -429,7 +461,7 @@ def generate_dataset(
         counts = rng.integers(low, high + 1, size=sizes[split])
         draws = _class_draws(split, counts, train_classes, classes, rng)
         image_seeds = split_seed.spawn(sizes[split])
-        splits[split] = _write_split(
+        splits[split], questions[split] = _write_split(
             split,
             draws,
             root=root,
@@ -439,6 +471,8 @@ def generate_dataset(
             start_ids=next_ids,
             neg_fraction=neg_fraction,
             all_ids=all_ids,
+            colours=list(colours),
+            questions_per_image=questions_per_image,
             seeds=image_seeds,
             workers=workers,
         )
@@ -454,6 +488,7 @@ def generate_dataset(
         payload = {"info": info, "categories": categories, **data}
         payload |= {"heldout_category_ids": heldout_ids, "train_category_ids": train_ids}
         files[split].write_text(json.dumps(payload))
+    question_files = _write_question_files(root, questions)
     manifest = root / "manifest.json"
     manifest.write_text(
         json.dumps(
@@ -468,9 +503,11 @@ def generate_dataset(
                     "object_size": list(object_size),
                     "rotation": rotation,
                     "neg_fraction": neg_fraction,
+                    "questions_per_image": questions_per_image,
                 },
                 "image_size": image_size,
                 "annotation_files": {split: path.name for split, path in files.items()},
+                "question_files": {split: path.name for split, path in question_files.items()},
                 "heldout_categories": [c.name for c in heldout],
                 "heldout_category_ids": heldout_ids,
                 "train_category_ids": train_ids,
@@ -479,7 +516,17 @@ def generate_dataset(
             indent=2,
         )
     )
-    return GeneratedDataset(root=root, annotation_files=files, manifest=manifest)
+    return GeneratedDataset(root=root, annotation_files=files, manifest=manifest, question_files=question_files)
+
+
+def _write_question_files(root: Path, questions: dict[str, list[dict[str, Any]]]) -> dict[str, Path]:
+    """Write each split's region-QA records to `qa_{split}.json` (splits without any are not written)."""
+    files = {}
+    for split, records in questions.items():
+        if records:
+            files[split] = root / f"qa_{split}.json"
+            files[split].write_text(json.dumps(records))
+    return files
 
 
 @dataclass
@@ -550,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-pretrain", type=int, default=0, help="class-balanced images for the stand-ins")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--num-heldout", type=int, default=6)
+    parser.add_argument("--questions-per-image", type=int, default=6, help="region questions per image (0: none)")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing images (same files for any number)")
     args = parser.parse_args(argv)
     data = generate_dataset(
@@ -561,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         num_pretrain=args.num_pretrain,
         image_size=args.image_size,
         num_heldout=args.num_heldout,
+        questions_per_image=args.questions_per_image,
         workers=args.workers,
     )
     print(f"wrote {', '.join(str(p) for p in data.annotation_files.values())} and {data.manifest}")
