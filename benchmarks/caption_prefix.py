@@ -4,7 +4,7 @@
     python benchmarks/caption_prefix.py --demo outputs/demo --prefix-tokens 1 4
 
 The demo's trained adapter stays as it is; each region's condition (fused feature + SAM token, as
-`RegionSpot.caption_condition` makes it) is computed once for the training and test splits, then a fresh
+`RegionSpot.region_condition` makes it) is computed once for the training and test splits, then a fresh
 decoder of the demo's size is trained on them for `--steps` steps per setting (same seed, same batches) and
 its greedy captions of the test regions are scored with pycocoevalcap. Prints one row per setting.
 """
@@ -38,7 +38,7 @@ def conditions(model, dataset, batch_size: int = 32) -> tuple[torch.Tensor, list
             for p, item in zip(prepared, items, strict=True)
         ]
         frozen = model.frozen_features(prepared, prompts)
-        rows.append(model.caption_condition(frozen, model.region_features(frozen)))
+        rows.append(model.region_condition(frozen, model.region_features(frozen)))
         for item in items:
             captions += item["captions"]
             keys += item["region_keys"]

@@ -9,11 +9,13 @@ import open_clip
 import torch
 
 from regionspot.checkpoint import load_weights, model_part, read_state_dict, require_file
-from regionspot.config import CaptionConfig, RegionSpotConfig
+from regionspot.config import CaptionConfig, RegionSpotConfig, VqaConfig
 from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
+from regionspot.modeling.region_lm import RegionLanguageModel, load_causal_lm
+from regionspot.modeling.region_projector import RegionProjector
 from regionspot.modeling.regionspot import RegionSpot
 from regionspot.modeling.sam import SamRegionEncoder, build_sam
 
@@ -54,6 +56,7 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
         prompt_mean=config.clip.prompt_mean,
         resize=config.clip.resize,
         fixed_precision=config.clip.precision != "auto",
+        text_cache_dir=config.clip.text_cache_dir,
     )
     adapter = RegionFusionAdapter(
         token_dim=sam.token_dim,
@@ -67,8 +70,10 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
     if adapter_path is not None:
         state = model_part(read_state_dict(adapter_path), "adapter", path=adapter_path)
         load_weights(adapter, state, path=adapter_path, model_name="the RegionSpot adapter")
-    captioner = _build_captioner(config.caption, condition_dim=clip.embed_dim + sam.token_dim)
-    return RegionSpot(sam=sam, clip=clip, adapter=adapter, **captioner)
+    condition_dim = clip.embed_dim + sam.token_dim  # what `RegionSpot.region_condition` gives each head
+    captioner = _build_captioner(config.caption, condition_dim=condition_dim)
+    vqa = _build_vqa(config.vqa, condition_dim=condition_dim) if config.vqa is not None else None
+    return RegionSpot(sam=sam, clip=clip, adapter=adapter, vqa=vqa, **captioner)
 
 
 def _build_captioner(config: CaptionConfig | None, *, condition_dim: int) -> dict:
@@ -96,6 +101,52 @@ def _build_captioner(config: CaptionConfig | None, *, condition_dim: int) -> dic
         )
         load_weights(decoder, read_state_dict(path), path=path, model_name="the caption decoder")
     return {"caption_decoder": decoder, "caption_tokenizer": tokenizer, "caption_beams": config.num_beams}
+
+
+def _build_vqa(config: VqaConfig, *, condition_dim: int) -> RegionLanguageModel:
+    """The LLM of `vqa.llm` (from its local folder), set to train as `vqa.llm_training` says, with a projector
+    sized to it; trained weights loaded from `vqa.checkpoint`."""
+    llm, tokenizer = load_causal_lm(config.llm, dtype=config.llm_dtype)
+    if config.llm_training == "frozen":
+        llm.requires_grad_(False)
+    elif config.llm_training == "lora":
+        from peft import LoraConfig, get_peft_model  # imported on use: only LoRA runs need peft
+
+        lora = LoraConfig(
+            r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=config.lora_targets, lora_dropout=0.0
+        )
+        try:
+            llm = get_peft_model(llm, lora)
+        except ValueError as err:  # e.g. target modules the LLM does not have
+            raise ValueError(
+                f"vqa.lora_targets {config.lora_targets} do not fit the LLM in {config.llm}: {err}"
+            ) from err
+    if config.gradient_checkpointing:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with _seeded(0):  # an untrained projector is the same at every build
+        projector = RegionProjector(
+            condition_dim=condition_dim,
+            hidden_size=llm.get_input_embeddings().embedding_dim,
+            tokens_per_region=config.tokens_per_region,
+        )
+    vqa = RegionLanguageModel(llm=llm, tokenizer=tokenizer, projector=projector, max_new_tokens=config.max_new_tokens)
+    if config.checkpoint is not None:
+        path = require_file(
+            config.checkpoint,
+            what="VQA checkpoint",
+            hint="Give the vqa.safetensors that training wrote beside adapter.safetensors, or null for an untrained "
+            "projector; it must match vqa.llm, vqa.llm_training and vqa.tokens_per_region it was trained with.",
+        )
+        state = read_state_dict(path)
+        expected = set(vqa.trained_state_dict())
+        if set(state) != expected:
+            missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+            raise ValueError(
+                f"{path} does not fit this VQA head (vqa.llm_training={config.llm_training!r}, "
+                f"tokens_per_region={config.tokens_per_region}): missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        load_weights(vqa, {**vqa.state_dict(), **state}, path=path, model_name="the VQA head")
+    return vqa
 
 
 @contextmanager

@@ -4,6 +4,7 @@ captions, or score a results file.
     python evaluate.py --config configs/model/regionspot_bl.yaml --adapter adapter.safetensors \\
         --ann lvis_v1_val.json --images coco/ [--proposals glip_lvis_val.json | --source sam] [--out eval/]
     python evaluate.py captions --config run/adapter.yaml --ann vg_test.json --images vg/ --out caption_eval/
+    python evaluate.py vqa --config run/adapter.yaml --ann qa_test.json --images images/ --out vqa_eval/ [--captions]
     python evaluate.py score --gt lvis_v1_val.json --detections eval/detections.json --out metrics.json
 """
 
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if argv[:1] == ["score"]:
             return _score(argv[1:])
+        if argv[:1] == ["vqa"]:
+            return _vqa(argv[1:])
         return _captions(argv[1:]) if argv[:1] == ["captions"] else _run(argv)
     except (
         FileNotFoundError,
@@ -109,6 +112,30 @@ def _captions(argv: list[str]) -> dict:
     parser.add_argument("--spice", action="store_true", help="also SPICE (downloads Stanford CoreNLP on first use)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return evaluate_captions(CaptionEvalSettings(**vars(parser.parse_args(argv))))
+
+
+def _vqa(argv: list[str]) -> dict:
+    from regionspot.evaluation.vqa_eval import CAPTION_PROMPT, VqaEvalSettings, evaluate_vqa
+
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py vqa",
+        description="Answer every question of a region-QA file (normalised exact match), or with --captions "
+        "caption every region through the LLM and score with pycocoevalcap.",
+    )
+    parser.add_argument("--config", required=True, help="model YAML with a vqa: section (a VQA run's adapter.yaml)")
+    parser.add_argument("--ann", help="region-QA file (image, boxes, conversations); with --captions a caption file")
+    parser.add_argument("--images", help="folder of its images")
+    parser.add_argument("--hf-path", help="or a Hugging Face data set")
+    parser.add_argument("--hf-split", default="test")
+    parser.add_argument("--out", default="vqa_eval", help="output folder; a rerun resumes the run in it")
+    parser.add_argument("--captions", action="store_true", help="caption every region through the LLM instead")
+    parser.add_argument("--caption-prompt", default=CAPTION_PROMPT, help=f"default: {CAPTION_PROMPT!r}")
+    parser.add_argument("--max-images", type=int, help="only the first N images")
+    parser.add_argument("--batch-size", type=int, default=8, help="images whose questions are answered together")
+    parser.add_argument("--max-new-tokens", type=int, help="default: the model config's vqa.max_new_tokens")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    return evaluate_vqa(VqaEvalSettings(**vars(parser.parse_args(argv))))
 
 
 def _score(argv: list[str]) -> dict:

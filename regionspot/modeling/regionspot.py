@@ -16,6 +16,7 @@ from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.modeling.clip import ClipBackbone
 from regionspot.modeling.preprocess import ImagePreprocessor, PreparedImage
+from regionspot.modeling.region_lm import RegionLanguageModel, Turn
 from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
 
 ACTIVATIONS = ("softmax", "sigmoid")
@@ -65,6 +66,7 @@ class RegionSpot(nn.Module):
         caption_decoder: the region captioner (its `condition_dim` = `clip.embed_dim + sam.token_dim`), or None.
         caption_tokenizer: the captioner's vocabulary (given with `caption_decoder`).
         caption_beams: beams of its decoding (1: greedy).
+        vqa: the region VQA head (an LLM and its region projector, `condition_dim` as the captioner's), or None.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class RegionSpot(nn.Module):
         caption_decoder: CaptionDecoder | None = None,
         caption_tokenizer: CaptionTokenizer | None = None,
         caption_beams: int = 1,
+        vqa: RegionLanguageModel | None = None,
     ) -> None:
         super().__init__()
         if (caption_decoder is None) != (caption_tokenizer is None):
@@ -86,6 +89,7 @@ class RegionSpot(nn.Module):
         self.caption_decoder = caption_decoder
         self.caption_tokenizer = caption_tokenizer
         self.caption_beams = caption_beams
+        self.vqa = vqa
         self._frozen_parts = ["sam", "clip"]
         self.freeze_backbones()
 
@@ -249,9 +253,9 @@ class RegionSpot(nn.Module):
         )
 
     # ----- captioning ---------------------------------------------------------------------------------------------
-    def caption_condition(self, frozen: Sequence[FrozenFeatures], features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """What the captioner reads of B images' regions: (sum N_i, E + C), each region's fused feature and SAM
-        region token, of the token SAM trusts most (as `score_regions` picks it), all images at once.
+    def region_condition(self, frozen: Sequence[FrozenFeatures], features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """What the captioner and the VQA head read of B images' regions: (sum N_i, E + C), each region's fused
+        feature and SAM region token, of the token SAM trusts most (as `score_regions` picks it), all images at once.
 
         The fused feature knows what a region is (it is trained to name it) and SAM's token where it is and what
         bounds it; each is layer-normalised (no weights) because the unit-norm feature is ~sqrt(E) times smaller
@@ -279,7 +283,7 @@ class RegionSpot(nn.Module):
         decoder, tokenizer = self._captioner()
         if any(len(c) != len(f.region_tokens) for c, f in zip(captions, frozen, strict=True)):
             raise ValueError("caption_loss needs one caption per region")
-        condition = self.caption_condition(frozen, features)
+        condition = self.region_condition(frozen, features)
         tokens = tokenizer.encode([c for image in captions for c in image], max_length=decoder.max_length)
         return decoder.loss(condition, tokens.to(condition.device), pad_id=tokenizer.pad_id)
 
@@ -299,7 +303,7 @@ class RegionSpot(nn.Module):
         decoder, tokenizer = self._captioner()
         if features is None:
             features = self.region_features(frozen)
-        condition = self.caption_condition(frozen, features)
+        condition = self.region_condition(frozen, features)
         was_training = decoder.training
         decoder.eval()  # decoding never drops out
         try:
@@ -310,6 +314,54 @@ class RegionSpot(nn.Module):
             decoder.train(was_training)
         texts = iter(tokenizer.decode(ids.cpu()))
         return [[next(texts) for _ in range(len(f.region_tokens))] for f in frozen]
+
+    # ----- questions ----------------------------------------------------------------------------------------------
+    def vqa_loss(
+        self,
+        frozen: Sequence[FrozenFeatures],
+        features: Sequence[torch.Tensor],
+        conversations: Sequence[Sequence[Turn] | None],
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy of the answers of B images' conversations, `<regionK>` being image i's
+        K-th region (images without a conversation are left out).
+
+        Args:
+            frozen: B images' `FrozenFeatures`; features: their (N_i, T, E) region features; conversations: B lists
+                of (question, answer) turns, or None.
+        """
+        vqa = self._vqa()
+        conditions = self.region_condition(frozen, features).split([len(f.region_tokens) for f in frozen])
+        asked = [i for i, c in enumerate(conversations) if c]
+        if not asked:
+            raise ValueError("vqa_loss needs at least one image with a conversation")
+        return vqa.loss([conversations[i] for i in asked], [conditions[i] for i in asked])
+
+    @torch.no_grad()
+    def answer(
+        self,
+        frozen: Sequence[FrozenFeatures],
+        conversations: Sequence[Sequence[Turn]],
+        features: Sequence[torch.Tensor] | None = None,
+        **generation,
+    ) -> list[str]:
+        """The VQA head's answer to the last, open question (answer None) of each of B images' conversations.
+
+        Args:
+            frozen: B images' `FrozenFeatures`, `<regionK>` being image i's K-th region.
+            conversations: B lists of (question, answer) turns ending in (question, None).
+            features: their region features if already fused; else fused here.
+            generation: `RegionLanguageModel.generate`'s options (max_new_tokens, do_sample, temperature, top_p).
+        """
+        vqa = self._vqa()
+        if features is None:
+            features = self.region_features(frozen)
+        conditions = self.region_condition(frozen, features).split([len(f.region_tokens) for f in frozen])
+        return vqa.generate(conversations, conditions, **generation)
+
+    def _vqa(self) -> RegionLanguageModel:
+        if self.vqa is None:
+            raise ValueError("this model has no VQA head: give its model config a `vqa:` section (vqa.llm: a folder)")
+        return self.vqa
 
     def _captioner(self) -> tuple[CaptionDecoder, CaptionTokenizer]:
         if self.caption_decoder is None or self.caption_tokenizer is None:

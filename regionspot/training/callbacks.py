@@ -99,11 +99,12 @@ class ExportAdapter(L.Callback):
         if "FSDP" in type(trainer.strategy).__name__:  # the adapter's weights are shards here
             rank_zero_warn("not exporting under FSDP: run `python train.py export --ckpt <last.ckpt>` instead")
             return
-        decoder = pl_module.model.caption_decoder
+        decoder, vqa = pl_module.model.caption_decoder, pl_module.model.vqa
         weights, config = save_adapter(
             pl_module.model.adapter.state_dict(),
             pl_module.model_config,
             self.output_path(trainer),
             caption_decoder=None if decoder is None else decoder.state_dict(),
+            vqa=None if vqa is None else vqa.trained_state_dict(),
         )
         rank_zero_info(f"exported the adapter to {weights}; load it with build_regionspot({str(config)!r})")

@@ -20,7 +20,14 @@ import yaml
 from safetensors.torch import save_file
 
 from regionspot.build import build_regionspot
-from regionspot.checkpoint import check_fits, is_regionspot_release, model_part, read_state_dict, require_file
+from regionspot.checkpoint import (
+    check_fits,
+    is_regionspot_release,
+    load_torch_file,
+    model_part,
+    read_state_dict,
+    require_file,
+)
 from regionspot.config import RegionSpotConfig
 from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.training.module import CONFIG_KEY, HEAD_PARTS
@@ -33,6 +40,7 @@ _REGIONSPOT_VARIANTS = {
 
 
 CAPTION_DECODER_FILE = "caption_decoder.safetensors"
+VQA_FILE = "vqa.safetensors"
 
 
 def save_adapter(
@@ -41,15 +49,19 @@ def save_adapter(
     out: str | Path,
     *,
     caption_decoder: dict[str, torch.Tensor] | None = None,
+    vqa: dict[str, torch.Tensor] | None = None,
 ) -> tuple[Path, Path]:
     """Write the adapter weights to `out` (.safetensors) and the model config to `out` with suffix .yaml; the
-    caption decoder's weights, when given, to `caption_decoder.safetensors` beside them.
+    caption decoder's weights, when given, to `caption_decoder.safetensors` beside them, and the VQA head's
+    trained weights (`RegionLanguageModel.trained_state_dict`) to `vqa.safetensors`.
 
     Returns:
         (adapter weights path, model config path).
     """
     if (caption_decoder is None) != (model_config.caption is None):
         raise ValueError("give the caption decoder's weights exactly when the model config has a caption: section")
+    if (vqa is None) != (model_config.vqa is None):
+        raise ValueError("give the VQA head's weights exactly when the model config has a vqa: section")
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"the adapter is written as .safetensors, got {out}")
@@ -62,6 +74,10 @@ def save_adapter(
     if caption_decoder is not None:
         config["caption"]["checkpoint"] = CAPTION_DECODER_FILE
         _save_tensors(caption_decoder, out.parent / CAPTION_DECODER_FILE, config)
+    if vqa is not None:
+        config["vqa"]["llm"] = str(Path(config["vqa"]["llm"]).resolve())
+        config["vqa"]["checkpoint"] = VQA_FILE
+        _save_tensors(vqa, out.parent / VQA_FILE, config)
     _save_tensors(state, out, config)
     config_path = out.with_suffix(".yaml")
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -74,14 +90,25 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path, config: dict[str, 
 
 
 def read_training_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], RegionSpotConfig]:
-    """The trained parts saved by RegionSpotModule ("adapter", and "caption_decoder" for a model with a
-    captioner; each a state dict without the module prefix) and the model config."""
+    """The trained parts saved by RegionSpotModule ("adapter", "caption_decoder" for a model with a captioner,
+    "vqa" for one with a VQA head; each a state dict without the module prefix) and the model config.
+
+    Raises:
+        FileNotFoundError: if there is no such file. ValueError (CheckpointMismatchError): naming the file, if it
+            cannot be read, pickles more than tensors and plain data (refused unrun), or is not such a checkpoint.
+    """
     path = require_file(path, what="training checkpoint", hint="Give a .ckpt written by `python train.py fit`.")
-    try:
-        checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"cannot read {path} as a Lightning checkpoint: {err}") from err
-    if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
+    checkpoint: dict[str, Any] = load_torch_file(
+        path,
+        what="Lightning checkpoint",
+        refused_hint=" A checkpoint of `train.py fit` holds only tensors and plain data: this one was made "
+        "elsewhere, or changed since.",
+    )
+    if (
+        not isinstance(checkpoint, dict)
+        or CONFIG_KEY not in checkpoint
+        or not isinstance(checkpoint.get("state_dict"), dict)
+    ):
         hint = ""
         weights = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
         if isinstance(weights, dict) and is_regionspot_release(weights):
@@ -148,9 +175,13 @@ def export_adapter(
     """
     if model_config is None:
         parts, config = read_training_checkpoint(ckpt)
-        return save_adapter(parts["adapter"], config, out, caption_decoder=parts.get("caption_decoder"))
+        return save_adapter(
+            parts["adapter"], config, out, caption_decoder=parts.get("caption_decoder"), vqa=parts.get("vqa")
+        )
     if not isinstance(model_config, RegionSpotConfig):
         model_config = RegionSpotConfig.from_yaml(model_config)
-    if model_config.caption is not None:
-        raise ValueError("RegionSpot's releases have no captioner: give a model config without a caption: section")
+    if model_config.caption is not None or model_config.vqa is not None:
+        raise ValueError(
+            "RegionSpot's releases have no captioner or VQA head: give a model config without caption: and vqa:"
+        )
     return save_adapter(read_regionspot_release(ckpt, model_config), model_config, out)

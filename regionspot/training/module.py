@@ -46,7 +46,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
 
 # The parts a checkpoint holds (the frozen backbones come from the model config's files): the adapter, also
 # when it is kept frozen under a captioner (a checkpoint is then whole), and the caption decoder.
-HEAD_PARTS = ("adapter", "caption_decoder")
+HEAD_PARTS = ("adapter", "caption_decoder", "vqa")
 HEAD_PREFIXES = tuple(f"model.{part}." for part in HEAD_PARTS)
 _SKIP_CHECK_EVERY = 50  # steps between checks of the skipped share (a collective on every rank)
 CONFIG_KEY = "regionspot_model_config"
@@ -69,9 +69,11 @@ class RegionSpotModule(L.LightningModule):
         warmup_steps, warmup_start_factor: linear warm-up (RegionSpot: 1000 steps).
         lr_milestones, lr_gamma: LR multiplied by `lr_gamma` at these steps (RegionSpot: 350k, 420k; 0.1).
         focal_alpha, focal_gamma: focal loss settings (0.25, 2).
-        focal_loss_weight, caption_loss_weight: the step's loss is focal_loss_weight x the focal loss (over the
-            boxes with a class, of data sets with a vocabulary) + caption_loss_weight x the captions' next-token
-            cross-entropy (over the boxes with a caption, when the model has a captioner).
+        focal_loss_weight, caption_loss_weight, vqa_loss_weight: the step's loss is focal_loss_weight x the focal
+            loss (over the boxes with a class, of data sets with a vocabulary) + caption_loss_weight x the captions'
+            next-token cross-entropy (over the boxes with a caption, when the model has a captioner) +
+            vqa_loss_weight x the answers' next-token cross-entropy (over the images with a conversation, when the
+            model has a VQA head).
         train_adapter: False keeps the adapter as `adapter.checkpoint` gives it (no gradients, eval mode), so
             that a captioner learns on a recogniser that stays exactly as it was; True trains it (jointly with
             the captioner when there is one).
@@ -106,6 +108,7 @@ class RegionSpotModule(L.LightningModule):
         focal_gamma: float = 2.0,
         focal_loss_weight: float = 1.0,
         caption_loss_weight: float = 1.0,
+        vqa_loss_weight: float = 1.0,
         train_adapter: bool = True,
         loss_reduction: str = "boxes",
         backbone_precision: str = "auto",
@@ -126,14 +129,14 @@ class RegionSpotModule(L.LightningModule):
             raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction}")
         if val_top_k < 1 or val_activation not in ACTIVATIONS:
             raise ValueError(f"val_top_k must be >= 1 and val_activation one of {ACTIVATIONS}")
-        if focal_loss_weight < 0 or caption_loss_weight < 0:
-            raise ValueError("focal_loss_weight and caption_loss_weight must be >= 0")
+        if min(focal_loss_weight, caption_loss_weight, vqa_loss_weight) < 0:
+            raise ValueError("focal_loss_weight, caption_loss_weight and vqa_loss_weight must be >= 0")
         if not train_adapter and model_config.adapter.checkpoint is None:
             raise ValueError(
                 "train_adapter=False keeps the adapter as it is: give it trained weights (adapter.checkpoint)"
             )
-        if not train_adapter and model_config.caption is None:
-            raise ValueError("train_adapter=False with no caption: section leaves nothing to train")
+        if not train_adapter and model_config.caption is None and model_config.vqa is None:
+            raise ValueError("train_adapter=False with no caption: or vqa: section leaves nothing to train")
         # The model config goes into checkpoints as a plain dict (CONFIG_KEY), readable with weights_only=True.
         self.save_hyperparameters(ignore=["model_config"])
         self.model_config = model_config
@@ -275,6 +278,10 @@ class RegionSpotModule(L.LightningModule):
             caption = self.model.caption_loss(frozen, features, batch["captions"])
             loss = loss + self.hparams.caption_loss_weight * caption
             self.log("train/caption_loss", caption, prog_bar=True, batch_size=batch_size)
+        if self._learns_answers(batch):
+            answers = self.model.vqa_loss(frozen, features, batch["conversations"])
+            loss = loss + self.hparams.vqa_loss_weight * answers
+            self.log("train/vqa_loss", answers, prog_bar=True, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/regions", float(sum(len(b) for b in batch["boxes"])), batch_size=batch_size)
         return loss
@@ -286,6 +293,9 @@ class RegionSpotModule(L.LightningModule):
 
     def _learns_captions(self, batch: dict[str, Any]) -> bool:
         return self.model.caption_decoder is not None and self.hparams.caption_loss_weight > 0 and "captions" in batch
+
+    def _learns_answers(self, batch: dict[str, Any]) -> bool:
+        return self.model.vqa is not None and self.hparams.vqa_loss_weight > 0 and any(batch.get("conversations") or ())
 
     def _focal_loss(self, features: list[torch.Tensor], labels: list[torch.Tensor], dataset: str) -> torch.Tensor:
         """RegionSpot's focal loss over every token of the boxes that have a class (label -1: captions only)."""
@@ -356,6 +366,9 @@ class RegionSpotModule(L.LightningModule):
         if self._learns_captions(batch):  # teacher-forced, as in training: cheap, and comparable across runs
             caption = self.model.caption_loss(frozen, features, batch["captions"])
             self.log("val/caption_loss", caption, sync_dist=True, batch_size=len(batch["images"]))
+        if self._learns_answers(batch):
+            answers = self.model.vqa_loss(frozen, features, batch["conversations"])
+            self.log("val/vqa_loss", answers, sync_dist=True, batch_size=len(batch["images"]))
         if self.val_ap is None:
             return
         text = self.class_embeddings(batch["dataset"])
@@ -390,14 +403,21 @@ class RegionSpotModule(L.LightningModule):
 
     # ----- checkpoints: trainable weights and the model config only ----------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith(HEAD_PREFIXES)}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if self._checkpointed(k)}
         checkpoint[CONFIG_KEY] = self.model_config.to_dict()
+
+    def _checkpointed(self, key: str) -> bool:
+        """Whether a checkpoint holds this weight: the heads' do, except a VQA head's LLM weights that do not train
+        (a frozen LLM comes from its folder, as the backbones come from theirs)."""
+        if key.startswith("model.vqa."):
+            return key.removeprefix("model.vqa.") in self.model.vqa.trained_state_dict()
+        return key.startswith(HEAD_PREFIXES)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
         if not any(k.startswith(HEAD_PREFIXES[0]) for k in state):
             raise ValueError("this checkpoint holds no adapter weights (keys model.adapter.*)")
-        frozen = {k: v for k, v in self.state_dict().items() if not k.startswith(HEAD_PREFIXES)}
+        frozen = {k: v for k, v in self.state_dict().items() if not self._checkpointed(k)}
         checkpoint["state_dict"] = {**frozen, **state}  # the frozen backbones come from the model config's files
 
 

@@ -1,0 +1,243 @@
+"""Region VQA evaluation: answer every question of a region-QA file, score normalised exact match; or caption
+every region of a region-caption file through the LLM and score it as `evaluate.py captions` does.
+
+    python evaluate.py vqa --config run/adapter.yaml --ann qa_test.json --images images/ --out vqa_eval/
+    python evaluate.py vqa --config run/adapter.yaml --ann test.json --images images/ --out vqa_cap/ --captions
+
+Each turn is asked with the conversation's earlier turns, as the file gives them, before it (the usual
+teacher-forced protocol for multi-turn region QA). Answers are appended to `answers.rank0.jsonl` as each
+batch finishes, so a rerun with the same `out` resumes; `answers.json` and `metrics.json` are written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from regionspot.build import build_regionspot
+from regionspot.config import RegionSpotConfig
+from regionspot.data.captions import caption_references
+from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.evaluation.caption_metrics import require_java, score_captions
+from regionspot.evaluation.runner import METRICS_FILE, PartWriter, check_or_write_run_file, file_sha256
+from regionspot.modeling.regionspot import RegionSpot
+from regionspot.transforms import prepare_prompts
+
+log = logging.getLogger(__name__)
+
+ANSWERS_FILE = "answers.json"
+ANSWER_PARTS = "answers.rank*.jsonl"
+CAPTION_PROMPT = "describe <region1> in a few words."
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = re.compile(r"[^\w\s]")
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_NUMBERS = {word: str(value) for value, word in enumerate(_NUMBER_WORDS)}
+
+
+@dataclass
+class VqaEvalSettings:
+    """One VQA evaluation. Give `ann` + `images`, or `hf_path`; paths are local, nothing is downloaded."""
+
+    config: str  # model YAML with a vqa: section (a VQA run's adapter.yaml)
+    out: str  # output folder; holds the part file of an unfinished run, which a rerun resumes
+    ann: str | None = None  # region-QA file (image, boxes, conversations); with `captions`, a region-caption file
+    images: str | None = None
+    hf_path: str | None = None
+    hf_split: str = "test"
+    captions: bool = False  # caption every region through the LLM (`caption_prompt`), scored with pycocoevalcap
+    caption_prompt: str = CAPTION_PROMPT
+    max_images: int | None = None
+    batch_size: int = 8  # records (images) whose questions are answered together
+    max_new_tokens: int | None = None  # default: the model config's vqa.max_new_tokens
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.ann is None) == (self.hf_path is None):
+            raise ValueError("give the data as --ann with --images, or as --hf-path")
+        if self.ann is not None and self.images is None:
+            raise ValueError(f"{self.ann} needs --images, the folder of its images")
+        if self.batch_size < 1 or (self.max_images is not None and self.max_images < 1):
+            raise ValueError("batch_size and max_images must be at least 1")
+        if "<region1>" not in self.caption_prompt:
+            raise ValueError(f"the caption prompt must name the region as <region1>, got {self.caption_prompt!r}")
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, punctuation and articles removed, number words as digits, spaces collapsed: "The Two." -> "2"."""
+    words = _PUNCTUATION.sub(" ", _ARTICLES.sub(" ", text.lower().replace("'s", ""))).split()
+    return " ".join(_NUMBERS.get(word, word) for word in words)
+
+
+def evaluate_vqa(settings: VqaEvalSettings) -> dict[str, Any]:
+    """Answer (or caption) the data set's regions through the VQA head, resuming `out`; write and return metrics."""
+    if settings.captions:
+        require_java()
+    config = RegionSpotConfig.from_yaml(settings.config)
+    if config.vqa is None:
+        raise ValueError(f"{settings.config} has no vqa: section; give the adapter.yaml of a VQA run")
+    if config.vqa.checkpoint is None:
+        log.warning("the model config names no VQA weights: the projector is untrained")
+    device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_regionspot(config).to(device).eval()
+    dataset = build_dataset(
+        "vqa",
+        DatasetConfig(
+            ann_file=settings.ann, image_dir=settings.images, hf_path=settings.hf_path, hf_split=settings.hf_split,
+            captions=settings.captions, questions=not settings.captions,
+        ),
+    )  # fmt: skip
+    indices = list(range(len(dataset)))[: settings.max_images]
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_or_write_run_file(out, _fingerprint(settings, config), parts=ANSWER_PARTS)
+    done = read_answer_parts(out)
+    remaining = [i for i in indices if dataset.records[i].image_id not in done]
+    if done:
+        log.info("resuming: %d images already answered, %d to go", len(indices) - len(remaining), len(remaining))
+    _answer_images(model, dataset, remaining, out / "answers.rank0.jsonl", settings)
+    done = read_answer_parts(out)
+    if settings.captions:
+        metrics = _score_captions(dataset, indices, done, out)
+    else:
+        metrics = score_answers(dataset, indices, done)
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    print(format_vqa_metrics(metrics))
+    return metrics
+
+
+def _fingerprint(settings: VqaEvalSettings, config: RegionSpotConfig) -> dict[str, Any]:
+    return {
+        "config": {"path": str(Path(settings.config).resolve()), "sha256": file_sha256(settings.config)},
+        "adapter": file_sha256(config.adapter.checkpoint) if config.adapter.checkpoint else None,
+        "vqa": file_sha256(config.vqa.checkpoint) if config.vqa.checkpoint else None,
+        "llm": str(Path(config.vqa.llm).resolve()),
+        "data": str(Path(settings.ann).resolve()) if settings.ann else [settings.hf_path, settings.hf_split],
+        "captions": settings.caption_prompt if settings.captions else None,
+        "max_new_tokens": settings.max_new_tokens,
+    }
+
+
+@torch.no_grad()
+def _answer_images(
+    model: RegionSpot, dataset: DetectionDataset, indices: list[int], part: Path, settings: VqaEvalSettings
+) -> None:
+    from tqdm import tqdm
+
+    with PartWriter(part) as writer, tqdm(total=len(indices), unit="img", disable=not settings.progress) as bar:
+        for start in range(0, len(indices), settings.batch_size):
+            batch = [(i, dataset[i]) for i in indices[start : start + settings.batch_size]]
+            for record in answer_batch(model, dataset, batch, settings):
+                writer.write(record)
+            bar.update(len(batch))
+
+
+def answer_batch(
+    model: RegionSpot, dataset: DetectionDataset, batch: list[tuple[int, dict]], settings: VqaEvalSettings
+) -> list[dict]:
+    """(index, item) pairs -> one JSON record per image: its answers in turn order (or captions by region key)."""
+    records, usable = [], []
+    for index, item in batch:
+        image_id = dataset.records[index].image_id
+        if "skipped" in item:
+            log.warning("skipping image %s: %s", image_id, item["skipped"])
+            records.append({"image_id": image_id, "skipped": item["skipped"]})
+        else:
+            usable.append((image_id, item))
+    if not usable:
+        return records
+    prepared = [model.preprocessor(item["image"]) for _, item in usable]
+    prompts = [
+        prepare_prompts(model.sam, image_size=image.original_size, boxes=item["boxes"])[0]
+        for image, (_, item) in zip(prepared, usable, strict=True)
+    ]
+    frozen = model.frozen_features(prepared, prompts)
+    features = model.region_features(frozen)
+    conditions = model.region_condition(frozen, features).split([len(f.region_tokens) for f in frozen])
+    asked, owners = _questions([item for _, item in usable], conditions, settings)
+    replies = model.vqa.generate(
+        [conversation for conversation, _ in asked], [regions for _, regions in asked],
+        max_new_tokens=settings.max_new_tokens,
+    )  # fmt: skip
+    by_image: dict[int, list[str]] = defaultdict(list)
+    for owner, reply in zip(owners, replies, strict=True):
+        by_image[owner].append(reply)
+    for n, (image_id, item) in enumerate(usable):
+        if settings.captions:
+            records.append({"image_id": image_id, "captions": dict(zip(item["region_keys"], by_image[n], strict=True))})
+        else:
+            records.append({"image_id": image_id, "answers": by_image[n]})
+    return records
+
+
+def _questions(items: list[dict], conditions, settings: VqaEvalSettings) -> tuple[list, list[int]]:
+    """One conversation to answer per question (per region, captioning) with its regions, and whose it is."""
+    asked, owners = [], []
+    for n, item in enumerate(items):
+        if settings.captions:
+            for region in range(len(item["boxes"])):
+                asked.append(([(settings.caption_prompt, None)], conditions[n][region : region + 1]))
+                owners.append(n)
+        else:
+            turns = item["conversation"]
+            for k, (question, _) in enumerate(turns):
+                asked.append(([*turns[:k], (question, None)], conditions[n]))
+                owners.append(n)
+    return asked, owners
+
+
+def read_answer_parts(out: str | Path) -> dict[int, dict[str, Any]]:
+    """{image id: its record} of every image finished in `out` (a half-written last line is ignored)."""
+    done: dict[int, dict[str, Any]] = {}
+    for path in sorted(Path(out).glob(ANSWER_PARTS)):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "skipped" not in record or record["image_id"] not in done:
+                done[record["image_id"]] = record
+    return done
+
+
+def score_answers(dataset: DetectionDataset, indices: list[int], done: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Normalised exact-match accuracy over every turn, and per question type where the records give types."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for index in indices:
+        record = dataset.records[index]
+        answers = done.get(record.image_id, {}).get("answers") or []
+        types = record.question_types or ["all"] * len(record.conversation)
+        for k, ((_, reference), kind) in enumerate(zip(record.conversation, types, strict=True)):
+            right = k < len(answers) and normalize_answer(answers[k]) == normalize_answer(reference)
+            hits["all"].append(right)
+            if kind != "all":
+                hits[kind].append(right)
+    metrics: dict[str, Any] = {"accuracy": {kind: sum(v) / len(v) for kind, v in hits.items() if v}}
+    metrics["questions"] = {kind: len(v) for kind, v in hits.items()}
+    metrics["images"] = {"total": len(indices), "skipped": sum("skipped" in done.get(i, {}) for i in done)}
+    return metrics
+
+
+def _score_captions(
+    dataset: DetectionDataset, indices: list[int], done: dict[int, dict[str, Any]], out: Path
+) -> dict[str, Any]:
+    keys = {key for i in indices for key in (dataset.records[i].region_keys or [])}
+    references = {key: refs for key, refs in caption_references(dataset).items() if key in keys}
+    predictions = {key: text for record in done.values() for key, text in record.get("captions", {}).items()}
+    predictions = {key: predictions.get(key, "") for key in references}
+    (out / ANSWERS_FILE).write_text(json.dumps(predictions, indent=0))
+    return score_captions(predictions, references)
+
+
+def format_vqa_metrics(metrics: dict[str, Any]) -> str:
+    if "accuracy" not in metrics:  # captions through the LLM
+        names = [n for n in ("CIDEr", "Bleu_4", "METEOR", "ROUGE_L") if n in metrics]
+        return ", ".join(f"{n} {100 * metrics[n]:.1f}" for n in names)
+    return ", ".join(f"{kind} {100 * value:.1f}%" for kind, value in metrics["accuracy"].items())
