@@ -105,3 +105,13 @@ def test_export_rebuilds_the_head_and_evaluate_vqa_scores_and_resumes(trained, q
     plain.write_text(Path(TINY).read_text())
     with pytest.raises(SystemExit, match="no vqa: section"):
         evaluate_main(["vqa", "--config", str(plain), *args[3:-3], "--out", str(tmp_path / "x")])
+
+
+def test_the_vqa_head_learns_at_its_own_rate(qa_data):
+    _, llm = qa_data
+    module = RegionSpotModule(model_config=vqa_config(llm), lr=1e-3, vqa_lr=3e-3)
+    optimizer = module.configure_optimizers()["optimizer"]
+    recogniser, vqa = optimizer.param_groups
+    assert (recogniser["initial_lr"], vqa["initial_lr"]) == (1e-3, 3e-3)
+    assert {id(p) for p in vqa["params"]} == {id(p) for p in module.model.vqa.parameters() if p.requires_grad}
+    assert not {id(p) for p in recogniser["params"]} & {id(p) for p in vqa["params"]}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 A = TypeVar("A")
@@ -53,12 +54,20 @@ def map_in_processes(
         yield from pool.map(function, items, chunksize=chunksize)
 
 
-def _pool(workers: int) -> ProcessPoolExecutor:
+@contextmanager
+def in_background(job: Callable[[], T], *, threads: int = 1) -> Iterator[Future]:
+    """Run `job` in a spawned process with `threads` torch threads while the caller works on; the yielded future
+    holds its result (leaving the block waits for it)."""
+    with _pool(1, threads=threads) as pool:
+        yield pool.submit(job)
+
+
+def _pool(workers: int, *, threads: int | None = None) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_use_threads,
-        initargs=(threads_per_job(workers),),
+        initargs=(threads or threads_per_job(workers),),
     )
 
 

@@ -4,19 +4,25 @@
     python -m regionspot.demo --out /tmp/demo --quick
 
 1. `regionspot.demo.synthetic` draws a seeded LVIS-format data set of coloured, textured shapes, with
-   rare/common/frequent classes and classes held out of training, and a caption per object of what it drew.
-2. No real SAM or CLIP weights can be downloaded here, so `regionspot.demo.backbones` fits a tiny SAM and
+   rare/common/frequent classes and classes held out of training, a caption per object of what it drew, and
+   questions about each image's objects.
+2. No real SAM, CLIP or LLM weights can be downloaded here, so `regionspot.demo.backbones` fits a tiny SAM and
    a tiny CLIP as stand-ins for the foundation models, on a class-balanced pretraining split that never
-   shows a held-out class; from then on they are frozen.
-3. The adapter and the caption decoder train together through the LightningCLI that `train.py` runs
-   (`configs/demo.yaml`): focal loss for names, next-token loss for captions.
+   shows a held-out class (from then on they are frozen), and `regionspot.demo.language_model` writes a tiny
+   random Llama.
+3. The adapter, the caption decoder and the VQA head (the tiny LLM, trained in full, and its region projector)
+   train together through the LightningCLI that `train.py` runs (`configs/demo.yaml`): focal loss for names,
+   next-token losses for captions and answers, the question batches mixed in among the detection batches.
+   On the other core, the blind baseline (`regionspot.demo.vqa`) learns the questions alone.
 4. The runner that `evaluate.py` runs classifies every ground-truth box of the test split over the whole
    vocabulary (seen and held-out names) and scores it with the official LVIS API. AP is also reported on
    the classes seen in training and on the held-out ones, next to chance: the same protocol fed random
    class probabilities.
 5. `evaluate.py captions` captions every test box and scores it with pycocoevalcap (CIDEr-D, BLEU-4, METEOR,
    ROUGE-L), next to two baselines (`regionspot.demo.captioning`), with attribute words on held-out classes.
-6. `demo.png` shows test images with each box's predicted label, score and caption.
+6. `evaluate.py vqa` answers every test question, scored by question type next to the blind LM and the
+   majority answer.
+7. `demo.png` shows test images with each box's predicted label, score and caption.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +42,16 @@ import torch
 import yaml
 
 from regionspot.boxes import xywh_to_xyxy
-from regionspot.config import RegionSpotConfig
+from regionspot.config import RegionSpotConfig, VqaConfig
 from regionspot.data.coco import load_annotations
+from regionspot.data.region_qa import load_region_qa
 from regionspot.demo.backbones import fit_backbones
 from regionspot.demo.captioning import baseline_captions, caption_rows, format_caption_table
-from regionspot.demo.parallel import cores, threads_per_job
+from regionspot.demo.language_model import write_tiny_causal_lm
+from regionspot.demo.parallel import cores, in_background, threads_per_job
 from regionspot.demo.picture import draw_predictions
 from regionspot.demo.synthetic import GeneratedDataset, generate_dataset
+from regionspot.demo.vqa import accuracy_by_type, format_vqa_table, majority_answers, train_blind_baseline
 from regionspot.evaluation import region_detections, score_detections
 from regionspot.evaluation.caption_eval import CAPTIONS_FILE
 from regionspot.evaluation.cli import main as evaluate_main
@@ -56,7 +66,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TRAIN_CONFIG = CONFIGS / "demo.yaml"
 MODEL_CONFIG = CONFIGS / "model" / "demo.yaml"
 COLUMNS = ("AP", "APr", "APc", "APf", "seen AP", "held-out AP", "seen top-1", "held-out top-1")
-STEPS = 6
+STEPS = 7
+VQA_BATCH = 16  # region-QA records per step: the demo config's data.batch_size, which the blind baseline matches
 LR_DECAY_AT = 0.8  # the adapter's learning rate drops 10x for the last fifth of its steps (seen AP 50.5 -> 54.9)
 
 
@@ -70,15 +81,18 @@ class DemoSize:
     num_pretrain: int
     sam_steps: int
     clip_steps: int
-    adapter_steps: int
+    adapter_steps: int  # steps on the detection data (names and captions)
+    qa_steps: int  # steps on the region questions, mixed in among them (the blind baseline gets as many)
 
 
 FULL = DemoSize(
-    num_train=1500, num_val=100, num_test=200, num_pretrain=4500, sam_steps=600, clip_steps=1800, adapter_steps=2500
-)
+    num_train=1500, num_val=100, num_test=200, num_pretrain=4500, sam_steps=600, clip_steps=1800,
+    adapter_steps=2500, qa_steps=800,
+)  # fmt: skip
 QUICK = DemoSize(
-    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, clip_steps=500, adapter_steps=300
-)
+    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, clip_steps=500, adapter_steps=300,
+    qa_steps=600,
+)  # fmt: skip
 
 
 def run_demo(
@@ -124,21 +138,24 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
     seen_train.write_text(json.dumps(restrict_to_categories(train_gt, [], seen_ids)[0]))
     timings["generate data"] = time.perf_counter() - start
 
-    _say(2, "fitting tiny stand-ins for SAM and CLIP on the pretraining split (real weights cannot be downloaded)")
+    _say(2, "fitting tiny stand-ins for SAM and CLIP, writing a tiny LLM (real weights cannot be downloaded)")
     start = time.perf_counter()
     model_yaml = _fit_stand_in_backbones(data, out, seed=seed, size=size, train_gt=train_gt)
     timings["fit stand-in backbones"] = time.perf_counter() - start
 
     _say(
         3,
-        f"training the adapter and the caption decoder through train.py's LightningCLI ({Path(train_config).name}); "
-        "SAM and CLIP stay frozen",
+        f"training the adapter, the caption decoder and the VQA head through train.py's LightningCLI "
+        f"({Path(train_config).name}); SAM and CLIP stay frozen; on the other core, the blind VQA baseline learns "
+        "the questions without the regions",
     )
     start = time.perf_counter()
-    with warnings.catch_warnings():  # the demo hands the CLI its own arguments, as intended
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        RegionSpotCLI(args=_train_args(train_config, out, model_yaml, seen_train, data, size.adapter_steps))
-    timings["train adapter + captioner (train.py)"] = time.perf_counter() - start
+    with in_background(_blind_baseline(data, out, size=size, seed=seed)) as blind:
+        with warnings.catch_warnings():  # the demo hands the CLI its own arguments, as intended
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            RegionSpotCLI(args=_train_args(train_config, out, model_yaml, seen_train, data, size))
+        blind_answers, _ = blind.result()
+    timings["train adapter + captioner + VQA (train.py), blind baseline beside"] = time.perf_counter() - start
 
     _say(4, "evaluating through evaluate.py: the test split's ground-truth boxes, all 36 names, official LVIS API")
     start = time.perf_counter()
@@ -168,11 +185,23 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
     caption_metrics = caption_rows(test_gt, systems, heldout_ids=heldout_ids, scored=scored)
     timings["caption and score (evaluate.py captions)"] = time.perf_counter() - start
 
-    _say(6, f"drawing test images with their labels and captions into {out / 'demo.png'}")
+    _say(6, "answering every test question through evaluate.py vqa; against the blind LM and the majority answer")
+    start = time.perf_counter()
+    shutil.rmtree(out / "vqa", ignore_errors=True)
+    qa_test = data.question_files["test"]
+    answered = evaluate_main(["vqa", "--config", model, "--ann", str(qa_test), "--images", str(data.root),
+                              "--out", str(out / "vqa")])  # fmt: skip
+    vqa_metrics = _vqa_rows(data, answered, blind_answers)
+    timings["answer and score (evaluate.py vqa)"] = time.perf_counter() - start
+
+    _say(7, f"drawing test images with their labels and captions into {out / 'demo.png'}")
     picture = draw_predictions(
         gt=test_gt, detections=detections, image_dir=data.root, out_file=out / "demo.png", captions=captions
     )
-    summary = {"metrics": metrics, "caption_metrics": caption_metrics, "timings_s": timings, "picture": str(picture)}
+    summary = {
+        "metrics": metrics, "caption_metrics": caption_metrics, "vqa_metrics": vqa_metrics, "timings_s": timings,
+        "picture": str(picture),
+    }  # fmt: skip
     (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -184,9 +213,11 @@ def _say(step: int, what: str) -> None:
 def _fit_stand_in_backbones(
     data: GeneratedDataset, out: Path, *, seed: int, size: DemoSize, train_gt: dict[str, Any]
 ) -> Path:
-    """Fit the tiny SAM and CLIP; write the model YAML that points at them, with the captioner's vocabulary: the
-    CLIP BPE tokens the training captions use (a shortlist: a tiny decoder's 49,408-way softmax would cost more
-    than the rest of its step)."""
+    """Fit the tiny SAM and CLIP and write the tiny LLM; write the model YAML that points at them, with the
+    captioner's vocabulary (the CLIP BPE tokens the training captions use: a shortlist, as a tiny decoder's
+    49,408-way softmax would cost more than the rest of its step) and a vqa: section (the LLM trains in full: it
+    starts random, a stand-in as SAM and CLIP are)."""
+    llm = write_tiny_causal_lm(out / "llm", corpus=_qa_texts(data.question_files["train"]), seed=seed)
     fitted = fit_backbones(
         ann_file=data.annotation_files["pretrain"],
         out_dir=out / "backbones",
@@ -201,12 +232,40 @@ def _fit_stand_in_backbones(
         str(fitted.clip_checkpoint.resolve()),
     )
     config.caption.token_ids = CaptionTokenizer.from_corpus(a["caption"] for a in train_gt["annotations"]).token_ids
+    config.vqa = VqaConfig(llm=str(llm.resolve()), llm_training="full", max_new_tokens=3)
     model_yaml = out / "model.yaml"
     model_yaml.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return model_yaml
 
 
-def _train_args(train_config: str, out: Path, model_yaml: Path, train_file: Path, data, steps: int) -> list[str]:
+def _blind_baseline(data: GeneratedDataset, out: Path, *, size: DemoSize, seed: int):
+    """The blind LM's training and answers as a job: as many steps and records per step, and the learning rate,
+    of the VQA head in the main run."""
+    return partial(
+        train_blind_baseline, qa_file=data.question_files["train"], llm=out / "llm",
+        test_file=data.question_files["test"], steps=size.qa_steps, batch_size=VQA_BATCH,
+        lr=yaml.safe_load(TRAIN_CONFIG.read_text())["model"]["lr"], seed=seed,
+    )  # fmt: skip
+
+
+def _qa_texts(qa_file: Path) -> list[str]:
+    return [turn["value"] for record in json.loads(qa_file.read_text()) for turn in record["conversations"]]
+
+
+def _vqa_rows(data: GeneratedDataset, answered: dict, blind: list[list[str]]) -> dict[str, dict[str, float]]:
+    """Accuracy per question type of the VQA head (evaluate.py's numbers), the blind LM and the majority answer."""
+    train, _ = load_region_qa(data.question_files["train"])
+    test, _ = load_region_qa(data.question_files["test"])
+    columns = list(accuracy_by_type(test, blind))
+    return {
+        "regionspot VQA": {kind: answered["accuracy"][kind] for kind in columns},
+        "blind LM (no regions)": accuracy_by_type(test, blind),
+        "majority answer": accuracy_by_type(test, majority_answers(train, test)),
+    }
+
+
+def _train_args(train_config: str, out: Path, model_yaml: Path, train_file: Path, data, size: DemoSize) -> list[str]:
+    steps = size.adapter_steps + size.qa_steps  # the region questions mixed in among the detection batches
     return [
         "fit",
         "--config", str(train_config),
@@ -215,6 +274,9 @@ def _train_args(train_config: str, out: Path, model_yaml: Path, train_file: Path
         "--data.train.shapes.image_dir", str(data.root),
         "--data.val.ann_file", str(data.annotation_files["val"]),
         "--data.val.image_dir", str(data.root),
+        "--data.train.shapes_qa.ann_file", str(data.question_files["train"]),
+        "--data.train.shapes_qa.image_dir", str(data.root),
+        "--data.train.shapes_qa.ratio", str(size.qa_steps / size.adapter_steps),
         "--trainer.max_steps", str(steps),
         "--model.lr_milestones", f"[{round(LR_DECAY_AT * steps)}]",
         "--trainer.val_check_interval", str(steps),
@@ -287,5 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         "\nRegion captions of the test split's boxes (pycocoevalcap, x100) and attribute words on held-out classes (%):"
     )
     print(format_caption_table(summary["caption_metrics"]))
+    print("\nRegion questions of the test split, accuracy (%) by question type (normalised exact match):")
+    print(format_vqa_table(summary["vqa_metrics"]))
     print("\n" + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in summary["timings_s"].items()))
     print(f"picture: {summary['picture']}; metrics: {Path(args.out) / 'demo_metrics.json'}")

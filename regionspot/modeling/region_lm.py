@@ -9,6 +9,7 @@ one), so that an instruction-tuned LLM reads the format it was tuned on. Trainin
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from regionspot.modeling.region_projector import RegionProjector
 
 REGION_TAG = re.compile(r"<region(\d+)>")
 IGNORE_INDEX = -100  # label of a position whose token is not scored (prompt, region, padding)
+_ENCODED_ROWS_KEPT = 100_000  # conversations whose encoding is kept (a few KB each)
 # One (question, answer) turn; in a conversation handed to `generate`, the last answer is None.
 Turn = tuple[str, str | None]
 
@@ -80,6 +82,7 @@ class RegionLanguageModel(nn.Module):
         self.projector = projector
         self.max_new_tokens = max_new_tokens
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._rows: OrderedDict[tuple[Turn, ...], tuple[list[int], list[int], list[int]]] = OrderedDict()
 
     def train(self, mode: bool = True) -> RegionLanguageModel:
         super().train(mode)
@@ -88,9 +91,11 @@ class RegionLanguageModel(nn.Module):
         return self
 
     def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights that train (the projector's, and the LLM's LoRA or full weights when those train), by name:
-        what a checkpoint keeps; a frozen LLM comes from its folder."""
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        """What training changes, by name: the projector's state (weights and its standardisation's running
+        statistics) and the LLM's LoRA or full weights when those train; what a checkpoint keeps (a frozen LLM
+        comes from its folder)."""
+        state = {f"projector.{name}": value.detach() for name, value in self.projector.state_dict().items()}
+        return state | {name: p.detach() for name, p in self.llm.named_parameters(prefix="llm") if p.requires_grad}
 
     # ----- prompts ------------------------------------------------------------------------------------------------
     def pieces(self, conversation: Sequence[Turn]) -> list[tuple[str, bool]]:
@@ -141,19 +146,33 @@ class RegionLanguageModel(nn.Module):
         rows, offset = [], 0
         for conversation, count in zip(conversations, region_counts, strict=True):
             _check_conversation(conversation, count, open_end=padding_side == "left")
-            ids: list[int] = []
-            slots: list[int] = []
-            labels: list[int] = []
-            for text, is_answer in self.pieces(conversation):
-                piece_ids, piece_slots = (
-                    (self._ids(text), None) if is_answer else self._prompt_ids(text, offset, tokens_per_region)
-                )
-                ids += piece_ids
-                slots += piece_slots or [-1] * len(piece_ids)
-                labels += piece_ids if is_answer else [IGNORE_INDEX] * len(piece_ids)
-            rows.append((ids, slots, labels))
+            ids, slots, labels = self._encoded_row(tuple(tuple(turn) for turn in conversation))
+            rows.append((ids, [s + offset if s >= 0 else s for s in slots], labels))
             offset += count * tokens_per_region
         return _pad(rows, pad_id=self.pad_id, side=padding_side)
+
+    def _encoded_row(self, conversation: tuple[Turn, ...]) -> tuple[list[int], list[int], list[int]]:
+        """One conversation's ids, region slots (counted from its own first region) and labels, cached: rendering
+        the chat template and tokenizing cost more than a tiny LLM's step, and training meets each conversation
+        again every epoch."""
+        cached = self._rows.get(conversation)
+        if cached is not None:
+            self._rows.move_to_end(conversation)
+            return cached
+        ids: list[int] = []
+        slots: list[int] = []
+        labels: list[int] = []
+        for text, is_answer in self.pieces(conversation):
+            piece_ids, piece_slots = (
+                (self._ids(text), None) if is_answer else self._prompt_ids(text, 0, self.projector.tokens_per_region)
+            )
+            ids += piece_ids
+            slots += piece_slots or [-1] * len(piece_ids)
+            labels += piece_ids if is_answer else [IGNORE_INDEX] * len(piece_ids)
+        self._rows[conversation] = (ids, slots, labels)
+        if len(self._rows) > _ENCODED_ROWS_KEPT:
+            self._rows.popitem(last=False)
+        return ids, slots, labels
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

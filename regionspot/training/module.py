@@ -66,6 +66,8 @@ class RegionSpotModule(L.LightningModule):
             Its fields can be set one by one: `--model.model_config.adapter.dropout 0.0`; stage 2 starts
             from a stage-1 adapter through `adapter.checkpoint`.
         lr, weight_decay: AdamW settings (RegionSpot: 2.5e-5, 1e-4).
+        vqa_lr: the VQA head's learning rate (its projector, and the LLM's weights that train); None: `lr`. An
+            LLM's LoRA weights or projector usually want another rate than the recogniser's adapter.
         warmup_steps, warmup_start_factor: linear warm-up (RegionSpot: 1000 steps).
         lr_milestones, lr_gamma: LR multiplied by `lr_gamma` at these steps (RegionSpot: 350k, 420k; 0.1).
         focal_alpha, focal_gamma: focal loss settings (0.25, 2).
@@ -74,6 +76,8 @@ class RegionSpotModule(L.LightningModule):
             next-token cross-entropy (over the boxes with a caption, when the model has a captioner) +
             vqa_loss_weight x the answers' next-token cross-entropy (over the images with a conversation, when the
             model has a VQA head).
+        caption_regions_per_image: caption at most this many regions of each image per step, drawn at random (None:
+            all); the caption loss then costs less per step while every caption is still met over the epochs.
         train_adapter: False keeps the adapter as `adapter.checkpoint` gives it (no gradients, eval mode), so
             that a captioner learns on a recogniser that stays exactly as it was; True trains it (jointly with
             the captioner when there is one).
@@ -99,6 +103,7 @@ class RegionSpotModule(L.LightningModule):
         *,
         model_config: RegionSpotConfig,
         lr: float = 2.5e-5,
+        vqa_lr: float | None = None,
         weight_decay: float = 1e-4,
         warmup_steps: int = 1000,
         warmup_start_factor: float = 0.001,
@@ -109,6 +114,7 @@ class RegionSpotModule(L.LightningModule):
         focal_loss_weight: float = 1.0,
         caption_loss_weight: float = 1.0,
         vqa_loss_weight: float = 1.0,
+        caption_regions_per_image: int | None = None,
         train_adapter: bool = True,
         loss_reduction: str = "boxes",
         backbone_precision: str = "auto",
@@ -129,8 +135,9 @@ class RegionSpotModule(L.LightningModule):
             raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {max_skipped_fraction}")
         if val_top_k < 1 or val_activation not in ACTIVATIONS:
             raise ValueError(f"val_top_k must be >= 1 and val_activation one of {ACTIVATIONS}")
-        if min(focal_loss_weight, caption_loss_weight, vqa_loss_weight) < 0:
-            raise ValueError("focal_loss_weight, caption_loss_weight and vqa_loss_weight must be >= 0")
+        _check_loss_settings(
+            weights=(focal_loss_weight, caption_loss_weight, vqa_loss_weight), captioned=caption_regions_per_image
+        )
         if not train_adapter and model_config.adapter.checkpoint is None:
             raise ValueError(
                 "train_adapter=False keeps the adapter as it is: give it trained weights (adapter.checkpoint)"
@@ -275,7 +282,7 @@ class RegionSpotModule(L.LightningModule):
             loss = loss + self.hparams.focal_loss_weight * focal
             self.log("train/focal_loss", focal, batch_size=batch_size)
         if self._learns_captions(batch):
-            caption = self.model.caption_loss(frozen, features, batch["captions"])
+            caption = self.model.caption_loss(*self._captioned_regions(frozen, features, batch["captions"]))
             loss = loss + self.hparams.caption_loss_weight * caption
             self.log("train/caption_loss", caption, prog_bar=True, batch_size=batch_size)
         if self._learns_answers(batch):
@@ -285,6 +292,28 @@ class RegionSpotModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/regions", float(sum(len(b) for b in batch["boxes"])), batch_size=batch_size)
         return loss
+
+    def _captioned_regions(
+        self, frozen: list[FrozenFeatures], features: list[torch.Tensor], captions: list[list[str]]
+    ) -> tuple[list[FrozenFeatures], list[torch.Tensor], list[list[str]]]:
+        """The regions this step captions: at most `caption_regions_per_image` of each image, at random."""
+        limit = self.hparams.caption_regions_per_image
+        if limit is None:
+            return frozen, features, captions
+        kept: tuple[list, list, list] = ([], [], [])
+        for image_frozen, image_features, image_captions in zip(frozen, features, captions, strict=True):
+            keep = torch.randperm(len(image_captions))[:limit].sort().values  # seeded per step (on_train_batch_start)
+            kept[0].append(
+                dataclasses.replace(
+                    image_frozen,
+                    region_tokens=image_frozen.region_tokens[keep],
+                    mask_scores=image_frozen.mask_scores[keep],
+                    mask_logits=None,
+                )
+            )
+            kept[1].append(image_features[keep])
+            kept[2].append([image_captions[i] for i in keep.tolist()])
+        return kept
 
     def _learns_names(self, dataset: str) -> bool:
         """Whether this batch trains naming: the adapter trains, the focal loss counts, the data set has classes."""
@@ -341,9 +370,14 @@ class RegionSpotModule(L.LightningModule):
             )
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        vqa = {id(p) for p in self.model.vqa.parameters()} if self.model.vqa is not None else set()
+        params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in vqa]
+        groups = [{"params": params, "lr": self.hparams.lr}]
+        if vqa:
+            vqa_params = [p for p in self.model.vqa.parameters() if p.requires_grad]
+            groups.append({"params": vqa_params, "lr": self.hparams.vqa_lr or self.hparams.lr})
         # foreach: one kernel per step for all tensors; the per-tensor loop costs ~10 ms a step on CPU
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, foreach=True)
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, foreach=True)
         schedule = WarmupMultiStep(
             warmup_steps=self.hparams.warmup_steps,
             warmup_start_factor=self.hparams.warmup_start_factor,
@@ -419,6 +453,13 @@ class RegionSpotModule(L.LightningModule):
             raise ValueError("this checkpoint holds no adapter weights (keys model.adapter.*)")
         frozen = {k: v for k, v in self.state_dict().items() if not self._checkpointed(k)}
         checkpoint["state_dict"] = {**frozen, **state}  # the frozen backbones come from the model config's files
+
+
+def _check_loss_settings(*, weights: tuple[float, ...], captioned: int | None) -> None:
+    if min(weights) < 0:
+        raise ValueError("focal_loss_weight, caption_loss_weight and vqa_loss_weight must be >= 0")
+    if captioned is not None and captioned < 1:
+        raise ValueError(f"caption_regions_per_image must be >= 1 or null, got {captioned}")
 
 
 def _content_key(image: PreparedImage | np.ndarray, boxes: torch.Tensor) -> bytes:
