@@ -21,7 +21,8 @@ from PIL import Image
 
 from regionspot import build_regionspot
 from regionspot.data.region_qa import RegionQA, load_region_qa
-from regionspot.demo.vqa import accuracy_by_type, format_vqa_table, majority_answers
+from regionspot.demo.vqa import format_vqa_table, majority_answers
+from regionspot.evaluation.vqa_eval import accuracy_by_type, asked_turns
 from regionspot.modeling.region_lm import RegionLanguageModel, load_causal_lm
 from regionspot.modeling.region_projector import RegionProjector
 from regionspot.transforms import prepare_prompts
@@ -69,11 +70,7 @@ def train_and_answer(projector_cls, *, tokens: int, llm_folder: Path, data, step
         torch.nn.utils.clip_grad_norm_(vqa.parameters(), 1.0)
         optimizer.step()
     vqa.eval()
-    asked = [
-        (n, [*r.conversation[:k], (q, None)], test_conditions[n])
-        for n, r in enumerate(test)
-        for k, (q, _) in enumerate(r.conversation)
-    ]
+    asked = [(n, turns, test_conditions[n]) for n, r in enumerate(test) for turns in asked_turns(r.conversation)]
     answers: list[list[str]] = [[] for _ in test]
     for start in range(0, len(asked), 64):
         part = asked[start : start + 64]

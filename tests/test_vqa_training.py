@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
+from test_demo import SMALL as DEMO_SMALL
 from test_training import make_trainer
 
 from regionspot import RegionSpotConfig, build_regionspot
@@ -24,16 +25,8 @@ from regionspot.training import RegionDataModule, RegionSpotModule, export_adapt
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TINY = "configs/model/tiny.yaml"
-SMALL = {
-    "num_train": 40,
-    "num_val": 8,
-    "num_test": 8,
-    "image_size": 64,
-    "num_heldout": 2,
-    "colours": ("red", "blue"),
-    "textures": ("solid", "striped"),
-    "shapes": ("circle", "square"),
-}
+# The generator test's small world (8 classes, 64 px), fewer images: questions need no pretraining split.
+SMALL = {**DEMO_SMALL, "num_train": 40, "num_val": 8, "num_test": 8, "num_pretrain": 0}
 
 
 @pytest.fixture(scope="module")

@@ -51,13 +51,14 @@ from regionspot.demo.language_model import write_tiny_causal_lm
 from regionspot.demo.parallel import cores, in_background, threads_per_job
 from regionspot.demo.picture import draw_predictions
 from regionspot.demo.synthetic import GeneratedDataset, generate_dataset
-from regionspot.demo.vqa import accuracy_by_type, format_vqa_table, majority_answers, train_blind_baseline
+from regionspot.demo.vqa import format_vqa_table, majority_answers, train_blind_baseline
 from regionspot.evaluation import region_detections, score_detections
 from regionspot.evaluation.caption_eval import CAPTIONS_FILE
 from regionspot.evaluation.cli import main as evaluate_main
 from regionspot.evaluation.runner import DETECTIONS_FILE, METRICS_FILE
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
 from regionspot.evaluation.top1 import top1_accuracy
+from regionspot.evaluation.vqa_eval import accuracy_by_type
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.training.cli import RegionSpotCLI
 

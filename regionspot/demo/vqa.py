@@ -5,7 +5,7 @@
   answer priors, and what earlier turns say), nothing of the regions.
 - **Majority answer**: the most frequent training answer of each question type.
 
-Both are scored like the model (`regionspot.evaluation.vqa_eval.normalize_answer`), per question type.
+Both are scored as the model is (`regionspot.evaluation.vqa_eval.accuracy_by_type`), per question type.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from regionspot.data.region_qa import RegionQA, load_region_qa
-from regionspot.evaluation.vqa_eval import normalize_answer
+from regionspot.evaluation.vqa_eval import asked_turns, normalize_answer
 from regionspot.modeling.region_lm import RegionLanguageModel, load_causal_lm
 from regionspot.modeling.region_projector import RegionProjector
 
@@ -68,9 +68,9 @@ def _no_regions(record: RegionQA) -> torch.Tensor:
 
 def _answer_blind(vqa: RegionLanguageModel, tests: Sequence[RegionQA], *, chunk: int = 64) -> list[list[str]]:
     asked = [
-        (n, [*record.conversation[:k], (question, None)], _no_regions(record))
+        (n, conversation, _no_regions(record))
         for n, record in enumerate(tests)
-        for k, (question, _) in enumerate(record.conversation)
+        for conversation in asked_turns(record.conversation)
     ]
     answers: list[list[str]] = [[] for _ in tests]
     for first in range(0, len(asked), chunk):
@@ -88,17 +88,6 @@ def majority_answers(train: Sequence[RegionQA], test: Sequence[RegionQA]) -> lis
         for (_, answer), kind in zip(record.conversation, record.question_types or (), strict=True):
             counts[kind][normalize_answer(answer)] += 1
     return [[counts[kind].most_common(1)[0][0] if counts[kind] else "" for kind in r.question_types] for r in test]
-
-
-def accuracy_by_type(test: Sequence[RegionQA], answers: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Normalised exact match per question type and over all turns ("all")."""
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for record, given in zip(test, answers, strict=True):
-        for k, ((_, reference), kind) in enumerate(zip(record.conversation, record.question_types, strict=True)):
-            right = k < len(given) and normalize_answer(given[k]) == normalize_answer(reference)
-            hits[kind].append(right)
-            hits["all"].append(right)
-    return {kind: float(np.mean(values)) for kind, values in sorted(hits.items(), key=lambda kv: kv[0] != "all")}
 
 
 def format_vqa_table(rows: dict[str, dict[str, float]]) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,15 @@ from regionspot.config import RegionSpotConfig
 from regionspot.data.captions import caption_references
 from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
 from regionspot.evaluation.caption_metrics import require_java, score_captions
-from regionspot.evaluation.runner import METRICS_FILE, RUN_FILE, PartWriter, check_or_write_run_file, file_sha256
-from regionspot.modeling.regionspot import RegionSpot
+from regionspot.evaluation.runner import (
+    METRICS_FILE,
+    RUN_FILE,
+    PartWriter,
+    check_or_write_run_file,
+    file_sha256,
+    read_part_records,
+)
+from regionspot.modeling.regionspot import FrozenFeatures, RegionSpot
 from regionspot.transforms import prepare_prompts
 
 log = logging.getLogger(__name__)
@@ -84,7 +92,10 @@ def evaluate_captions(settings: CaptionEvalSettings) -> dict[str, Any]:
     remaining = [i for i in indices if dataset.records[i].image_id not in done]
     if done:
         log.info("resuming: %d images already captioned, %d to go", len(indices) - len(remaining), len(remaining))
-    _caption_images(model, dataset, remaining, part, settings)
+    write_records(
+        lambda batch: caption_batch(model, dataset, batch), dataset, remaining, part,
+        batch_size=settings.batch_size, progress=settings.progress,
+    )  # fmt: skip
     return _merge_and_score(dataset, indices, out, settings)
 
 
@@ -119,36 +130,55 @@ def _fingerprint(settings: CaptionEvalSettings, config: RegionSpotConfig) -> dic
 
 
 @torch.no_grad()
-def _caption_images(
-    model: RegionSpot, dataset: DetectionDataset, indices: list[int], part: Path, settings: CaptionEvalSettings
+def write_records(
+    records_of: Callable[[list[tuple[int, dict]]], list[dict]],
+    dataset: DetectionDataset,
+    indices: list[int],
+    part: Path,
+    *,
+    batch_size: int,
+    progress: bool,
 ) -> None:
+    """Items `indices` of `dataset`, `batch_size` at a time, through `records_of`; each record appended to `part`
+    as soon as its batch is done (what a rerun resumes from)."""
     from tqdm import tqdm
 
-    with PartWriter(part) as writer, tqdm(total=len(indices), unit="img", disable=not settings.progress) as bar:
-        for start in range(0, len(indices), settings.batch_size):
-            batch = [(i, dataset[i]) for i in indices[start : start + settings.batch_size]]
-            for record in caption_batch(model, dataset, batch):
+    with PartWriter(part) as writer, tqdm(total=len(indices), unit="img", disable=not progress) as bar:
+        for start in range(0, len(indices), batch_size):
+            batch = [(i, dataset[i]) for i in indices[start : start + batch_size]]
+            for record in records_of(batch):
                 writer.write(record)
             bar.update(len(batch))
 
 
-def caption_batch(model: RegionSpot, dataset: DetectionDataset, batch: list[tuple[int, dict]]) -> list[dict]:
-    """(index, data set item) pairs -> one JSON record per image: its captions by region key, or why it was skipped."""
-    records, usable = [], []
+def usable_items(dataset: DetectionDataset, batch: list[tuple[int, dict]]) -> tuple[list[dict], list[tuple[int, dict]]]:
+    """A batch's records of skipped images ({image_id, skipped}, logged) and its (image id, item) pairs to run."""
+    skipped, usable = [], []
     for index, item in batch:
         image_id = dataset.records[index].image_id
         if "skipped" in item:
             log.warning("skipping image %s: %s", image_id, item["skipped"])
-            records.append({"image_id": image_id, "skipped": item["skipped"]})
+            skipped.append({"image_id": image_id, "skipped": item["skipped"]})
         else:
             usable.append((image_id, item))
+    return skipped, usable
+
+
+def frozen_of(model: RegionSpot, items: list[dict]) -> list[FrozenFeatures]:
+    """The model's frozen-feature step for data set items, their boxes as the regions."""
+    prepared = [model.preprocessor(item["image"]) for item in items]
+    prompts = [
+        prepare_prompts(model.sam, image_size=image.original_size, boxes=item["boxes"])[0]
+        for image, item in zip(prepared, items, strict=True)
+    ]
+    return model.frozen_features(prepared, prompts)
+
+
+def caption_batch(model: RegionSpot, dataset: DetectionDataset, batch: list[tuple[int, dict]]) -> list[dict]:
+    """(index, data set item) pairs -> one JSON record per image: its captions by region key, or why it was skipped."""
+    records, usable = usable_items(dataset, batch)
     if usable:
-        prepared = [model.preprocessor(item["image"]) for _, item in usable]
-        prompts = [
-            prepare_prompts(model.sam, image_size=image.original_size, boxes=item["boxes"])[0]
-            for image, (_, item) in zip(prepared, usable, strict=True)
-        ]
-        captions = model.caption_regions(model.frozen_features(prepared, prompts))
+        captions = model.caption_regions(frozen_of(model, [item for _, item in usable]))
         for (image_id, item), texts in zip(usable, captions, strict=True):
             records.append({"image_id": image_id, "captions": dict(zip(item["region_keys"], texts, strict=True))})
     return records
@@ -156,16 +186,7 @@ def caption_batch(model: RegionSpot, dataset: DetectionDataset, batch: list[tupl
 
 def read_caption_parts(out: str | Path) -> dict[int, dict[str, Any]]:
     """{image id: its record} of every image finished in `out` (a half-written last line is ignored)."""
-    done: dict[int, dict[str, Any]] = {}
-    for path in sorted(Path(out).glob(CAPTION_PARTS)):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "skipped" not in record or record["image_id"] not in done:
-                done[record["image_id"]] = record
-    return done
+    return read_part_records(out, CAPTION_PARTS)
 
 
 def _merge_and_score(

@@ -426,6 +426,21 @@ def read_parts(out: str | Path) -> tuple[dict[int, dict[str, Any]], dict[int, st
     return done, {k: v for k, v in skipped.items() if k not in done}
 
 
+def read_part_records(out: str | Path, pattern: str) -> dict[int, dict[str, Any]]:
+    """{image id: its record} of every image finished in `out`'s part files matching `pattern` (a half-written
+    last line is ignored; a record that skipped the image does not replace one that finished it)."""
+    done: dict[int, dict[str, Any]] = {}
+    for path in sorted(Path(out).glob(pattern)):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "skipped" not in record or record["image_id"] not in done:
+                done[record["image_id"]] = record
+    return done
+
+
 def finished_image_ids(out: str | Path) -> set[int]:
     return set(read_parts(out)[0])
 

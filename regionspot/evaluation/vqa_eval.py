@@ -15,6 +15,7 @@ import json
 import logging
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,11 @@ from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
 from regionspot.data.captions import caption_references
 from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.evaluation.caption_eval import frozen_of, usable_items, write_records
 from regionspot.evaluation.caption_metrics import require_java, score_captions
-from regionspot.evaluation.runner import METRICS_FILE, PartWriter, check_or_write_run_file, file_sha256
+from regionspot.evaluation.runner import METRICS_FILE, check_or_write_run_file, file_sha256, read_part_records
+from regionspot.modeling.region_lm import Turn
 from regionspot.modeling.regionspot import RegionSpot
-from regionspot.transforms import prepare_prompts
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +100,15 @@ def evaluate_vqa(settings: VqaEvalSettings) -> dict[str, Any]:
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     check_or_write_run_file(out, _fingerprint(settings, config), parts=ANSWER_PARTS)
-    done = read_answer_parts(out)
+    done = read_part_records(out, ANSWER_PARTS)
     remaining = [i for i in indices if dataset.records[i].image_id not in done]
     if done:
         log.info("resuming: %d images already answered, %d to go", len(indices) - len(remaining), len(remaining))
-    _answer_images(model, dataset, remaining, out / "answers.rank0.jsonl", settings)
-    done = read_answer_parts(out)
+    write_records(
+        lambda batch: answer_batch(model, dataset, batch, settings), dataset, remaining,
+        out / "answers.rank0.jsonl", batch_size=settings.batch_size, progress=settings.progress,
+    )  # fmt: skip
+    done = read_part_records(out, ANSWER_PARTS)
     if settings.captions:
         metrics = _score_captions(dataset, indices, done, out)
     else:
@@ -125,40 +130,14 @@ def _fingerprint(settings: VqaEvalSettings, config: RegionSpotConfig) -> dict[st
     }
 
 
-@torch.no_grad()
-def _answer_images(
-    model: RegionSpot, dataset: DetectionDataset, indices: list[int], part: Path, settings: VqaEvalSettings
-) -> None:
-    from tqdm import tqdm
-
-    with PartWriter(part) as writer, tqdm(total=len(indices), unit="img", disable=not settings.progress) as bar:
-        for start in range(0, len(indices), settings.batch_size):
-            batch = [(i, dataset[i]) for i in indices[start : start + settings.batch_size]]
-            for record in answer_batch(model, dataset, batch, settings):
-                writer.write(record)
-            bar.update(len(batch))
-
-
 def answer_batch(
     model: RegionSpot, dataset: DetectionDataset, batch: list[tuple[int, dict]], settings: VqaEvalSettings
 ) -> list[dict]:
     """(index, item) pairs -> one JSON record per image: its answers in turn order (or captions by region key)."""
-    records, usable = [], []
-    for index, item in batch:
-        image_id = dataset.records[index].image_id
-        if "skipped" in item:
-            log.warning("skipping image %s: %s", image_id, item["skipped"])
-            records.append({"image_id": image_id, "skipped": item["skipped"]})
-        else:
-            usable.append((image_id, item))
+    records, usable = usable_items(dataset, batch)
     if not usable:
         return records
-    prepared = [model.preprocessor(item["image"]) for _, item in usable]
-    prompts = [
-        prepare_prompts(model.sam, image_size=image.original_size, boxes=item["boxes"])[0]
-        for image, (_, item) in zip(prepared, usable, strict=True)
-    ]
-    frozen = model.frozen_features(prepared, prompts)
+    frozen = frozen_of(model, [item for _, item in usable])
     features = model.region_features(frozen)
     conditions = model.region_condition(frozen, features).split([len(f.region_tokens) for f in frozen])
     asked, owners = _questions([item for _, item in usable], conditions, settings)
@@ -186,39 +165,45 @@ def _questions(items: list[dict], conditions, settings: VqaEvalSettings) -> tupl
                 asked.append(([(settings.caption_prompt, None)], conditions[n][region : region + 1]))
                 owners.append(n)
         else:
-            turns = item["conversation"]
-            for k, (question, _) in enumerate(turns):
-                asked.append(([*turns[:k], (question, None)], conditions[n]))
+            for conversation in asked_turns(item["conversation"]):
+                asked.append((conversation, conditions[n]))
                 owners.append(n)
     return asked, owners
 
 
-def read_answer_parts(out: str | Path) -> dict[int, dict[str, Any]]:
-    """{image id: its record} of every image finished in `out` (a half-written last line is ignored)."""
-    done: dict[int, dict[str, Any]] = {}
-    for path in sorted(Path(out).glob(ANSWER_PARTS)):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "skipped" not in record or record["image_id"] not in done:
-                done[record["image_id"]] = record
-    return done
+def asked_turns(conversation: Sequence[tuple[str, str]]) -> list[list[Turn]]:
+    """Every turn of a conversation as an open question after the conversation's earlier turns (the protocol)."""
+    return [[*conversation[:k], (question, None)] for k, (question, _) in enumerate(conversation)]
+
+
+def answer_hits(records: Sequence[Any], answers: Sequence[Sequence[str]]) -> dict[str, list[bool]]:
+    """Whether each turn's answer matches its reference after `normalize_answer`, per question type where the
+    records name types (`question_types`), and over every turn ("all", first).
+
+    Args:
+        records: with `conversation` ((question, reference) turns) and `question_types` (or None).
+        answers: the answers to each record's turns, in turn order (missing ones count as wrong).
+    """
+    hits: dict[str, list[bool]] = {"all": []}
+    for record, given in zip(records, answers, strict=True):
+        types = record.question_types or [None] * len(record.conversation)
+        for k, ((_, reference), kind) in enumerate(zip(record.conversation, types, strict=True)):
+            right = k < len(given) and normalize_answer(given[k]) == normalize_answer(reference)
+            hits["all"].append(right)
+            if kind is not None:
+                hits.setdefault(kind, []).append(right)
+    return hits
+
+
+def accuracy_by_type(records: Sequence[Any], answers: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Normalised exact-match accuracy over every turn ("all") and per question type (`answer_hits`)."""
+    return {kind: sum(right) / len(right) for kind, right in answer_hits(records, answers).items() if right}
 
 
 def score_answers(dataset: DetectionDataset, indices: list[int], done: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Normalised exact-match accuracy over every turn, and per question type where the records give types."""
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for index in indices:
-        record = dataset.records[index]
-        answers = done.get(record.image_id, {}).get("answers") or []
-        types = record.question_types or ["all"] * len(record.conversation)
-        for k, ((_, reference), kind) in enumerate(zip(record.conversation, types, strict=True)):
-            right = k < len(answers) and normalize_answer(answers[k]) == normalize_answer(reference)
-            hits["all"].append(right)
-            if kind != "all":
-                hits[kind].append(right)
+    records = [dataset.records[i] for i in indices]
+    hits = answer_hits(records, [done.get(r.image_id, {}).get("answers") or [] for r in records])
     metrics: dict[str, Any] = {"accuracy": {kind: sum(v) / len(v) for kind, v in hits.items() if v}}
     metrics["questions"] = {kind: len(v) for kind, v in hits.items()}
     metrics["images"] = {"total": len(indices), "skipped": sum("skipped" in done.get(i, {}) for i in done)}
