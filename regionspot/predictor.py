@@ -8,8 +8,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,20 +21,6 @@ from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures, ImageEmbeddings, RegionSpot
 from regionspot.modeling.sam import sam_everything
 from regionspot.transforms import prepare_prompts, to_rgb_uint8
-
-
-@contextmanager
-def _attention_in_linear_memory() -> Iterator[None]:
-    """Run without nn.MultiheadAttention's inference fast path, which on the CPU builds each (N, N) attention
-    matrix in full: the adapter's self-attention over 10,000 regions then takes 800 MB a head (measured), where
-    the path through scaled_dot_product_attention takes a few MB and is faster. The switch is global, so it is
-    restored afterwards."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 @dataclass
@@ -95,7 +80,6 @@ class RegionSpotPredictor:
         self._rgb = rgb
 
     @torch.no_grad()
-    @_attention_in_linear_memory()
     def predict(
         self,
         *,
@@ -152,7 +136,6 @@ class RegionSpotPredictor:
         )  # fmt: skip
 
     @torch.no_grad()
-    @_attention_in_linear_memory()
     def predict_images(
         self,
         images: Sequence[Image.Image | np.ndarray | torch.Tensor],

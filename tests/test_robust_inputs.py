@@ -320,7 +320,7 @@ def test_ten_thousand_boxes_work_in_bounded_memory(predictor):
     growth, result = _bounded_peak_growth(lambda: predictor.predict(boxes=boxes, vocabulary=VOCAB, top_k=2))
     check_predictions(result, regions=10_000, vocabulary=VOCAB, top_k=2, size=(32, 32))
     assert growth < 512, f"predicting 10,000 boxes grew the resident memory by {growth:.0f} MiB"
-    assert torch.backends.mha.get_fastpath_enabled() == fast_path  # the predictor's switch is given back
+    assert torch.backends.mha.get_fastpath_enabled() == fast_path  # nothing flips the global switch
 
 
 # ----- vocabularies -------------------------------------------------------------------------------------------------

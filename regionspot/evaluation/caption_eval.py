@@ -57,6 +57,7 @@ class CaptionEvalSettings:
     batch_size: int = 8  # images whose regions are embedded and decoded together
     num_beams: int | None = None  # default: the model config's caption.num_beams
     device: str = "auto"  # "auto" (CUDA when there is one), "cpu", "cuda", ...
+    seed: int = 0  # draws the weights of parts without a checkpoint: the same in every run, so a rerun resumes alike
     spice: bool = False  # SPICE downloads Stanford CoreNLP on first use: off unless asked
     progress: bool = True
 
@@ -75,6 +76,7 @@ def evaluate_captions(settings: CaptionEvalSettings) -> dict[str, Any]:
     """Caption the data set's regions (resuming `out`), score them, write and return the metrics."""
     require_java()  # before hours of decoding, not after
     config = _model_config(settings)
+    torch.manual_seed(settings.seed)
     model = _build_model(config, device=settings.device)
     dataset = build_dataset(
         "captions",
@@ -126,6 +128,7 @@ def _fingerprint(settings: CaptionEvalSettings, config: RegionSpotConfig) -> dic
         "caption_decoder": file_sha256(caption) if caption else None,
         "data": str(Path(settings.ann).resolve()) if settings.ann else [settings.hf_path, settings.hf_split],
         "num_beams": settings.num_beams or (config.caption.num_beams if config.caption else None),
+        "seed": settings.seed,
     }
 
 

@@ -109,6 +109,7 @@ def _captions(argv: list[str]) -> dict:
     parser.add_argument("--batch-size", type=int, default=8, help="images captioned together")
     parser.add_argument("--num-beams", type=int, help="default: the model config's caption.num_beams")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--seed", type=int, default=0, help="draws the weights of parts without a checkpoint")
     parser.add_argument("--spice", action="store_true", help="also SPICE (downloads Stanford CoreNLP on first use)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return evaluate_captions(CaptionEvalSettings(**vars(parser.parse_args(argv))))
@@ -134,6 +135,7 @@ def _vqa(argv: list[str]) -> dict:
     parser.add_argument("--batch-size", type=int, default=8, help="images whose questions are answered together")
     parser.add_argument("--max-new-tokens", type=int, help="default: the model config's vqa.max_new_tokens")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--seed", type=int, default=0, help="draws the weights of parts without a checkpoint")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     return evaluate_vqa(VqaEvalSettings(**vars(parser.parse_args(argv))))
 

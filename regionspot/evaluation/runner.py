@@ -414,11 +414,7 @@ def read_parts(out: str | Path) -> tuple[dict[int, dict[str, Any]], dict[int, st
     done: dict[int, dict[str, Any]] = {}
     skipped: dict[int, str] = {}
     for path in sorted(Path(out).glob(PART_GLOB)):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for record in finished_records(path):
             if "skipped" in record:
                 skipped[record["image_id"]] = record["skipped"]
             else:
@@ -431,14 +427,28 @@ def read_part_records(out: str | Path, pattern: str) -> dict[int, dict[str, Any]
     last line is ignored; a record that skipped the image does not replace one that finished it)."""
     done: dict[int, dict[str, Any]] = {}
     for path in sorted(Path(out).glob(pattern)):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for record in finished_records(path):
             if "skipped" not in record or record["image_id"] not in done:
                 done[record["image_id"]] = record
     return done
+
+
+def finished_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a part file that were written whole: each a JSON object on a line of its own, ended by its
+    newline. A last line without one was cut by a kill, even if what came before the cut parses (the next
+    `PartWriter` drops it, and its image is done again); a line that does not parse is skipped, with a warning."""
+    data = path.read_bytes()
+    records = []
+    for number, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            record = None
+        if not isinstance(record, dict) or "image_id" not in record:
+            log.warning("%s, line %d: not a record (a damaged file?); its image is done again", path, number)
+            continue
+        records.append(record)
+    return records
 
 
 def finished_image_ids(out: str | Path) -> set[int]:

@@ -59,6 +59,7 @@ class VqaEvalSettings:
     batch_size: int = 8  # records (images) whose questions are answered together
     max_new_tokens: int | None = None  # default: the model config's vqa.max_new_tokens
     device: str = "auto"
+    seed: int = 0  # draws the weights of parts without a checkpoint: the same in every run, so a rerun resumes alike
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +89,7 @@ def evaluate_vqa(settings: VqaEvalSettings) -> dict[str, Any]:
     if config.vqa.checkpoint is None:
         log.warning("the model config names no VQA weights: the projector is untrained")
     device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(settings.seed)
     model = build_regionspot(config).to(device).eval()
     dataset = build_dataset(
         "vqa",
@@ -127,6 +129,7 @@ def _fingerprint(settings: VqaEvalSettings, config: RegionSpotConfig) -> dict[st
         "data": str(Path(settings.ann).resolve()) if settings.ann else [settings.hf_path, settings.hf_split],
         "captions": settings.caption_prompt if settings.captions else None,
         "max_new_tokens": settings.max_new_tokens,
+        "seed": settings.seed,
     }
 
 

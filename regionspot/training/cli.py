@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar
 from regionspot.training.datamodule import RegionDataModule
 from regionspot.training.export import export_adapter
+from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint
 from regionspot.training.module import RegionSpotModule
 
 
@@ -54,7 +58,9 @@ def build_loggers(save_dir: str | Path, config: LoggingConfig) -> list[Logger]:
 
 
 class RegionSpotCLI(LightningCLI):
-    """LightningCLI with RegionSpot's defaults: no Lightning-injected sampler, seeded, loggers from `logging`."""
+    """LightningCLI with RegionSpot's defaults: no Lightning-injected sampler, seeded, loggers from `logging`,
+    checkpoints written atomically (unless `trainer.plugins` names another CheckpointIO) and one saved on SIGTERM
+    (`regionspot.training.fault_tolerance`)."""
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 0)
@@ -71,10 +77,18 @@ class RegionSpotCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = build_loggers(root, self._get(self.config_init, "logging"))
+        plugins = _as_list(trainer_config.get("plugins"))
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        added = [PreemptionCheckpoint()]
         if trainer_config.get("enable_progress_bar") is not False:
-            callbacks = trainer_config.get("callbacks") or []
-            kwargs["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), StepProgressBar()]
+            added.append(StepProgressBar())
+        kwargs["callbacks"] = [*_as_list(trainer_config.get("callbacks")), *added]
         return super().instantiate_trainer(**kwargs)
+
+
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 def export_main(argv: list[str] | None = None) -> None:
@@ -98,5 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["export"]:
         export_main(args[1:])
-    else:
+        return
+    try:
         RegionSpotCLI(args=argv)  # None: LightningCLI reads sys.argv itself
+    except SIGTERMException as stopped:  # pre-empted, checkpoint saved: exit as a terminated process, not as done
+        raise SystemExit(128 + signal.SIGTERM) from stopped

@@ -2,8 +2,9 @@
 
 The module is thin: the network comes from `regionspot.build.build_regionspot` and does the work (its one
 frozen-feature step, the adapter, the scores, the caption loss); this file holds how the losses combine, the
-optimizer and schedule, validation with ground-truth boxes scored as evaluate.py scores them, and the
-checkpoint contents (trained weights and the model config only).
+optimizer and schedule, validation with ground-truth boxes scored as evaluate.py scores them, the
+checkpoint contents (trained weights and the model config only), and which steps are skipped (a NaN or
+infinite loss or gradient: `regionspot.training.fault_tolerance`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from regionspot.modeling.losses import LOSS_REDUCTIONS, region_focal_loss
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures
 from regionspot.training.datamodule import RegionDataModule
+from regionspot.training.fault_tolerance import NonFiniteSteps, last_checkpoint_path
 from regionspot.training.schedule import WarmupMultiStep
 from regionspot.transforms import prepare_prompts
 from regionspot.vocabulary import read_class_names
@@ -50,6 +52,7 @@ HEAD_PARTS = ("adapter", "caption_decoder", "vqa")
 HEAD_PREFIXES = tuple(f"model.{part}." for part in HEAD_PARTS)
 _SKIP_CHECK_EVERY = 50  # steps between checks of the skipped share (a collective on every rank)
 CONFIG_KEY = "regionspot_model_config"
+BAD_STEPS_KEY = "regionspot_bad_steps"
 BACKBONE_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -93,9 +96,15 @@ class RegionSpotModule(L.LightningModule):
         frozen_cache_size: keep the frozen SAM and CLIP outputs of up to this many (image, boxes) pairs in
             memory (least recently used dropped first) and reuse them when the same pixels and boxes come
             again. Worth it when a small data set is seen for many epochs, as in the demo; augmentations
-            that change pixels or boxes simply miss. 0 (default) turns it off.
+            that change pixels or boxes simply miss. 0 (default) turns it off. Misses are computed together, as
+            without the cache; SAM decodes a batch's boxes jointly and their last bits (~5e-7) depend on the
+            neighbours, so a run resumed with an empty cache matches an uninterrupted one to about that, not bit
+            for bit (with the cache off, exactly).
         max_skipped_fraction: stop with an error when more than this share of the training images read
             (checked every 50 steps and at each epoch's end) could not be used, e.g. unreadable files.
+        max_bad_steps_in_a_row: a step whose loss or gradients are NaN or infinite is skipped (no weight changes;
+            counted as `train/skipped_steps`); after this many in a row the run saves its `last` checkpoint and
+            stops with an error.
     """
 
     def __init__(
@@ -123,6 +132,7 @@ class RegionSpotModule(L.LightningModule):
         seed: int = 0,
         frozen_cache_size: int = 0,
         max_skipped_fraction: float = 0.5,
+        max_bad_steps_in_a_row: int = 20,
     ) -> None:
         super().__init__()
         if backbone_precision not in BACKBONE_PRECISIONS:
@@ -156,6 +166,9 @@ class RegionSpotModule(L.LightningModule):
         self._skipped: Counter = Counter()
         self._images_read = 0  # on this rank, kept or skipped
         self._frozen_cache: OrderedDict[bytes, FrozenFeatures] = OrderedDict()
+        self._bad_steps = NonFiniteSteps(max_bad_steps_in_a_row)
+        self._step_loss: torch.Tensor | None = None
+        self._step_images: tuple[str, list] = ("", [])  # the step's data set and image ids, for the log
 
     # ----- setup -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -291,7 +304,25 @@ class RegionSpotModule(L.LightningModule):
             self.log("train/vqa_loss", answers, prog_bar=True, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/regions", float(sum(len(b) for b in batch["boxes"])), batch_size=batch_size)
+        self._step_loss, self._step_images = loss.detach(), (batch["dataset"], list(batch["image_ids"]))
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the step (every rank alike) when the loss or a gradient is NaN or infinite: without gradients,
+        AdamW leaves the weights and its moments as they were; the step still counts, so the data and the
+        schedule go on as in any other run."""
+        trained = [p for p in self.parameters() if p.requires_grad]
+        bad = self.trainer.strategy.reduce_boolean_decision(NonFiniteSteps.is_bad(self._step_loss, trained), all=False)
+        self._step_loss = None
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            log.warning(
+                "step %d: NaN or infinite loss or gradients; the optimizer step is skipped (data set %s, images %s)",
+                self.global_step,
+                *self._step_images,
+            )
+        self._bad_steps.record(bad)
+        self.log("train/skipped_steps", float(self._bad_steps.skipped), batch_size=1)
 
     def _captioned_regions(
         self, frozen: list[FrozenFeatures], features: list[torch.Tensor], captions: list[list[str]]
@@ -354,6 +385,20 @@ class RegionSpotModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         if self.global_step % _SKIP_CHECK_EVERY == 0:
             self._stop_if_too_many_skipped()
+        if self._bad_steps.too_many:
+            self._stop_after_bad_steps()
+
+    def _stop_after_bad_steps(self) -> None:
+        """Save the run where a resume finds it (its weights are those before the bad steps), then stop."""
+        path = last_checkpoint_path(self.trainer)
+        self.trainer.save_checkpoint(path)
+        count, step = self._bad_steps.in_a_row, self.global_step
+        raise RuntimeError(
+            f"the {count} optimizer steps before step {step} all had a NaN or infinite loss or gradient and were "
+            f"skipped (model.max_bad_steps_in_a_row={count}): stopping. The weights are those before them; the "
+            f"run is saved in {path}. Check the data those steps read and lower model.lr, then resume with "
+            f"--ckpt_path {path}"
+        )
 
     def on_train_epoch_end(self) -> None:
         self._stop_if_too_many_skipped()
@@ -439,6 +484,7 @@ class RegionSpotModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if self._checkpointed(k)}
         checkpoint[CONFIG_KEY] = self.model_config.to_dict()
+        checkpoint[BAD_STEPS_KEY] = self._bad_steps.state_dict()
 
     def _checkpointed(self, key: str) -> bool:
         """Whether a checkpoint holds this weight: the heads' do, except a VQA head's LLM weights that do not train
@@ -453,6 +499,8 @@ class RegionSpotModule(L.LightningModule):
             raise ValueError("this checkpoint holds no adapter weights (keys model.adapter.*)")
         frozen = {k: v for k, v in self.state_dict().items() if not self._checkpointed(k)}
         checkpoint["state_dict"] = {**frozen, **state}  # the frozen backbones come from the model config's files
+        if BAD_STEPS_KEY in checkpoint:
+            self._bad_steps.load_state_dict(checkpoint[BAD_STEPS_KEY])
 
 
 def _check_loss_settings(*, weights: tuple[float, ...], captioned: int | None) -> None:

@@ -1,0 +1,156 @@
+"""Nothing lost on a crash: checkpoints written atomically, one saved on pre-emption, bad steps skipped and counted.
+
+- `AtomicCheckpointIO`: a checkpoint is written to a temporary file beside its final name, flushed to disk, then
+  renamed over it, so a kill while writing leaves the previous checkpoint whole. Lightning's own writer stages
+  it in the system temp folder and moves it, a copy when that is another file system (as on most clusters),
+  and never syncs it to disk.
+- `PreemptionCheckpoint`: on SIGTERM (pre-emption; SLURM's requeue sends it too) Lightning ends the run after
+  the step in flight; this saves a checkpoint first, where the next run's resume looks for it.
+- `NonFiniteSteps`: a step whose loss or gradients are NaN or infinite changes no weight; too many in a row stop
+  the run (see `RegionSpotModule.max_bad_steps_in_a_row`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+PARTIAL_SUFFIX = ".partial"  # a checkpoint being written; never ends in .ckpt, so "last" never picks one
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint format, written atomically; read back with `weights_only=True` by default.
+
+    A checkpoint goes to `.<name>.partial` in its own folder, is fsynced, and is renamed over `<name>`
+    (`os.replace`, atomic on POSIX file systems), then the folder is fsynced so that the rename survives a crash
+    of the machine too. A partial file a killed run left behind is overwritten by the next save of that name.
+    Remote paths (`s3://...`, whose uploads are all or nothing already) are Lightning's to write.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+        try:
+            with partial.open("wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        _fsync_folder(path.parent)
+
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        # A checkpoint of this package holds tensors and plain data only: nothing in it needs to run code.
+        weights_only = True if weights_only is None else weights_only
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # a file system without directory handles: the rename is as durable as it gets
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def last_checkpoint_path(trainer: L.Trainer) -> Path:
+    """The `last` checkpoint of the run's ModelCheckpoint, where `fit(ckpt_path="last")` looks; without one,
+    `<default_root_dir>/checkpoints/last.ckpt` (which only `--ckpt_path <that path>` resumes from)."""
+    callback = trainer.checkpoint_callback
+    if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
+        return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def requeues_on_slurm(trainer: L.Trainer) -> bool:
+    """Whether the run is a SLURM job that Lightning requeues (`SLURMEnvironment(auto_requeue=True)`)."""
+    # Lightning keeps the cluster environment on its accelerator connector (no public property for one device).
+    environment = getattr(trainer._accelerator_connector, "cluster_environment", None)
+    return isinstance(environment, SLURMEnvironment) and environment.auto_requeue
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGTERM, save a checkpoint before the run exits, where the next run resumes from.
+
+    Lightning ends a run that received SIGTERM once the step in flight is done (raising `SIGTERMException`); this
+    then writes a checkpoint of that step: Lightning's next `hpc_ckpt_N.ckpt` in `default_root_dir` for a SLURM
+    job that requeues (the requeued job, started without `--ckpt_path`, resumes from the newest of those by
+    itself), else the run's `last` checkpoint (`--ckpt_path last` resumes from it). With gradient accumulation,
+    a SIGTERM between two optimizer steps saves nothing: the previous checkpoint stays the one to resume from.
+    """
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if trainer.fit_loop.epoch_loop.batch_progress.current.completed % trainer.accumulate_grad_batches:
+            rank_zero_warn("SIGTERM between two optimizer steps of an accumulation: no checkpoint saved")
+            return
+        if requeues_on_slurm(trainer):
+            path = Path(trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir))
+        else:
+            path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"SIGTERM at step {trainer.global_step}: saved {path}; exiting")
+
+
+class NonFiniteSteps:
+    """Counts the optimizer steps skipped because the loss or a gradient was NaN or infinite.
+
+    Args:
+        max_in_a_row: stop after this many skipped steps in a row (the run has diverged, or its data is broken).
+    """
+
+    def __init__(self, max_in_a_row: int) -> None:
+        if max_in_a_row < 1:
+            raise ValueError(f"max_bad_steps_in_a_row must be >= 1, got {max_in_a_row}")
+        self.max_in_a_row = max_in_a_row
+        self.skipped = 0
+        self.in_a_row = 0
+
+    @staticmethod
+    def is_bad(loss: torch.Tensor | None, parameters: Iterable[torch.nn.Parameter]) -> bool:
+        """Whether the loss or the gradients' total norm (NaN if any entry is NaN, inf if any is infinite or the
+        norm overflows) is not finite. One host sync."""
+        gradients = [p.grad for p in parameters if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(gradients) if gradients else torch.zeros(())
+        checked = norm if loss is None else torch.stack([norm.float(), loss.detach().float().to(norm.device)])
+        return not bool(torch.isfinite(checked).all())
+
+    def record(self, bad: bool) -> None:
+        self.skipped += bad
+        self.in_a_row = self.in_a_row + 1 if bad else 0
+
+    @property
+    def too_many(self) -> bool:
+        return self.in_a_row >= self.max_in_a_row
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.skipped, self.in_a_row = int(state["skipped"]), int(state["in_a_row"])

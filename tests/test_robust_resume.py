@@ -1,0 +1,170 @@
+"""train.py killed (SIGKILL at random moments), pre-empted (SIGTERM) or requeued by SLURM, then resumed: the run
+ends with exactly the adapter, and the optimizer state, of a run never interrupted.
+
+The tiny config on the toy set, with what could make a resumed run drift: adapter dropout (torch's generator),
+random flips and crops (numpy's), epochs of 5 steps (resumed mid-epoch and at epoch ends), validation every 6
+steps. The frozen-feature cache stays off: a resumed run recomputes its misses in other batches, whose last bits
+differ (regionspot.training.module, `frozen_cache_size`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import killable
+import pytest
+import torch
+from safetensors.torch import load_file
+from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
+
+from regionspot.data.toy import write_colour_boxes
+from regionspot.training.cli import RegionSpotCLI, main
+from regionspot.training.fault_tolerance import AtomicCheckpointIO
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+MAX_STEPS = 16
+EVERY_STEP = {"every_n_train_steps": 1, "save_last": True}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("toy")
+    train_ann, images = write_colour_boxes(root, num_images=24)
+    val_ann, _ = write_colour_boxes(root, num_images=4, seed=1, split="val")
+    return {"train": str(train_ann), "val": str(val_ann), "images": str(images)}
+
+
+def fit_args(run: Path, toy: dict[str, str], *, checkpoints: dict, max_steps: int = MAX_STEPS) -> list[str]:
+    """`train.py fit` on the tiny config, checkpoints in `run`/checkpoints, resuming from `last` when there is one."""
+    override = {
+        "model": {"frozen_cache_size": 0},
+        "data": {
+            "train": {"toy": {"ann_file": toy["train"], "image_dir": toy["images"]}},
+            "val": {"ann_file": toy["val"], "image_dir": toy["images"]},
+            "batches_per_epoch": 5,
+            "augment": {"short_edges": [], "flip_prob": 0.5, "crop_prob": 0.3},
+        },
+        "trainer": {
+            "max_steps": max_steps,
+            "val_check_interval": 6,
+            "limit_val_batches": 1,
+            "log_every_n_steps": 1,
+            "default_root_dir": str(run),
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": str(run / "checkpoints"), **checkpoints},
+                }
+            ],
+        },
+    }
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "override.yaml").write_text(json.dumps(override))
+    return [
+        "fit",
+        "--config=configs/tiny.yaml",
+        f"--config={run / 'override.yaml'}",
+        "--model.model_config.adapter.dropout=0.1",
+        "--ckpt_path=last",
+    ]
+
+
+def trained_tensors(run: Path) -> dict[str, torch.Tensor]:
+    """The exported adapter, and AdamW's moments and step counts from the last checkpoint."""
+    tensors = load_file(run / "adapter.safetensors")
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    for index, state in last["optimizer_states"][0]["state"].items():
+        tensors.update({f"adamw.{index}.{name}": value for name, value in state.items()})
+    return tensors
+
+
+def assert_equal_tensors(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    unequal = [name for name in expected if not torch.equal(actual[name], expected[name])]
+    assert not unequal, f"{len(unequal)} of {len(expected)} trained tensors differ, e.g. {unequal[:3]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(toy, tmp_path_factory) -> dict[str, torch.Tensor]:
+    run = tmp_path_factory.mktemp("uninterrupted")
+    main(fit_args(run, toy, checkpoints=EVERY_STEP))
+    return trained_tensors(run)
+
+
+def test_kill_9_at_random_moments_then_resuming_gives_the_uninterrupted_run(toy, uninterrupted, tmp_path, capsys):
+    run = tmp_path / "killed"
+    args, checkpoints = fit_args(run, toy, checkpoints=EVERY_STEP), run / "checkpoints"
+    rng = random.Random(18)
+    resumed_from = []
+    for _ in range(3):
+        resumed_from.append(killable.latest_step(checkpoints))
+        target = min(resumed_from[-1] + rng.randint(1, 4), MAX_STEPS - 8)  # room for the sleep on a fast machine
+        process = killable.start_training(args)
+        killable.wait_until(lambda: killable.latest_step(checkpoints) >= target, process)  # noqa: B023
+        # Anywhere in the next step or so: reading data, forward, backward, validation, a checkpoint half-written.
+        time.sleep(rng.uniform(0.0, 0.2))
+        assert killable.kill(process) == -signal.SIGKILL
+    resumed_from.append(killable.latest_step(checkpoints))
+    main(args)  # to the end, in this process
+    assert_equal_tensors(trained_tensors(run), uninterrupted)
+    assert sorted(resumed_from) == resumed_from and resumed_from[-1] < MAX_STEPS
+    with capsys.disabled():
+        print(f"\n3 kills survived; the runs resumed at steps {resumed_from[1:]} (epochs of 5 steps)")
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_ends_as_the_uninterrupted_one(toy, uninterrupted, tmp_path):
+    run = tmp_path / "preempted"
+    # No `last` checkpoint but the one SIGTERM writes: the step files only show how far the run got.
+    args = fit_args(run, toy, checkpoints={"every_n_train_steps": 1, "save_top_k": -1, "save_last": False})
+    process = killable.start_training(args)
+    killable.wait_until(lambda: killable.latest_step(run / "checkpoints") >= 6, process)
+    assert killable.kill(process, signal.SIGTERM) == 128 + signal.SIGTERM  # exits as terminated, not as done
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == killable.latest_step(run / "checkpoints") < MAX_STEPS  # the step it finished
+    assert not (run / "adapter.safetensors").exists()  # a pre-empted run exports nothing
+    main(args)
+    assert_equal_tensors(load_file(run / "adapter.safetensors"), adapter_only(uninterrupted))
+
+
+def adapter_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in tensors.items() if not name.startswith("adamw.")}
+
+
+def test_slurm_requeue_through_lightnings_plugin_saves_requeues_and_resumes(toy, tmp_path, monkeypatch):
+    """configs/slurm.yaml under SLURM's variables, with a stand-in for `scontrol`: SIGUSR1 reaches Lightning's own
+    handler, which writes hpc_ckpt_1.ckpt (through AtomicCheckpointIO) and asks for the requeue; the requeued
+    job, the same command, starts from that checkpoint by itself."""
+    bin_dir, requests = tmp_path / "bin", tmp_path / "scontrol.txt"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requests}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "regionspot", "SLURM_JOB_ID": "4242", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    run = tmp_path / "slurm"
+    args = [*fit_args(run, toy, checkpoints=EVERY_STEP, max_steps=5)[:-1], "--config=configs/slurm.yaml"]  # no ckpt
+
+    def fit(signal_at: int) -> RegionSpotCLI:
+        callback = {"class_path": "killable.SignalAt", "init_args": {"step": signal_at}}
+        return RegionSpotCLI(args=[*args, f"--trainer.callbacks+={json.dumps(callback)}"])
+
+    first = fit(signal_at=3)
+    sender = next(c for c in first.trainer.callbacks if isinstance(c, killable.SignalAt))
+    assert type(first.trainer._accelerator_connector.cluster_environment).__name__ == "SLURMEnvironment"
+    assert any("slurm_sigusr" in getattr(h, "__name__", "") for h in sender.handler.signal_handlers)
+    assert isinstance(first.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert requests.read_text().split() == ["requeue", "4242"]
+    assert torch.load(run / "hpc_ckpt_1.ckpt", weights_only=True)["global_step"] == 3
+
+    requeued = fit(signal_at=-1)
+    restarted = next(c for c in requeued.trainer.callbacks if isinstance(c, killable.SignalAt))
+    assert restarted.started_at == [3] and requeued.trainer.global_step == 5
