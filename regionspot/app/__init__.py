@@ -1,0 +1,7 @@
+"""The web app: point at regions of an image in a browser and see what the model names them.
+
+    python -m regionspot.app [--config MODEL.yaml] [--adapter ADAPTER.safetensors] [--port 7860]
+
+`regions` reads the boxes and points a user types or clicks, `recognition` runs the predictor and draws what it
+says, `models` chooses the model and its vocabulary lists, `layout` is the Gradio page over them (docs/app.md).
+"""
