@@ -46,6 +46,13 @@ def test_feature_map_equals_open_clip_last_block(image):
     assert_close(tokens, captured[0])
 
 
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_an_image_already_at_clips_size_is_not_interpolated_and_comes_out_as_interpolation_would(mode):
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    expected = F.interpolate(pixels.float() / 255.0, size=(32, 32), mode=mode)
+    assert torch.equal(resize_for_clip(pixels, 32, mode=mode), expected)  # the shortcut is exact
+
+
 def test_preprocessing_resizes_the_whole_image_and_normalises(image):
     backbone = _backbone(build_clip(model_name=TINY))
     preprocessor = ImagePreprocessor(sam_size=128, clip_size=backbone.image_size)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
 A = TypeVar("A")
@@ -43,6 +42,12 @@ def run_side_by_side(jobs: Sequence[Callable[[], T]]) -> list[T]:
         return [future.result() for future in futures]
 
 
+def in_order(jobs: Sequence[Callable[[], T]]) -> list[T]:
+    """Run `jobs` one after the other and return their results: a lane of `run_side_by_side` that holds several jobs
+    (`partial(in_order, [first, second])`), so that a short job and the one after it share a core."""
+    return [job() for job in jobs]
+
+
 def map_in_processes(
     function: Callable[[A], T], items: Iterable[A], *, workers: int, chunksize: int = 32
 ) -> Iterator[T]:
@@ -52,14 +57,6 @@ def map_in_processes(
         return
     with _pool(workers) as pool:
         yield from pool.map(function, items, chunksize=chunksize)
-
-
-@contextmanager
-def in_background(job: Callable[[], T], *, threads: int = 1) -> Iterator[Future]:
-    """Run `job` in a spawned process with `threads` torch threads while the caller works on; the yielded future
-    holds its result (leaving the block waits for it)."""
-    with _pool(1, threads=threads) as pool:
-        yield pool.submit(job)
 
 
 def _pool(workers: int, *, threads: int | None = None) -> ProcessPoolExecutor:

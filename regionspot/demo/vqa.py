@@ -35,9 +35,11 @@ def train_blind_baseline(
     steps: int,
     batch_size: int,
     lr: float,
+    tokens_per_region: int = 1,
     seed: int = 0,
 ) -> tuple[list[list[str]], float]:
-    """Train the blind LM on `qa_file`'s conversations (no images read) and answer `test_file`'s questions.
+    """Train the blind LM on `qa_file`'s conversations (no images read) and answer `test_file`'s questions;
+    `tokens_per_region` as the VQA head's, so that both read prompts of the same length.
 
     Returns:
         The answers per test record, turn by turn (each asked with the record's earlier turns, as evaluate.py
@@ -48,7 +50,11 @@ def train_blind_baseline(
     rng = np.random.default_rng(seed)
     records, _ = load_region_qa(qa_file)
     model, tokenizer = load_causal_lm(llm)
-    projector = RegionProjector(condition_dim=_NO_REGION, hidden_size=model.get_input_embeddings().embedding_dim)
+    projector = RegionProjector(
+        condition_dim=_NO_REGION,
+        hidden_size=model.get_input_embeddings().embedding_dim,
+        tokens_per_region=tokens_per_region,
+    )
     vqa = RegionLanguageModel(llm=model, tokenizer=tokenizer, projector=projector)
     optimizer = torch.optim.AdamW(vqa.parameters(), lr=lr, weight_decay=1e-4)
     vqa.train()

@@ -61,7 +61,10 @@ def resize_for_clip(pixels: torch.Tensor, size: int, *, mode: str = "bicubic") -
     """
     if mode not in CLIP_RESIZES:
         raise ValueError(f"CLIP resize must be one of {CLIP_RESIZES}, got {mode!r}")
-    return F.interpolate(pixels.float() / 255.0, size=(size, size), mode=mode)
+    scaled = pixels.float() / 255.0
+    if scaled.shape[-2:] == (size, size):  # both interpolations are exactly the identity at scale 1 (tested)
+        return scaled
+    return F.interpolate(scaled, size=(size, size), mode=mode)
 
 
 class ImagePreprocessor:
