@@ -72,8 +72,9 @@ def clip_region_accuracy(model, examples, text, category_ids) -> dict[int, bool]
     return torch.cat(right)
 
 
-def train_adapter(model, cached, labels, text, *, steps, lr, batch_size, seed) -> list[float]:
-    """AdamW + warm-up + cosine on the adapter alone, focal loss over the training vocabulary."""
+def train_adapter(model, cached, labels, text, *, steps, lr, batch_size, seed, softmax_weight=0.0) -> list[float]:
+    """AdamW + warm-up + cosine on the adapter alone, focal loss over the training vocabulary (plus
+    `softmax_weight` x the cross-entropy of a softmax over it)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -88,7 +89,10 @@ def train_adapter(model, cached, labels, text, *, steps, lr, batch_size, seed) -
     for _ in range(steps):
         batch = rng.choice(len(cached), size=min(batch_size, len(cached)), replace=False)
         logits = model([cached[b]["frozen"] for b in batch], text)
-        loss = region_focal_loss(torch.cat(logits)[:, 0], torch.cat([labels[b] for b in batch]))
+        logits, targets = torch.cat(logits)[:, 0], torch.cat([labels[b] for b in batch])
+        loss = region_focal_loss(logits, targets)
+        if softmax_weight:
+            loss = loss + softmax_weight * torch.nn.functional.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
