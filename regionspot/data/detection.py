@@ -61,6 +61,10 @@ class DatasetConfig:
     # the record's regions in order (<region1> = the first). No classes (labels -1); max_regions and crops
     # never apply to such an item, since dropping a box would renumber the regions its questions name.
     questions: bool = False
+    # A feature cache folder (`python -m regionspot.extract ... --clip-maps`): training reads each image's frozen SAM
+    # and CLIP outputs from it instead of the image, and the backbones do not run (regionspot.data.feature_cache).
+    # The cache holds the boxes, labels and vocabulary too, so ann_file / hf_path are not needed beside it.
+    features: str | None = None
 
     def __post_init__(self) -> None:
         for flag in ("captions", "questions"):  # a YAML string such as "false" would read as true
@@ -68,8 +72,7 @@ class DatasetConfig:
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.questions and (self.captions or self.toy):
             raise ValueError("a region-QA data set (questions: true) is neither a caption set nor a toy set")
-        if (self.ann_file is None) == (self.hf_path is None):
-            raise ValueError("a data set needs either ann_file (with image_dir) or hf_path, not both")
+        self._check_source()
         if self.ann_file is not None and self.image_dir is None:
             raise ValueError(f"data set {self.ann_file} needs image_dir, the folder of its images")
         if self.ratio <= 0:
@@ -78,6 +81,14 @@ class DatasetConfig:
             raise ValueError(f"bbox_format must be one of {BBOX_FORMATS}, got {self.bbox_format!r}")
         if self.toy and (self.ann_file is None or Path(self.image_dir) != Path(self.ann_file).parent / "images"):
             raise ValueError("a toy data set is drawn at ann_file with its images in <ann_file's folder>/images")
+
+    def _check_source(self) -> None:
+        if self.features is not None and self.questions:
+            raise ValueError("a region-QA data set (questions: true) cannot be read from a feature cache")
+        if self.ann_file is not None and self.hf_path is not None:
+            raise ValueError("a data set needs either ann_file (with image_dir) or hf_path, not both")
+        if self.ann_file is None and self.hf_path is None and self.features is None:
+            raise ValueError("a data set needs either ann_file (with image_dir) or hf_path, or features (a cache)")
 
 
 @dataclass
@@ -272,7 +283,13 @@ def build_dataset(
 ) -> DetectionDataset:
     """The data set `config` describes: a COCO/LVIS JSON with its image folder, or a Hugging Face data set;
     with `config.captions`, a region-caption file (`regionspot.data.captions.load_caption_file`) or table; with
-    `config.questions`, a region-QA file or table (`regionspot.data.region_qa`), whose items keep every box."""
+    `config.questions`, a region-QA file or table (`regionspot.data.region_qa`), whose items keep every box; with
+    `config.features`, the data set's feature cache (`regionspot.data.feature_cache`), whose items hold the frozen
+    outputs instead of the image."""
+    if config.features is not None:
+        from regionspot.data.feature_cache import load_feature_cache  # imported here: it imports the model package
+
+        return load_feature_cache(name, config.features, augment_config=augment_config, max_regions=max_regions)
     if config.questions:
         # Imported here: the region-QA formats are built from this module's parts.
         from regionspot.data.region_qa import load_region_qa_dataset

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from regionspot.data.augment import AugmentConfig
 from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
-from regionspot.data.sampling import MixedBatchSampler, MixedDetectionDataset, ShardSampler, collate_detections
+from regionspot.data.feature_cache import CachedDetectionDataset, collate_with_features
+from regionspot.data.sampling import MixedBatchSampler, MixedDetectionDataset, ShardSampler
 from regionspot.data.toy import write_colour_boxes
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class RegionDataModule(L.LightningDataModule):
             ]
             self.train_set = MixedDetectionDataset(datasets, seed=self.seed)
         if stage in ("fit", "validate") and self.val_config is not None and self.val_set is None:
+            if self.val_config.features is not None:
+                raise ValueError("data.val reads images: validation from a feature cache is not supported")
             if self.val_config.ann_file is None:
                 raise ValueError(
                     "data.val must be a COCO/LVIS-format JSON (ann_file + image_dir): AP needs its ground truth"
@@ -102,6 +105,13 @@ class RegionDataModule(L.LightningDataModule):
         if self.val_set is not None:
             found[self.val_set.name] = self.val_set.vocabulary
         return found
+
+    @property
+    def feature_manifests(self) -> dict[str, dict]:
+        """The manifests of the training sets read from a feature cache, by cache folder (the module checks that its
+        backbones made them)."""
+        datasets = self.train_set.datasets if self.train_set is not None else []
+        return {str(d.cache.folder): d.cache.manifest for d in datasets if isinstance(d, CachedDetectionDataset)}
 
     def _world(self) -> tuple[int, int, int]:
         """(rank, world size, batches already trained), from the trainer when there is one."""
@@ -139,7 +149,7 @@ class RegionDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             num_workers=self.num_workers,
-            collate_fn=collate_detections,
+            collate_fn=collate_with_features,
             persistent_workers=self.num_workers > 0,
             **kwargs,
         )

@@ -1,7 +1,8 @@
 """`RegionSpotModule`: trains the heads of a RegionSpot whose SAM and CLIP stay frozen.
 
 The module is thin: the network comes from `regionspot.build.build_regionspot` and does the work (its one
-frozen-feature step, the adapter, the scores, the caption loss); this file holds how the losses combine, the
+frozen-feature step, the adapter, the scores, the caption loss), or a batch brings the frozen outputs from a feature
+cache (`regionspot.data.feature_cache`) and that step is skipped; this file holds how the losses combine, the
 optimizer and schedule, validation with ground-truth boxes scored as evaluate.py scores them, the
 checkpoint contents (trained weights and the model config only), and which steps are skipped (a NaN or
 infinite loss or gradient: `regionspot.training.fault_tolerance`).
@@ -26,6 +27,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
 from regionspot.data.detection import DetectionDataset
+from regionspot.data.feature_cache import cached_frozen, check_backbones
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
 from regionspot.evaluation.metric import DetectionAP
 from regionspot.modeling.losses import LOSS_REDUCTIONS, region_focal_loss
@@ -177,6 +179,8 @@ class RegionSpotModule(L.LightningModule):
         data = self.trainer.datamodule
         if isinstance(data, RegionDataModule):  # any other data: call use_data before fitting
             self.use_data(vocabularies=data.vocabularies, val_set=data.val_set)
+            for folder, manifest in data.feature_manifests.items():
+                check_backbones(manifest, self.model_config, where=folder)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, **kwargs: Any) -> RegionSpotModule:
@@ -249,6 +253,12 @@ class RegionSpotModule(L.LightningModule):
             self._frozen_cache.popitem(last=False)
         return outputs
 
+    def _batch_frozen(self, batch: dict[str, Any]) -> list[FrozenFeatures]:
+        """A batch's frozen outputs: read from its feature cache (the backbones do not run), else computed."""
+        if "frozen" in batch:
+            return cached_frozen(batch, device=self.device, dtype=self.backbone_dtype())
+        return self.frozen_features(batch["images"], batch["boxes"])
+
     def _run_frozen(self, images: Sequence[PreparedImage], boxes: Sequence[torch.Tensor]) -> list[FrozenFeatures]:
         sam = self.model.sam
         prompts = [
@@ -286,7 +296,7 @@ class RegionSpotModule(L.LightningModule):
         loss = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
         if not batch["images"]:  # every image of this batch was unreadable
             return loss
-        frozen = self.frozen_features(batch["images"], batch["boxes"])
+        frozen = self._batch_frozen(batch)
         with torch.set_grad_enabled(self.hparams.train_adapter):
             features = self.model.region_features(frozen)
         batch_size = len(batch["images"])
@@ -440,7 +450,7 @@ class RegionSpotModule(L.LightningModule):
             if self.val_ap is not None:
                 self.val_ap.update([], batch["image_ids"])
             return
-        frozen = self.frozen_features(batch["images"], batch["boxes"])
+        frozen = self._batch_frozen(batch)
         features = self.model.region_features(frozen)
         if self._learns_captions(batch):  # teacher-forced, as in training: cheap, and comparable across runs
             caption = self.model.caption_loss(frozen, features, batch["captions"])

@@ -1,0 +1,388 @@
+"""Run the frozen backbones once over a detection data set and keep what they give, for training without them.
+
+    python -m regionspot.extract --config configs/model/regionspot_bl.yaml --ann o365/train.json \\
+        --images o365/images --out features/o365_bl --clip-maps [--flips] [--dtype bf16|fp16|fp32]
+    python -m regionspot.extract --config ... --data data.yaml --out ...     # a DatasetConfig in YAML
+    python -m regionspot.extract ... --accelerator gpu --devices 8          # one process per GPU (Lightning Fabric)
+
+Each image goes through the training module's own frozen-feature step (`RegionSpotModule.frozen_features`: the
+model's one preprocessing, prompts and `RegionSpot.frozen_features`), and SAM's region tokens and mask scores of
+its boxes (with --clip-maps, CLIP's token map; with --flips, the same for the mirrored image) are written to
+WebDataset tar shards (`regionspot.data.feature_cache` describes the folder). Each process writes its own shards
+(shard k on rank k mod world size); a shard is written to a temporary file, fsynced and renamed, then recorded
+with its sha256. Run the same command again after a crash: finished shards are kept, a shard without its record
+or whose bytes differ from it is done again. Unreadable images are skipped and counted, as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from collections import Counter
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
+
+from regionspot.config import RegionSpotConfig
+from regionspot.data.augment import hflip
+from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.data.feature_cache import (
+    FORMAT,
+    MANIFEST,
+    STORAGE_DTYPES,
+    backbone_digest,
+    backbone_fields,
+    checkpoint_files,
+    encode_entry,
+    entry_key,
+    file_sha256,
+    finished_shard,
+    member_offsets,
+    shard_name,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+# What a rerun must agree on with the manifest already in the folder (else its shards would mix two extractions).
+_PLAN_KEYS = ("backbone_digest", "dataset_digest", "dtype", "backbone_precision", "clip_maps", "flips", "shard_size")
+
+
+def dataset_digest(config: DatasetConfig) -> str:
+    """SHA-256 of what a data set is: its annotation file's bytes and image folder, or its Hugging Face table."""
+    source: dict[str, Any] = {"image_dir": config.image_dir, "captions": config.captions}
+    if config.ann_file is not None:
+        source["ann_sha256"] = file_sha256(config.ann_file)
+    else:
+        source.update(hf_path=config.hf_path, hf_split=config.hf_split, bbox_format=config.bbox_format)
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
+
+
+def plan(
+    *,
+    model_config: RegionSpotConfig,
+    data: DatasetConfig,
+    dataset: DetectionDataset,
+    clip_maps: bool,
+    flips: bool,
+    dtype: str,
+    backbone_precision: str,
+    shard_size: int,
+) -> dict[str, Any]:
+    """The manifest of an extraction before any shard is written (`complete` false, no counts)."""
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    return {
+        "format": FORMAT,
+        "backbone_digest": backbone_digest(model_config),
+        "backbones": backbone_fields(model_config),
+        "model_config": {"sam": vars(model_config.sam), "clip": vars(model_config.clip)},
+        "checkpoints": checkpoint_files(model_config),
+        "dataset_digest": dataset_digest(data),
+        "dataset": {
+            "name": dataset.name,
+            "source": vars(data),
+            "images": len(dataset),
+            "vocabulary": dataset.vocabulary,
+            "category_ids": dataset.category_ids,
+            "skipped_when_indexed": dict(dataset.skipped),
+        },
+        "dtype": dtype,
+        "backbone_precision": backbone_precision,
+        "clip_maps": clip_maps,
+        "flips": flips,
+        "shard_size": shard_size,
+        "shards": math.ceil(len(dataset) / shard_size),
+        "complete": False,
+    }
+
+
+def prepare(out: Path, manifest: dict[str, Any]) -> None:
+    """Write the plan to `out`, or check that the one there is the same extraction (a rerun resumes it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / MANIFEST
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        differ = [k for k in _PLAN_KEYS if existing.get(k) != manifest[k]]
+        if differ:
+            raise ValueError(
+                f"{out} holds another extraction (its {', '.join(differ)} differ from this command's): "
+                "give another --out, or delete that folder"
+            )
+        if existing.get("complete"):
+            return
+    write_json_atomic(path, manifest)
+
+
+class _Indexed(Dataset):
+    """(index, sample) of a data set: a skipped sample has no image id of its own, its record has."""
+
+    def __init__(self, dataset: DetectionDataset, indices: range) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[int, dict[str, Any]]:
+        index = self.indices[i]
+        return index, self.dataset[index]
+
+
+def extract_rank(
+    *,
+    module,
+    dataset: DetectionDataset,
+    out: Path,
+    manifest: dict[str, Any],
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 8,
+    num_workers: int = 0,
+) -> list[int]:
+    """Extract this rank's shards (k with k mod world_size == rank) that are not finished yet.
+
+    Args:
+        module: a `RegionSpotModule` whose backbones are on the device and in the dtype to run.
+        dataset: the data set of the manifest, without augmentation.
+
+    Returns:
+        The shards this call wrote (finished ones are skipped).
+    """
+    written = []
+    for index in range(rank, manifest["shards"], world_size):
+        if finished_shard(out, index) is not None:
+            continue
+        log.info("rank %d: extracting shard %d of %d", rank, index + 1, manifest["shards"])
+        size = manifest["shard_size"]
+        indices = range(index * size, min((index + 1) * size, len(dataset)))
+        loader = DataLoader(_Indexed(dataset, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+        write_shard(out, index, (e for batch in loader for e in _entries(module, dataset, batch, manifest)))
+        written.append(index)
+    return written
+
+
+def write_shard(out: Path, index: int, entries) -> dict[str, Any]:
+    """Write WebDataset samples to shard `index` (temporary file, fsync, rename), then its record."""
+    import webdataset
+
+    path = out / shard_name(index)
+    partial = out / f".{path.name}.partial"
+    counts: Counter = Counter()
+    keys: list[str] = []
+    with open(partial, "wb") as stream:
+        writer = webdataset.TarWriter(stream, encoder=False, mtime=0.0)
+        for sample, meta in entries:
+            writer.write(sample)
+            if not meta.get("flipped"):
+                keys.append(sample["__key__"])
+                counts["entries"] += 1
+                counts[f"skipped:{meta['skipped']}" if "skipped" in meta else "images"] += 1
+                counts["boxes"] += len(meta.get("boxes", ()))
+        writer.close()
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(partial, path)
+    record = {
+        "shard": index,
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+        "counts": dict(counts),
+        "keys": keys,
+        "members": member_offsets(path),
+    }
+    write_json_atomic(path.with_suffix(".json"), record)
+    return record
+
+
+def _entries(module, dataset: DetectionDataset, batch: list[tuple[int, dict[str, Any]]], manifest: dict[str, Any]):
+    """(WebDataset sample, meta) of every entry of a batch of (index, sample): one per image, two with flips."""
+    views = {(index, False): s for index, s in batch if "skipped" not in s}
+    if manifest["flips"]:
+        views |= {(index, True): _flipped(s) for (index, _), s in list(views.items())}
+    frozen = _frozen(module, [s["image"] for s in views.values()], [s["boxes"] for s in views.values()])
+    features = dict(zip(views, frozen, strict=True))
+    dtype = STORAGE_DTYPES[manifest["dtype"]]
+    for index, sample in batch:
+        image_id = dataset.records[index].image_id
+        if "skipped" in sample:
+            meta = {"key": entry_key(image_id), "image_id": image_id, "index": index, "skipped": sample["skipped"]}
+            yield encode_entry(meta, None), meta
+            continue
+        for flipped in (False, True) if manifest["flips"] else (False,):
+            view = views[index, flipped]
+            yield _entry(image_id, index, view, features[index, flipped], flipped, dtype, manifest["clip_maps"])
+
+
+def _entry(image_id, index, sample, frozen, flipped: bool, dtype: torch.dtype, clip_maps: bool):
+    meta = {
+        "key": entry_key(image_id, flipped=flipped),
+        "image_id": image_id,
+        "index": index,
+        "flipped": flipped,
+        "boxes": sample["boxes"].tolist(),
+        "labels": sample["labels"].tolist(),
+    }
+    for field in ("captions", "region_keys"):
+        if field in sample:
+            meta[field] = sample[field]
+    tensors = {"region_tokens": frozen.region_tokens.to(dtype), "mask_scores": frozen.mask_scores.float()}
+    if clip_maps:
+        tensors["clip_tokens"] = frozen.clip_tokens.to(dtype)
+    return encode_entry(meta, tensors), meta
+
+
+def _flipped(sample: dict[str, Any]) -> dict[str, Any]:
+    image, boxes = hflip(sample["image"], sample["boxes"].numpy())
+    return {**sample, "image": image, "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32))}
+
+
+def _frozen(module, images, boxes):
+    """The training module's own frozen step, under bf16 autocast when the backbones run in bf16 (as training)."""
+    if not images:  # every image of the batch was skipped
+        return []
+    device = module.device
+    bf16 = module.backbone_dtype() == torch.bfloat16
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    with torch.inference_mode(), autocast:
+        return module.frozen_features(images, boxes)
+
+
+def finalise(out: Path) -> dict[str, Any]:
+    """Check every shard is there (each rank checked the sha256 of its own), add the counts to the manifest and
+    mark it complete."""
+    manifest = json.loads((out / MANIFEST).read_text())
+    records = [finished_shard(out, k, verify=False) for k in range(manifest["shards"])]
+    missing = [k for k, record in enumerate(records) if record is None]
+    if missing:
+        raise RuntimeError(f"shards {missing[:10]} of {out} are not finished: run the same command again")
+    counts: Counter = Counter()
+    for record in records:
+        counts.update(record["counts"])
+    skipped = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("skipped:")}
+    manifest["counts"] = {
+        "entries": counts["entries"],
+        "images": counts["images"],
+        "boxes": counts["boxes"],
+        "skipped": skipped,
+        "bytes": sum(r["bytes"] for r in records),
+    }
+    manifest["complete"] = True
+    write_json_atomic(out / MANIFEST, manifest)
+    return manifest
+
+
+def build_extraction_module(model_config: RegionSpotConfig, *, backbone_precision: str):
+    """The training module (its frozen step is the one used here), backbones in `backbone_precision`."""
+    from regionspot.training.module import RegionSpotModule
+
+    module = RegionSpotModule(model_config=model_config, backbone_precision=backbone_precision)
+    module.model.cast_backbones(module.backbone_dtype())
+    return module.eval()
+
+
+def _run_ranks(fabric, args: argparse.Namespace) -> None:
+    model_config, data = RegionSpotConfig.from_yaml(args.config), _data_config(args)
+    dataset = build_dataset(args.name, data)
+    precision = args.backbone_precision
+    if precision == "auto":
+        precision = "bfloat16" if fabric.device.type == "cuda" else "float32"
+    manifest = plan(
+        model_config=model_config,
+        data=data,
+        dataset=dataset,
+        clip_maps=args.clip_maps,
+        flips=args.flips,
+        dtype=args.dtype,
+        backbone_precision=precision,
+        shard_size=args.shard_size,
+    )
+    out = Path(args.out)
+    if fabric.global_rank == 0:
+        prepare(out, manifest)
+    fabric.barrier()
+    module = build_extraction_module(model_config, backbone_precision=precision).to(fabric.device)
+    extract_rank(
+        module=module,
+        dataset=dataset,
+        out=out,
+        manifest=manifest,
+        rank=fabric.global_rank,
+        world_size=fabric.world_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
+    fabric.barrier()
+    if fabric.global_rank == 0:
+        counts = finalise(out)["counts"]
+        print(json.dumps({"out": str(out), **counts}))
+
+
+def _data_config(args: argparse.Namespace) -> DatasetConfig:
+    if args.data is not None:
+        values = yaml.safe_load(Path(args.data).read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"{args.data} must be a mapping of DatasetConfig fields (ann_file, image_dir, ...)")
+        return DatasetConfig(**values)
+    if args.ann is None:
+        raise ValueError("give the data set: --data DATA.yaml, or --ann FILE --images FOLDER")
+    return DatasetConfig(ann_file=args.ann, image_dir=args.images)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="regionspot-extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="model YAML (its sam and clip sections decide the features)")
+    parser.add_argument("--data", help="YAML of one data set (DatasetConfig fields: ann_file, image_dir, hf_path, ...)")
+    parser.add_argument("--ann", help="COCO/LVIS-format annotation JSON (instead of --data)")
+    parser.add_argument("--images", help="its image folder")
+    parser.add_argument("--name", default="data", help="the data set's name in the manifest")
+    parser.add_argument("--out", required=True, help="the cache folder; the same command again resumes it")
+    parser.add_argument("--clip-maps", action="store_true", help="also keep CLIP's token map (training needs it)")
+    parser.add_argument("--flips", action="store_true", help="also keep the horizontally flipped view")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(STORAGE_DTYPES), help="dtype of the stored tensors")
+    parser.add_argument(
+        "--backbone-precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="dtype the backbones run in (auto: bfloat16 on GPU, float32 on CPU)",
+    )
+    parser.add_argument("--shard-size", type=int, default=1000, help="images per shard")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per frozen-step batch")
+    parser.add_argument("--num-workers", type=int, default=2, help="data loader workers per process")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: cpu, gpu, auto")
+    parser.add_argument("--devices", default="1", help="processes (GPUs) on this node: a number or 'auto'")
+    parser.add_argument("--num-nodes", type=int, default=1)
+    parser.add_argument("--strategy", default="auto", help="Lightning strategy (auto: DDP with several devices)")
+    args = parser.parse_args(argv)
+    if args.shard_size < 1 or args.batch_size < 1:
+        parser.error("--shard-size and --batch-size must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m regionspot.extract` / `regionspot-extract`."""
+    import lightning as L
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("regionspot").setLevel(logging.INFO)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    fabric = L.Fabric(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy)
+    try:
+        fabric.launch(_run_ranks, args)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}") from err
+
+
+if __name__ == "__main__":
+    main()

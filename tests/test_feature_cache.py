@@ -1,0 +1,171 @@
+"""Training from a feature cache: the same adapter as training on the images with the same batches, without running
+the image backbones; a cache of other backbones, an unfinished one or one without CLIP maps is refused."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
+
+from regionspot import RegionSpotConfig
+from regionspot.data import AugmentConfig, DatasetConfig
+from regionspot.data.feature_cache import MANIFEST, backbone_digest
+from regionspot.data.toy import write_colour_boxes
+from regionspot.extract import main as extract_main
+from regionspot.training import RegionDataModule, RegionSpotModule
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+TINY = "configs/model/tiny.yaml"
+STEPS = 6
+# Flips only: the one augmentation a cache can replay (it holds the mirrored view); resizes and crops change pixels.
+FLIPS_ONLY = AugmentConfig(flip_prob=0.5, short_edges=[], crop_prob=0.0)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("toy")
+    ann, images = write_colour_boxes(root, num_images=12)
+    out = root / "features"
+    extract_main(
+        [
+            "--config",
+            TINY,
+            "--ann",
+            str(ann),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            "--clip-maps",
+            "--flips",
+            "--dtype",
+            "fp32",
+            "--backbone-precision",
+            "float32",
+            "--shard-size",
+            "5",
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--accelerator",
+            "cpu",
+        ]
+    )
+    return {"ann": ann, "images": images, "features": out}
+
+
+def _train(dataset: DatasetConfig, root, *, forbid_backbones: bool = False) -> RegionSpotModule:
+    torch.manual_seed(0)
+    module = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY), lr=3e-3, warmup_steps=2)
+    if forbid_backbones:  # the frozen step must not run: SAM's and CLIP's image encoders raise if called
+        module.model.embed_images = _forbidden
+    data = RegionDataModule(train={"toy": dataset}, batch_size=4, num_workers=0, augment=FLIPS_ONLY, max_regions=None)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        default_root_dir=str(root),
+    )
+    trainer.fit(module, data)
+    return module
+
+
+def _forbidden(*args, **kwargs):
+    raise AssertionError("the image backbones ran on a cached batch")
+
+
+def test_training_from_the_cache_gives_the_adapter_of_training_on_the_images(toy, tmp_path):
+    online = _train(DatasetConfig(ann_file=str(toy["ann"]), image_dir=str(toy["images"])), tmp_path / "online")
+    cached = _train(DatasetConfig(features=str(toy["features"])), tmp_path / "cached", forbid_backbones=True)
+    online_state, cached_state = online.model.adapter.state_dict(), cached.model.adapter.state_dict()
+    assert online_state.keys() == cached_state.keys()
+    moved = max(
+        (
+            online_state[k]
+            - RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY)).model.adapter.state_dict()[k]
+        )
+        .abs()
+        .max()
+        for k in online_state
+    )
+    assert moved > 1e-3  # the adapter did train
+    for key, value in online_state.items():
+        # The cache's features were computed in other batches than training's (SAM decodes a batch's boxes together):
+        # equal to the last bits, so the adapters agree to float32 rounding after a few AdamW steps.
+        torch.testing.assert_close(cached_state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_a_cache_of_other_backbones_is_refused(toy, tmp_path):
+    folder = tmp_path / "other"
+    folder.mkdir()
+    for path in toy["features"].iterdir():
+        (folder / path.name).symlink_to(path)
+    manifest = json.loads((toy["features"] / MANIFEST).read_text())
+    other = RegionSpotConfig.from_yaml(TINY)
+    other.sam.seed = 1
+    manifest["backbone_digest"], manifest["backbones"]["sam"]["seed"] = backbone_digest(other), 1
+    (folder / MANIFEST).unlink()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"other backbones.*sam\.seed: cache 1, model 0"):
+        _train(DatasetConfig(features=str(folder)), tmp_path)
+
+
+def test_the_digest_follows_what_decides_the_features():
+    config = RegionSpotConfig.from_yaml(TINY)
+    digest = backbone_digest(config)
+    config.sam.prompt_batch_size, config.clip.text_cache_dir, config.clip.templates = 7, "somewhere", "imagenet"
+    assert backbone_digest(config) == digest  # the text side and decoder batching leave the features as they are
+    for section, field, value in (("sam", "multimask", True), ("clip", "resize", "bilinear"), ("clip", "seed", 3)):
+        changed = RegionSpotConfig.from_yaml(TINY)
+        setattr(getattr(changed, section), field, value)
+        assert backbone_digest(changed) != digest, field
+
+
+def test_an_unfinished_cache_and_one_without_clip_maps_are_refused(toy, tmp_path):
+    manifest = json.loads((toy["features"] / MANIFEST).read_text())
+    for name, change, message in (
+        ("unfinished", {"complete": False}, "not finished"),
+        ("tokens_only", {"clip_maps": False}, "needs the CLIP maps"),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        for path in toy["features"].iterdir():
+            if path.name != MANIFEST:
+                (folder / path.name).symlink_to(path)
+        (folder / MANIFEST).write_text(json.dumps({**manifest, **change}))
+        with pytest.raises(ValueError, match=message):
+            RegionDataModule(train={"toy": DatasetConfig(features=str(folder))}).setup("fit")
+
+
+def test_train_py_fit_reads_a_cache_given_on_the_command_line(toy, tmp_path):
+    from regionspot.training.cli import RegionSpotCLI
+
+    run = tmp_path / "run"
+    RegionSpotCLI(
+        args=[
+            "fit",
+            "--config=configs/tiny.yaml",
+            f"--data.train={{toy: {{features: {toy['features']}}}}}",
+            "--data.val=null",
+            "--data.augment.short_edges=[]",
+            "--data.augment.crop_prob=0",
+            "--trainer.max_steps=2",
+            "--trainer.limit_val_batches=0",
+            f"--trainer.default_root_dir={run}",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--logging.wandb=false",
+        ]
+    )
+    assert (run / "adapter.safetensors").is_file()
