@@ -314,7 +314,7 @@ class RegionSpotModule(L.LightningModule):
             self.log("train/vqa_loss", answers, prog_bar=True, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/regions", float(sum(len(b) for b in batch["boxes"])), batch_size=batch_size)
-        self._step_loss, self._step_images = loss.detach(), (batch["dataset"], list(batch["image_ids"]))
+        self._step_loss, self._step_images = loss.detach(), (batch["dataset"], list(batch.get("image_ids", ())))
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
