@@ -17,7 +17,7 @@ import numpy as np
 from regionspot import RegionSpotPredictor, build_regionspot
 from regionspot.predictor import RegionPredictions
 from regionspot.transforms import load_image
-from regionspot.visualize import draw_regions
+from regionspot.visualize import draw_named_regions
 
 _ASTRONAUT_BOXES = [[140, 20, 330, 240], [0, 0, 512, 512], [350, 20, 500, 250], [100, 300, 420, 512]]
 _ASTRONAUT_VOCABULARY = "person,face,flag,rocket,spacesuit,helmet,dog,car,sky"
@@ -69,19 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _draw(image: np.ndarray, result: RegionPredictions, out_file: str, *, vocabulary_size: int) -> None:
     """Write the picture `--draw` asks for: each box with SAM's mask, its top name, score and caption."""
-    legend = [
-        (None, f"After each name: its probability among the {vocabulary_size} names."),
-        (None, "Tinted, outlined: SAM's mask from the box."),
-    ]
-    picture = draw_regions(
-        image,
-        boxes=result.boxes,
-        labels=[labels[0] for labels in result.labels],
-        scores=result.scores[:, 0],
-        captions=result.captions,
-        masks=result.masks,
-        legend=legend,
-    )
+    picture = draw_named_regions(image, result, vocabulary_size=vocabulary_size, mask_source="SAM's mask from the box")
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     picture.save(out_file)
     print(f"picture: {out_file}")

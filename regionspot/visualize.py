@@ -114,6 +114,26 @@ def draw_regions(
     return picture
 
 
+def draw_named_regions(image, named, *, vocabulary_size: int, mask_source: str) -> Image.Image:
+    """A predictor's named regions drawn with `draw_regions`: SAM's mask, box, top name and its probability (and the
+    caption) of each, with a legend that says so. `named` has `boxes` (N, 4), `labels` (N top-k names), `scores`
+    (N, k), `captions` (N or None) and `masks` (N, H, W), as `RegionPredictions`; `mask_source` says where the masks
+    come from ("SAM's mask from the box")."""
+    legend = [
+        (None, f"After each name: its probability among the {vocabulary_size} names."),
+        (None, f"Tinted, outlined: {mask_source}."),
+    ]
+    return draw_regions(
+        image,
+        boxes=named.boxes,
+        labels=[labels[0] for labels in named.labels],
+        scores=named.scores[:, 0],
+        captions=named.captions,
+        masks=named.masks,
+        legend=legend,
+    )
+
+
 def default_legend(*, truths: bool, scores: bool, captions: bool, masks: bool) -> list[LegendEntry]:
     """What a picture drawn by `draw_regions` with these inputs shows, one entry each."""
     entries: list[LegendEntry] = []

@@ -19,7 +19,7 @@ from torchvision.ops import masks_to_boxes
 
 from regionspot.app.regions import InputError, Regions
 from regionspot.predictor import RegionPredictions, RegionSpotPredictor
-from regionspot.visualize import draw_regions
+from regionspot.visualize import draw_named_regions, draw_regions
 
 TABLE_HEADERS = ["region", "prompt", "box (x1, y1, x2, y2)", "top labels (score)", "SAM mask IoU", "mask px"]
 CAPTION_HEADERS = ["region", "box (x1, y1, x2, y2)", "caption", "top label (score)"]
@@ -170,19 +170,7 @@ class Recognizer:
 def draw_named(image: np.ndarray, named: Named, *, vocabulary_size: int, everything: bool = False) -> Image.Image:
     """The image with each region's SAM mask, box, top label and score (and caption), and a legend."""
     source = "SAM's automatic mask" if everything else "SAM's mask from the box or points"
-    legend = [
-        (None, f"After each name: its probability among the {vocabulary_size} names."),
-        (None, f"Tinted, outlined: {source}."),
-    ]
-    return draw_regions(
-        image,
-        boxes=named.boxes,
-        labels=[labels[0] for labels in named.labels],
-        scores=named.scores[:, 0],
-        captions=named.captions,
-        masks=named.masks,
-        legend=legend,
-    )
+    return draw_named_regions(image, named, vocabulary_size=vocabulary_size, mask_source=source)
 
 
 def table_rows(named: Named) -> list[list]:
