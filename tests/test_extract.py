@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
+from synthetic_boxes import extraction_args, one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
 from regionspot.data import DatasetConfig, build_dataset
@@ -87,34 +87,8 @@ def contents(out: Path) -> dict[str, bytes]:
 def reference(toy, tmp_path_factory) -> Path:
     """An uninterrupted extraction through the command line (one CPU process through Lightning Fabric)."""
     out = tmp_path_factory.mktemp("reference")
-    main(
-        [
-            "--config",
-            TINY,
-            "--ann",
-            str(toy["ann"]),
-            "--images",
-            str(toy["images"]),
-            "--name",
-            "toy",
-            "--out",
-            str(out),
-            "--clip-maps",
-            "--flips",
-            "--dtype",
-            "fp32",
-            "--backbone-precision",
-            "float32",
-            "--shard-size",
-            str(SHARD_SIZE),
-            "--batch-size",
-            "2",
-            "--num-workers",
-            "0",
-            "--accelerator",
-            "cpu",
-        ]
-    )
+    main(extraction_args(TINY, ann=toy["ann"], images=toy["images"], out=out, shard_size=SHARD_SIZE, batch_size=2,
+                         name="toy"))  # fmt: skip
     return out
 
 

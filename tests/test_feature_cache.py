@@ -8,7 +8,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
+from synthetic_boxes import extraction_args, one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
 from regionspot.data import AugmentConfig, DatasetConfig
@@ -29,32 +29,7 @@ def toy(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("toy")
     ann, images = write_colour_boxes(root, num_images=12)
     out = root / "features"
-    extract_main(
-        [
-            "--config",
-            TINY,
-            "--ann",
-            str(ann),
-            "--images",
-            str(images),
-            "--out",
-            str(out),
-            "--clip-maps",
-            "--flips",
-            "--dtype",
-            "fp32",
-            "--backbone-precision",
-            "float32",
-            "--shard-size",
-            "5",
-            "--batch-size",
-            "4",
-            "--num-workers",
-            "0",
-            "--accelerator",
-            "cpu",
-        ]
-    )
+    extract_main(extraction_args(TINY, ann=ann, images=images, out=out, shard_size=5, batch_size=4))
     return {"ann": ann, "images": images, "features": out}
 
 
