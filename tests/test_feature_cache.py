@@ -74,11 +74,13 @@ def test_training_from_the_cache_gives_the_adapter_of_training_on_the_images(toy
         .max()
         for k in online_state
     )
-    assert moved > 1e-3  # the adapter did train
+    assert moved > 5e-3  # the adapter did train: AdamW moves an element by up to lr x steps = 1.2e-2
     for key, value in online_state.items():
         # The cache's features were computed in other batches than training's (SAM decodes a batch's boxes together):
-        # equal to the last bits, so the adapters agree to float32 rounding after a few AdamW steps.
-        torch.testing.assert_close(cached_state[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        # equal to the last bits. AdamW's normalised step turns last-bit gradient differences into lr-sized moves
+        # where a gradient is ~0 (attention's key biases: softmax ignores them), by up to 5e-4 here on AMD EPYC; a
+        # cache of wrong features moves the adapter elsewhere by the whole lr x steps.
+        torch.testing.assert_close(cached_state[key], value, rtol=1e-4, atol=1.5e-3, msg=key)
 
 
 def test_a_cache_of_other_backbones_is_refused(toy, tmp_path):

@@ -141,7 +141,9 @@ def test_real_photos_give_sam_predictors_tokens_and_masks(tiny_model, name):
     hook.remove()
     assert torch.equal(result.masks, masks[:, 0])
     assert torch.equal(result.mask_scores, scores[:, 0])
-    assert torch.equal(tokens[:, 0], captured[0][:, 1])
+    # decode_regions decodes tokens only, computing the first block's image side once per image (a matmul of
+    # another shape): equal up to float32 rounding (bit for bit on some CPUs, not on AMD EPYC).
+    torch.testing.assert_close(tokens[:, 0], captured[0][:, 1], rtol=1e-5, atol=1e-5)
 
 
 def test_training_reaches_the_predictors_inputs(val_data):
