@@ -16,7 +16,7 @@ from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
 from regionspot.modeling.region_lm import RegionLanguageModel, load_causal_lm
 from regionspot.modeling.region_projector import RegionProjector
-from regionspot.modeling.regionspot import RegionSpot
+from regionspot.modeling.regionspot import RegionSpot, region_condition_dim
 from regionspot.modeling.sam import SamRegionEncoder, build_sam
 
 
@@ -70,7 +70,7 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
     if adapter_path is not None:
         state = model_part(read_state_dict(adapter_path), "adapter", path=adapter_path)
         load_weights(adapter, state, path=adapter_path, model_name="the RegionSpot adapter")
-    condition_dim = clip.embed_dim + sam.token_dim  # what `RegionSpot.region_condition` gives each head
+    condition_dim = region_condition_dim(sam, clip)  # what `RegionSpot.region_condition` gives each head
     captioner = _build_captioner(config.caption, condition_dim=condition_dim)
     vqa = _build_vqa(config.vqa, condition_dim=condition_dim) if config.vqa is not None else None
     return RegionSpot(sam=sam, clip=clip, adapter=adapter, vqa=vqa, **captioner)

@@ -234,7 +234,11 @@ def _entry(image_id, index, sample, frozen, flipped: bool, dtype: torch.dtype, c
     for field in ("captions", "region_keys"):
         if field in sample:
             meta[field] = sample[field]
-    tensors = {"region_tokens": frozen.region_tokens.to(dtype), "mask_scores": frozen.mask_scores.float()}
+    tensors = {
+        "region_tokens": frozen.region_tokens.to(dtype),
+        "mask_scores": frozen.mask_scores.float(),
+        "region_boxes": frozen.region_boxes.float(),
+    }
     if clip_maps:
         tensors["clip_tokens"] = frozen.clip_tokens.to(dtype)
     return encode_entry(meta, tensors), meta

@@ -67,6 +67,7 @@ def _frozen(model, regions: int) -> FrozenFeatures:
         region_tokens=torch.randn(regions, 1, model.sam.token_dim),
         mask_scores=torch.rand(regions, 1),
         clip_tokens=torch.randn(65, model.clip.width),
+        region_boxes=torch.rand(regions, 4),
     )
 
 

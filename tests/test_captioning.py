@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 from test_training import make_trainer
 
@@ -18,7 +17,9 @@ from regionspot.config import CaptionConfig
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.toy import write_colour_boxes
 from regionspot.evaluation.cli import main as evaluate_main
+from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
+from regionspot.transforms import prepare_prompts
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TINY = "configs/model/tiny.yaml"
@@ -55,9 +56,9 @@ def caption_data(toy_data) -> RegionDataModule:
     )
 
 
-def test_built_captioner_reads_the_fused_feature_and_sams_token(toy_data, image):
+def test_built_captioner_reads_the_fused_feature_sams_token_and_the_box(toy_data, image):
     model = build_regionspot(caption_config(toy_data)).eval()
-    assert model.caption_decoder.condition_dim == model.clip.embed_dim + model.sam.token_dim
+    assert model.caption_decoder.condition_dim == model.clip.embed_dim + model.sam.token_dim + 4
     predictor = RegionSpotPredictor(model)
     predictor.set_image(image)
     result = predictor.predict(boxes=[[30, 20, 90, 60], [100, 50, 150, 90]], vocabulary=["red", "blue"], caption=True)
@@ -68,6 +69,18 @@ def test_built_captioner_reads_the_fused_feature_and_sams_token(toy_data, image)
         [image], boxes=[[[30, 20, 90, 60], [100, 50, 150, 90]]], vocabulary=["red"], caption=True
     )
     assert batched[0].captions == result.captions
+
+
+def test_the_heads_read_where_each_region_is(toy_data, image):
+    """The last 4 columns of `region_condition` are each prompt's box over the image's size, mapped to [-1, 1]."""
+    model = build_regionspot(caption_config(toy_data)).eval()
+    height, width = image.shape[:2]
+    boxes = torch.tensor([[30.0, 20.0, 90.0, 60.0], [100.0, 50.0, 150.0, 90.0]])
+    prompts, _ = prepare_prompts(model.sam, image_size=(height, width), boxes=boxes)
+    frozen = model.frozen_features([model.preprocessor(image)], [prompts])
+    condition = model.region_condition(frozen, model.region_features(frozen))
+    assert condition.shape == (2, model.caption_decoder.condition_dim)
+    torch.testing.assert_close(condition[:, -4:], boxes / torch.tensor([width, height, width, height]) * 2 - 1)
 
 
 def test_caption_needs_a_captioner(tiny_model, image):

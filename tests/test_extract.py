@@ -117,9 +117,11 @@ def test_the_cache_holds_every_box_of_every_readable_image(reference, toy, modul
     # Computed in another batch (SAM decodes a batch's boxes together), so equal to the last bits only.
     torch.testing.assert_close(tensors["region_tokens"], expected.region_tokens, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tensors["clip_tokens"], expected.clip_tokens, rtol=1e-5, atol=1e-6)
-    flipped = cache.entry(7, flipped=True)[0]["boxes"]
+    torch.testing.assert_close(tensors["region_boxes"], expected.region_boxes)  # where the heads read the regions
+    flipped_meta, flipped_tensors = cache.entry(7, flipped=True)
     width = sample["image"].shape[1]
-    assert flipped[0][0] == pytest.approx(width - meta["boxes"][0][2])
+    assert flipped_meta["boxes"][0][0] == pytest.approx(width - meta["boxes"][0][2])
+    assert flipped_tensors["region_boxes"][0, 0].item() == pytest.approx(1 - tensors["region_boxes"][0, 2].item())
 
 
 def test_the_shards_are_webdataset_shards(reference):

@@ -279,6 +279,7 @@ class CachedDetectionDataset(Dataset):
             region_tokens=tensors["region_tokens"][keep],
             mask_scores=tensors["mask_scores"][keep].float(),
             clip_tokens=tensors["clip_tokens"],
+            region_boxes=tensors["region_boxes"][keep],
         )
         sample = {
             "image": None,
@@ -312,6 +313,7 @@ def cached_frozen(batch: dict[str, Any], *, device: torch.device, dtype: torch.d
             region_tokens=f.region_tokens.to(device, dtype),
             mask_scores=f.mask_scores.to(device),
             clip_tokens=f.clip_tokens.to(device, dtype),
+            region_boxes=f.region_boxes.to(device),
         )
         for f in batch["frozen"]
     ]

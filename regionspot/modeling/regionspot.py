@@ -27,6 +27,11 @@ _MASK_UPSCALE_CHUNK = 32
 _FEATURE_NORM_EPS = 1e-7
 
 
+def region_condition_dim(sam: SamRegionEncoder, clip: ClipBackbone) -> int:
+    """The width of `RegionSpot.region_condition`'s rows: CLIP's embedding, SAM's token and the region's box."""
+    return clip.embed_dim + sam.token_dim + 4
+
+
 @dataclass
 class ImageEmbeddings:
     """What the frozen image encoders give for a batch of B images, before any prompt."""
@@ -43,6 +48,7 @@ class FrozenFeatures:
     region_tokens: torch.Tensor  # (N, T, C) SAM's region tokens (T = 3 with multimask, else 1)
     mask_scores: torch.Tensor  # (N, T) float32, SAM's predicted IoU of each token's mask
     clip_tokens: torch.Tensor  # (L, D) CLIP's token map of the image
+    region_boxes: torch.Tensor  # (N, 4) float32 where each prompt puts its region: x1, y1, x2, y2 / image size
     mask_logits: torch.Tensor | None = None  # (N, T, 4h, 4w) SAM's low-resolution masks, when asked for
 
 
@@ -63,7 +69,7 @@ class RegionSpot(nn.Module):
         sam: the frozen SAM region encoder.
         clip: the frozen CLIP backbone.
         adapter: the fusion adapter, sized to `sam.token_dim`, `clip.width` and `clip.embed_dim`.
-        caption_decoder: the region captioner (its `condition_dim` = `clip.embed_dim + sam.token_dim`), or None.
+        caption_decoder: the region captioner (its `condition_dim` = `region_condition_dim(sam, clip)`), or None.
         caption_tokenizer: the captioner's vocabulary (given with `caption_decoder`).
         caption_beams: beams of its decoding (1: greedy).
         vqa: the region VQA head (an LLM and its region projector, `condition_dim` as the captioner's), or None.
@@ -159,9 +165,13 @@ class RegionSpot(nn.Module):
         regions = self.sam.decode(embedded.sam, list(prompts), with_masks=with_masks)
         return [
             FrozenFeatures(
-                region_tokens=r.tokens, mask_scores=r.mask_scores.float(), clip_tokens=tokens, mask_logits=r.mask_logits
+                region_tokens=r.tokens,
+                mask_scores=r.mask_scores.float(),
+                clip_tokens=tokens,
+                region_boxes=p.extents(image.sam_input_size, square_size=self.sam.image_size).to(r.tokens.device),
+                mask_logits=r.mask_logits,
             )
-            for r, tokens in zip(regions, embedded.clip_tokens, strict=True)
+            for r, tokens, p, image in zip(regions, embedded.clip_tokens, prompts, embedded.images, strict=True)
         ]
 
     def frozen_features(
@@ -254,12 +264,16 @@ class RegionSpot(nn.Module):
 
     # ----- captioning ---------------------------------------------------------------------------------------------
     def region_condition(self, frozen: Sequence[FrozenFeatures], features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """What the captioner and the VQA head read of B images' regions: (sum N_i, E + C), each region's fused
-        feature and SAM region token, of the token SAM trusts most (as `score_regions` picks it), all images at once.
+        """What the captioner and the VQA head read of B images' regions: (sum N_i, E + C + 4), each region's fused
+        feature and SAM region token, of the token SAM trusts most (as `score_regions` picks it), and where its
+        prompt lies in the image, all images at once.
 
-        The fused feature knows what a region is (it is trained to name it) and SAM's token where it is and what
-        bounds it; each is layer-normalised (no weights) because the unit-norm feature is ~sqrt(E) times smaller
-        than SAM's token, and the decoder's one Linear should weigh both from the start.
+        The fused feature knows what a region is (it is trained to name it) and SAM's token what bounds it; each is
+        layer-normalised (no weights) because the unit-norm feature is ~sqrt(E) times smaller than SAM's token, and
+        the heads should weigh both from the start. The box (x1, y1, x2, y2 as fractions of the image, mapped to
+        [-1, 1]) says where the region is and how large, which SAM's token carries too weakly for a head to compare
+        two regions by: on the demo the VQA head answered "is <region1> left of <region2>?" at chance without it
+        (docs/vqa.md); All-Seeing and Osprey give their LLMs the box as well.
 
         Args:
             frozen: B images' `FrozenFeatures`; features: their (N_i, T, E) region features.
@@ -269,7 +283,8 @@ class RegionSpot(nn.Module):
         rows = torch.arange(len(best), device=best.device)
         fused = torch.cat(list(features))[rows, best].float()  # (R, E)
         tokens = torch.cat([f.region_tokens for f in frozen])[rows, best].float()  # (R, C)
-        return torch.cat([F.layer_norm(part, part.shape[-1:]) for part in (fused, tokens)], dim=-1)
+        where = torch.cat([f.region_boxes for f in frozen]).float() * 2 - 1  # (R, 4)
+        return torch.cat([F.layer_norm(part, part.shape[-1:]) for part in (fused, tokens)] + [where], dim=-1)
 
     def caption_loss(
         self, frozen: Sequence[FrozenFeatures], features: Sequence[torch.Tensor], captions: Sequence[Sequence[str]]

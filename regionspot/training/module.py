@@ -349,6 +349,7 @@ class RegionSpotModule(L.LightningModule):
                     image_frozen,
                     region_tokens=image_frozen.region_tokens[keep],
                     mask_scores=image_frozen.mask_scores[keep],
+                    region_boxes=image_frozen.region_boxes[keep],
                     mask_logits=None,
                 )
             )
