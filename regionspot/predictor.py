@@ -30,7 +30,7 @@ class RegionPredictions:
     labels: list[list[str]]  # N lists of the top-k class names, best first
     class_ids: torch.Tensor  # (N, k) indices into the vocabulary
     scores: torch.Tensor  # (N, k) class probabilities (softmax over the vocabulary) or sigmoid scores
-    masks: torch.Tensor  # (N, H, W) bool, SAM's mask of each region
+    masks: torch.Tensor | None  # (N, H, W) bool, SAM's mask of each region; None when not asked for
     mask_scores: torch.Tensor  # (N,) SAM's predicted IoU of that mask
     boxes: torch.Tensor | None  # (N, 4) the input boxes clipped to the image, or None without boxes
     all_scores: torch.Tensor | None = None  # (N, C), when asked for
@@ -45,7 +45,7 @@ class RegionPredictions:
             {
                 "labels": self.labels[i],
                 "scores": self.scores[i].tolist(),
-                "mask": self.masks[i],
+                "mask": None if self.masks is None else self.masks[i],
                 "box": None if self.boxes is None else self.boxes[i].tolist(),
                 **({} if self.captions is None else {"caption": self.captions[i]}),
             }
@@ -92,6 +92,7 @@ class RegionSpotPredictor:
         activation: str = "softmax",
         return_all_scores: bool = False,
         caption: bool = False,
+        return_masks: bool = True,
     ) -> RegionPredictions:
         """Recognise (and, with `caption`, describe) N regions given as prompts in the image's pixels.
 
@@ -104,10 +105,12 @@ class RegionSpotPredictor:
             activation: "softmax" over the vocabulary (RegionSpot's evaluation) or independent "sigmoid".
             return_all_scores: also return the (N, C) score matrix.
             caption: also describe each region in words (needs a model with a captioner: a `caption:` section).
+            return_masks: also return SAM's masks; False (masks None) decodes tokens only, several times faster
+                per box (benchmarks/bench_sam_decoder.py), with the same labels and scores.
 
         Returns:
             N predictions, one per region in the order given: labels and scores (N, min(top_k, C)), scores
-            finite in [0, 1], masks (N, H, W) of the image set.
+            finite in [0, 1], masks (N, H, W) of the image set (or None).
 
         Raises:
             RuntimeError: before `set_image`. TypeError: for a vocabulary that is not a list of strings, a
@@ -129,10 +132,10 @@ class RegionSpotPredictor:
             point_labels=point_labels,
             masks=masks,
         )
-        frozen = self.model.decode_regions(self._image, [prompts], with_masks=True)[0]
+        frozen = self.model.decode_regions(self._image, [prompts], with_masks=return_masks)[0]
         return self._predictions(
-            frozen, image, clipped, vocabulary, top_k=top_k, activation=activation, all_scores=return_all_scores,
-            caption=caption,
+            frozen, image if return_masks else None, clipped, vocabulary, top_k=top_k, activation=activation,
+            all_scores=return_all_scores, caption=caption,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -233,16 +236,16 @@ class RegionSpotPredictor:
         boxes, objectness, masks = sam_everything(generator, self._rgb)
         if len(boxes) == 0:
             return _no_regions(self._rgb.shape[:2], len(vocabulary), top_k, return_all_scores, caption)
-        result = self.predict(
+        result = self.predict(  # the generator's masks replace SAM's decoder's: tokens only, the faster decoding
             vocabulary=vocabulary, boxes=boxes, top_k=top_k, activation=activation, return_all_scores=return_all_scores,
-            caption=caption,
+            caption=caption, return_masks=False,
         )  # fmt: skip
         return dataclasses.replace(result, masks=masks, mask_scores=objectness)
 
     def _predictions(
         self,
         frozen: FrozenFeatures,
-        image: PreparedImage,
+        image: PreparedImage | None,
         clipped: torch.Tensor | None,
         vocabulary: list[str],
         *,
@@ -253,7 +256,8 @@ class RegionSpotPredictor:
         caption: bool = False,
         captions: list[str] | None = None,
     ) -> RegionPredictions:
-        """One image's predictions; its captions are decoded here when `caption` and not already given."""
+        """One image's predictions (masks upscaled to `image`, none without it); its captions are decoded here when
+        `caption` and not already given."""
         scored = self.model.score_regions(
             frozen, text_embeddings=self.model.clip.encode_vocabulary(vocabulary), features=features,
             activation=activation, image=image,

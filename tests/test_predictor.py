@@ -67,6 +67,17 @@ def test_points_masks_and_combinations(predictor, image):
     assert not torch.equal(by_masks.scores, combined.scores)
 
 
+def test_predict_without_masks_names_the_regions_as_with_them(predictor):
+    """return_masks=False decodes SAM's tokens only (faster per box): same names and scores, no masks."""
+    boxes = [[10, 10, 60, 50], [40, 20, 120, 90], [0, 0, 160, 96]]
+    full = predictor.predict(boxes=boxes, vocabulary=VOCAB)
+    light = predictor.predict(boxes=boxes, vocabulary=VOCAB, return_masks=False)
+    assert light.masks is None and all(row["mask"] is None for row in light.to_list())
+    assert light.labels == full.labels
+    torch.testing.assert_close(light.scores, full.scores, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(light.mask_scores, full.mask_scores, rtol=1e-5, atol=1e-6)
+
+
 def test_multimask_reports_the_best_mask(tiny_config, image):
     config = copy.deepcopy(tiny_config)
     config.sam.multimask = True
