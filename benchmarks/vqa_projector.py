@@ -1,4 +1,5 @@
-"""Which region projector lets a fresh LM read the regions: standardised or not, one token per region or four.
+"""Which region projector lets a fresh LM read the regions: standardised or not, one token per region or four, with
+the region's box in its condition or without.
 
     python benchmarks/vqa_projector.py --demo-out outputs/demo [--steps 1000]
 
@@ -6,7 +7,8 @@ Needs a finished demo run (`python -m regionspot.demo`): its data's questions an
 region's condition (`RegionSpot.region_condition`, what the VQA head reads) is computed once for the training
 and test questions' regions; then, per variant, a fresh copy of the demo's tiny LM and a fresh projector train
 for `--steps` steps of 16 conversations (AdamW, lr 1e-3, the demo's) on the cached conditions, and answer the
-test questions greedily. Prints one table: accuracy per question type, next to the majority answer.
+test questions greedily. "without the box" drops the condition's last 4 columns (where the region is). Prints one
+table: accuracy per question type, next to the majority answer.
 """
 
 from __future__ import annotations
@@ -52,8 +54,12 @@ def region_conditions(model, records: list[RegionQA], root: Path) -> list[torch.
     return conditions
 
 
-def train_and_answer(projector_cls, *, tokens: int, llm_folder: Path, data, steps: int) -> dict[str, float]:
+def train_and_answer(
+    projector_cls, *, tokens: int, llm_folder: Path, data, steps: int, box: bool = True
+) -> dict[str, float]:
     train, train_conditions, test, test_conditions = data
+    if not box:
+        train_conditions, test_conditions = ([c[:, :-4] for c in part] for part in (train_conditions, test_conditions))
     torch.manual_seed(0)
     llm, tokenizer = load_causal_lm(llm_folder)
     projector = projector_cls(
@@ -84,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-out", default="outputs/demo")
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--only", nargs="+", help="run only the variants of these names (the table's row names)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the demo's setting on 2 cores
     out = Path(args.demo_out)
@@ -93,13 +100,18 @@ def main() -> None:
     test, _ = load_region_qa(root / "qa_test.json")
     data = (train, region_conditions(model, train, root), test, region_conditions(model, test, root))
     rows = {"majority answer": accuracy_by_type(test, majority_answers(train, test))}
-    for name, projector_cls, tokens in (
-        ("MLP, not standardised, 1 token", UnstandardisedProjector, 1),
-        ("MLP, standardised, 1 token (default)", RegionProjector, 1),
-        ("MLP, standardised, 4 tokens", RegionProjector, 4),
+    for name, projector_cls, tokens, box in (
+        ("MLP, not standardised, 1 token", UnstandardisedProjector, 1, True),
+        ("MLP, standardised, 1 token (default)", RegionProjector, 1, True),
+        ("MLP, standardised, 4 tokens", RegionProjector, 4, True),
+        ("MLP, standardised, 4 tokens, without the box", RegionProjector, 4, False),
     ):
+        if args.only and name not in args.only:
+            continue
         start = time.perf_counter()
-        rows[name] = train_and_answer(projector_cls, tokens=tokens, llm_folder=out / "llm", data=data, steps=args.steps)
+        rows[name] = train_and_answer(
+            projector_cls, tokens=tokens, llm_folder=out / "llm", data=data, steps=args.steps, box=box
+        )
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     print(format_vqa_table(rows))
 

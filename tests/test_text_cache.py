@@ -67,7 +67,8 @@ def test_a_changed_name_template_or_text_weight_misses(clip_model, cached, tmp_p
     first, _ = cached
     renamed = _backbone(clip_model, tmp_path)
     calls = _counting_encoder(renamed)
-    assert torch.equal(renamed.encode_vocabulary([*NAMES[:-1], "cat"])[:3], first[:3])
+    # the other names are recomputed in another batch: equal to float32 rounding (bit for bit on some CPUs only)
+    torch.testing.assert_close(renamed.encode_vocabulary([*NAMES[:-1], "cat"])[:3], first[:3], rtol=1e-5, atol=1e-6)
     assert calls
 
     other_templates = _backbone(clip_model, tmp_path, templates="imagenet")
