@@ -22,13 +22,13 @@ import copy
 import os
 import statistics
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import torch
+from timing import once_ms
 from torch.utils.flop_counter import FlopCounterMode
 
 from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
@@ -111,17 +111,6 @@ class BackboneFlops:
             clip.feature_map(torch.empty(1, 3, clip.image_size, clip.image_size, device="meta"))
             sam.decode(embedding, [SamPrompts(boxes=torch.zeros(boxes, 4, device="meta"))], with_masks=with_masks)
         return flops.get_total_flops() / 1e12
-
-
-def once_ms(fn: Callable[[], object], *, device: torch.device) -> float:
-    """Wall time of one call of `fn()` in milliseconds (synchronised on a GPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1000
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
