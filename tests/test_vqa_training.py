@@ -7,10 +7,12 @@ the test; nothing is downloaded.
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 from test_demo import SMALL as DEMO_SMALL
 from test_training import make_trainer
@@ -108,3 +110,43 @@ def test_the_vqa_head_learns_at_its_own_rate(qa_data):
     assert (recogniser["initial_lr"], vqa["initial_lr"]) == (1e-3, 3e-3)
     assert {id(p) for p in vqa["params"]} == {id(p) for p in module.model.vqa.parameters() if p.requires_grad}
     assert not {id(p) for p in recogniser["params"]} & {id(p) for p in vqa["params"]}
+
+
+class _VqaSnapshots(Callback):
+    """After each step: the batch's data set, the VQA head's weights and their AdamW moments."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, list[torch.Tensor], list[torch.Tensor]]] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        state = trainer.optimizers[0].state
+        params = [p for p in module.model.vqa.parameters() if p.requires_grad]
+        moments = [state[p]["exp_avg"].clone() if p in state else torch.zeros_like(p) for p in params]
+        self.steps.append((batch["dataset"], [p.detach().clone() for p in params], moments))
+
+
+def test_a_head_without_a_loss_in_a_step_is_left_alone(qa_data, tmp_path):
+    """Detection batches carry no questions: AdamW must not move the VQA head on them (no momentum coasting, no
+    weight decay)."""
+    data, llm = qa_data
+    torch.manual_seed(0)
+    module = RegionSpotModule(model_config=vqa_config(llm), lr=3e-3, warmup_steps=1, weight_decay=0.1)
+    datamodule = RegionDataModule(
+        train={
+            "shapes": DatasetConfig(ann_file=str(data.annotation_files["train"]), image_dir=str(data.root)),
+            "shapes_qa": DatasetConfig(
+                ann_file=str(data.question_files["train"]), image_dir=str(data.root), questions=True
+            ),
+        },
+        batch_size=4,
+        num_workers=0,
+        augment=AugmentConfig(short_edges=[], flip_prob=0.0, crop_prob=0.0),
+    )
+    snapshots = _VqaSnapshots()
+    make_trainer(tmp_path, max_steps=12, callbacks=[snapshots]).fit(module, datamodule=datamodule)
+    datasets = [name for name, _, _ in snapshots.steps]
+    assert {"shapes", "shapes_qa"} <= set(datasets[1:]), datasets  # both kinds of step, after a first one
+    for (_, before, moments_before), (name, after, moments_after) in pairwise(snapshots.steps):
+        moved = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+        coasting = any(not torch.equal(a, b) for a, b in zip(moments_before, moments_after, strict=True))
+        assert moved == coasting == (name == "shapes_qa"), name

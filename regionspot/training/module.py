@@ -170,6 +170,7 @@ class RegionSpotModule(L.LightningModule):
         self._frozen_cache: OrderedDict[bytes, FrozenFeatures] = OrderedDict()
         self._bad_steps = NonFiniteSteps(max_bad_steps_in_a_row)
         self._step_loss: torch.Tensor | None = None
+        self._step_parts: set[str] = set()  # the HEAD_PARTS a loss reached since the last optimizer step
         self._step_images: tuple[str, list] = ("", [])  # the step's data set and image ids, for the log
 
     # ----- setup -------------------------------------------------------------------------------------------------
@@ -300,17 +301,21 @@ class RegionSpotModule(L.LightningModule):
         with torch.set_grad_enabled(self.hparams.train_adapter):
             features = self.model.region_features(frozen)
         batch_size = len(batch["images"])
+        through_adapter = {"adapter"} if self.hparams.train_adapter else set()  # every head reads its features
         if self._learns_names(batch["dataset"]):
             focal = self._focal_loss(features, batch["labels"], batch["dataset"])
             loss = loss + self.hparams.focal_loss_weight * focal
+            self._step_parts |= {"adapter"}
             self.log("train/focal_loss", focal, batch_size=batch_size)
         if self._learns_captions(batch):
             caption = self.model.caption_loss(*self._captioned_regions(frozen, features, batch["captions"]))
             loss = loss + self.hparams.caption_loss_weight * caption
+            self._step_parts |= {"caption_decoder"} | through_adapter
             self.log("train/caption_loss", caption, prog_bar=True, batch_size=batch_size)
         if self._learns_answers(batch):
             answers = self.model.vqa_loss(frozen, features, batch["conversations"])
             loss = loss + self.hparams.vqa_loss_weight * answers
+            self._step_parts |= {"vqa"} | through_adapter
             self.log("train/vqa_loss", answers, prog_bar=True, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/regions", float(sum(len(b) for b in batch["boxes"])), batch_size=batch_size)
@@ -320,10 +325,13 @@ class RegionSpotModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step (every rank alike) when the loss or a gradient is NaN or infinite: without gradients,
         AdamW leaves the weights and its moments as they were; the step still counts, so the data and the
-        schedule go on as in any other run."""
+        schedule go on as in any other run. Likewise the heads no loss reached on any rank since the last step
+        lose their (zero) gradients, so AdamW leaves them alone instead of coasting on its momentum and decaying
+        their weights: a VQA head trained on a third of the steps moves on those steps only."""
         trained = [p for p in self.parameters() if p.requires_grad]
         bad = self.trainer.strategy.reduce_boolean_decision(NonFiniteSteps.is_bad(self._step_loss, trained), all=False)
         self._step_loss = None
+        self._drop_unreached_gradients()
         if bad:
             optimizer.zero_grad(set_to_none=True)
             log.warning(
@@ -333,6 +341,15 @@ class RegionSpotModule(L.LightningModule):
             )
         self._bad_steps.record(bad)
         self.log("train/skipped_steps", float(self._bad_steps.skipped), batch_size=1)
+
+    def _drop_unreached_gradients(self) -> None:
+        reached = torch.tensor([part in self._step_parts for part in HEAD_PARTS], device=self.device)
+        reached = self.trainer.strategy.reduce(reached.float(), reduce_op="sum") > 0  # a loss on any rank counts
+        self._step_parts = set()
+        for part, was_reached in zip(HEAD_PARTS, reached.tolist(), strict=True):
+            if not was_reached:
+                for p in self._part(part).parameters():
+                    p.grad = None
 
     def _captioned_regions(
         self, frozen: list[FrozenFeatures], features: list[torch.Tensor], captions: list[list[str]]
