@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.toy import write_colour_boxes
+from regionspot.modeling.preprocess import PreparedImage
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -32,8 +34,7 @@ def make_data(toy_data, **kwargs) -> RegionDataModule:
         val_name="toy_val",
         batch_size=4,
         val_batch_size=8,
-        num_workers=0,
-        **{"augment": AugmentConfig(short_edges=[64, 80], max_size=128, crop_prob=0.3), **kwargs},
+        **{"num_workers": 0, "augment": AugmentConfig(short_edges=[64, 80], max_size=128, crop_prob=0.3), **kwargs},
     )
 
 
@@ -261,3 +262,26 @@ def test_frozen_cache_reuses_backbone_outputs_and_changes_nothing(toy_data, tmp_
     with_cache, without = fit(make_module(frozen_cache_size=100)), fit(make_module())
     for key, value in without.items():
         torch.testing.assert_close(with_cache[key], value)
+
+
+class _ImageTypes(Callback):
+    def __init__(self) -> None:
+        self.seen: list[set[type]] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.seen.append({type(image) for image in batch["images"]})
+
+
+def test_images_are_prepared_in_the_workers_and_train_alike(toy_data, tmp_path):
+    """With data-loader workers the batches arrive resized for the backbones (`PreparedImage`), and training on them
+    ends with the very adapter of training without workers, where the module resizes them itself."""
+    adapters, types = [], _ImageTypes()
+    for workers in (0, 1):
+        module = make_module()
+        trainer = make_trainer(tmp_path / str(workers), max_steps=4, callbacks=[types])
+        trainer.fit(module, datamodule=make_data(toy_data, num_workers=workers))
+        assert not trainer.train_dataloader.pin_memory  # page-locked memory only for a CUDA trainer
+        adapters.append(adapter_state(module))
+    assert types.seen == [{np.ndarray}] * 4 + [{PreparedImage}] * 4
+    for key, value in adapters[0].items():
+        torch.testing.assert_close(adapters[1][key], value, rtol=0, atol=0)

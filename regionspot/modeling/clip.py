@@ -179,6 +179,10 @@ class ClipBackbone(nn.Module):
         return self.model.logit_scale.exp()
 
     @property
+    def device(self) -> torch.device:
+        return self.image_mean.device
+
+    @property
     def dtype(self) -> torch.dtype:
         """The dtype the visual tower's weights are in (its patch embedding's)."""
         return self.model.visual.conv1.weight.dtype
@@ -188,7 +192,7 @@ class ClipBackbone(nn.Module):
 
         Normalised in float32, then cast, as RegionSpot fed its float16 CLIP.
         """
-        images = images.to(self.image_mean.device).float().clamp(0, 1)
+        images = images.to(self.device).float().clamp(0, 1)
         return ((images - self.image_mean.float()) / self.image_std.float()).to(self.dtype)
 
     def _own_precision(self) -> AbstractContextManager:

@@ -34,6 +34,15 @@ class PreparedImage:
     clip_pixels: torch.Tensor  # (3, s, s) float32, about [0, 1] (bicubic may overshoot; `normalize` clamps)
     original_size: tuple[int, int]  # (H, W) of the image as given; prompts and masks live in this frame
 
+    def pin_memory(self) -> PreparedImage:
+        """A copy in page-locked memory (a DataLoader with `pin_memory=True` calls this): then the copies to the GPU
+        (`non_blocking`) overlap with the step that runs there."""
+        return PreparedImage(
+            sam_pixels=self.sam_pixels.pin_memory(),
+            clip_pixels=self.clip_pixels.pin_memory(),
+            original_size=self.original_size,
+        )
+
     @property
     def sam_input_size(self) -> tuple[int, int]:
         """(h, w) of the resized image inside SAM's padded square: where its masks are cropped."""

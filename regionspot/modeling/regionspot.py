@@ -148,7 +148,9 @@ class RegionSpot(nn.Module):
         sam = sam_embeddings
         if sam is None:
             sam = self.sam.embed_images(self.sam.normalize_and_pad([image.sam_pixels for image in images]))
-        clip_tokens = self.clip.feature_map(self.clip.normalize(torch.stack([image.clip_pixels for image in images])))
+        # Each image to the device first: from pinned memory (a GPU DataLoader's) the copies do not block.
+        pixels = torch.stack([image.clip_pixels.to(self.clip.device, non_blocking=True) for image in images])
+        clip_tokens = self.clip.feature_map(self.clip.normalize(pixels))
         return ImageEmbeddings(sam=sam, clip_tokens=clip_tokens, images=list(images))
 
     @torch.no_grad()

@@ -270,7 +270,7 @@ class SamRegionEncoder(nn.Module):
     def normalize_and_pad(self, pixels: list[torch.Tensor]) -> torch.Tensor:
         """B resized uint8 images (3, h_i, w_i) -> (B, 3, S, S), normalised and padded as SamPredictor does."""
         device = self.sam.device
-        return torch.cat([self.sam.preprocess(p.to(device)[None]) for p in pixels])
+        return torch.cat([self.sam.preprocess(p.to(device, non_blocking=True)[None]) for p in pixels])
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) preprocessed images -> (B, C, S/16, S/16) image embeddings."""

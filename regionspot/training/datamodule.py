@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
@@ -15,6 +16,7 @@ from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dat
 from regionspot.data.feature_cache import CachedDetectionDataset, collate_with_features
 from regionspot.data.sampling import MixedBatchSampler, MixedDetectionDataset, ShardSampler
 from regionspot.data.toy import write_colour_boxes
+from regionspot.modeling.preprocess import ImagePreprocessor
 
 log = logging.getLogger(__name__)
 TOY_IMAGES = {"train": 64, "val": 16}  # images of a toy set, by its file's stem (others: as many as "train")
@@ -38,6 +40,8 @@ class RegionDataModule(L.LightningDataModule):
         max_regions: at most this many boxes per training image (a random subset); None for all.
         seed: fixes the data order, the mixing and the augmentations.
         batches_per_epoch: steps per "epoch" per device; default: every training image once.
+        pin_memory: batches in page-locked memory, so that their copies to the GPU overlap with its work;
+            None (default): when the trainer runs on CUDA.
 
     Needs `Trainer(use_distributed_sampler=False)`: the batch sampler gives each rank its own samples.
     """
@@ -55,6 +59,7 @@ class RegionDataModule(L.LightningDataModule):
         max_regions: int | None = 100,
         seed: int = 0,
         batches_per_epoch: int | None = None,
+        pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
         self.train_configs = {name: _as_config(c) for name, c in (train or {}).items()}
@@ -67,6 +72,8 @@ class RegionDataModule(L.LightningDataModule):
         self.max_regions = max_regions
         self.seed = seed
         self.batches_per_epoch = batches_per_epoch
+        self.pin_memory = pin_memory
+        self.preprocessor: ImagePreprocessor | None = None
         self.train_set: MixedDetectionDataset | None = None
         self.val_set: DetectionDataset | None = None
 
@@ -97,6 +104,12 @@ class RegionDataModule(L.LightningDataModule):
                     "data.val must be a COCO/LVIS-format JSON (ann_file + image_dir): AP needs its ground truth"
                 )
             self.val_set = build_dataset(self.val_name, self.val_config)
+
+    def prepare_images_with(self, preprocessor: ImagePreprocessor) -> None:
+        """Resize the images for the backbones in the data-loader workers, so that the training process only moves
+        them to its device (`RegionSpotModule.setup` hands over its model's preprocessor). Without workers the
+        module prepares them itself, after its frozen-feature cache, where a hit needs no resizing at all."""
+        self.preprocessor = preprocessor
 
     @property
     def vocabularies(self) -> dict[str, list[str]]:
@@ -146,13 +159,32 @@ class RegionDataModule(L.LightningDataModule):
         return self._loader(self.val_set, sampler=sampler, batch_size=self.val_batch_size)
 
     def _loader(self, dataset, **kwargs) -> DataLoader:
+        in_workers = self.preprocessor is not None and self.num_workers > 0
+        pin_memory = self.pin_memory
+        if pin_memory is None:
+            pin_memory = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
         return DataLoader(
             dataset,
             num_workers=self.num_workers,
-            collate_fn=collate_with_features,
+            collate_fn=PreparingCollate(self.preprocessor) if in_workers else collate_with_features,
+            pin_memory=pin_memory,
             persistent_workers=self.num_workers > 0,
             **kwargs,
         )
+
+
+class PreparingCollate:
+    """`collate_with_features`, then each image resized for the backbones (`ImagePreprocessor`), in the worker
+    process that read the batch: "images" become `PreparedImage`s. Entries read from a feature cache have none."""
+
+    def __init__(self, preprocessor: ImagePreprocessor) -> None:
+        self.preprocessor = preprocessor
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = collate_with_features(samples)
+        if "frozen" not in batch:
+            batch["images"] = [self.preprocessor(image) for image in batch["images"]]
+        return batch
 
 
 def _as_config(value: DatasetConfig | dict) -> DatasetConfig:

@@ -180,6 +180,7 @@ class RegionSpotModule(L.LightningModule):
         data = self.trainer.datamodule
         if isinstance(data, RegionDataModule):  # any other data: call use_data before fitting
             self.use_data(vocabularies=data.vocabularies, val_set=data.val_set)
+            data.prepare_images_with(self.model.preprocessor)
             for folder, manifest in data.feature_manifests.items():
                 check_backbones(manifest, self.model_config, where=folder)
 
