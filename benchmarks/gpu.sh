@@ -34,3 +34,5 @@ run benchmarks/bench_frozen.py --variant vit_b --device cuda --images 16 --boxes
 run benchmarks/bench_caption.py --config configs/model/regionspot_bl336.yaml --decoder tap --device cuda
 run benchmarks/bench_training_cache.py "${REAL[@]}" --accelerator gpu --precision bf16-mixed \
     --images 32 --batch-size 8 --warmup 2 --steps 10 --image-size 480 640
+# The data loader on this machine's cores: how many workers keep the GPU above fed at the batch's images/s.
+run benchmarks/bench_data_loading.py --workers 0 4 8 16 --batches 16
