@@ -124,6 +124,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens-only", action="store_true", help="predict(return_masks=False): no SAM masks")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per setting, after one warm-up")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak at --dtype, for MFU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image encoders (compile_backbones)")
 
 
 def build(args: argparse.Namespace, *, one_template: bool = False) -> tuple[RegionSpot, BackboneFlops]:
@@ -135,6 +136,8 @@ def build(args: argparse.Namespace, *, one_template: bool = False) -> tuple[Regi
         config.clip.templates = "plain"
     # All of it in --dtype, CLIP too whatever clip.precision fixes (RegionSpot's float16 is slow on a CPU).
     model = build_regionspot(config).to(device=args.device, dtype=getattr(torch, args.dtype))
+    if args.compile:  # the warm-up call of each timing compiles
+        model.compile_backbones()
     return model, BackboneFlops(config)
 
 
@@ -147,7 +150,10 @@ def random_boxes(rng: np.random.Generator, count: int, image_size: int) -> np.nd
 def print_header(model: RegionSpot, args: argparse.Namespace) -> None:
     counts = model.parameter_counts()
     threads = torch.get_num_threads()
-    print(f"# {args.config} on {args.device} ({args.dtype}), {threads} CPU threads, torch {torch.__version__}")
+    compiled = ", image encoders compiled" if args.compile else ""
+    print(
+        f"# {args.config} on {args.device} ({args.dtype}{compiled}), {threads} CPU threads, torch {torch.__version__}"
+    )
     print(f"# trainable {counts['trainable'] / 1e6:.2f}M, frozen {counts['frozen'] / 1e6:.2f}M parameters")
 
 

@@ -27,6 +27,7 @@ run() {
 }
 run benchmarks/bench_predictor.py "${REAL[@]}" "${BF16[@]}" --repeats 5
 run benchmarks/bench_predictor.py "${REAL[@]}" "${BF16[@]}" --repeats 5 --tokens-only --classes 1203
+run benchmarks/bench_predictor.py "${REAL[@]}" "${BF16[@]}" --repeats 5 --tokens-only --classes 1203 --boxes 100 --compile
 run benchmarks/bench_overhead.py "${REAL[@]}" "${BF16[@]}" --repeats 5
 run benchmarks/bench_overhead.py "${REAL[@]}" "${BF16[@]}" --repeats 5 --tokens-only
 run benchmarks/bench_sam_decoder.py --variant vit_b --device cuda

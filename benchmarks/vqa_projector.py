@@ -6,9 +6,9 @@ the region's box in its condition or without.
 Needs a finished demo run (`python -m regionspot.demo`): its data's questions and its trained adapter. Each
 region's condition (`RegionSpot.region_condition`, what the VQA head reads) is computed once for the training
 and test questions' regions; then, per variant, a fresh copy of the demo's tiny LM and a fresh projector train
-for `--steps` steps of 16 conversations (AdamW, lr 1e-3, the demo's) on the cached conditions, and answer the
-test questions greedily. "without the box" drops the condition's last 4 columns (where the region is). Prints one
-table: accuracy per question type, next to the majority answer.
+for `--steps` steps of 16 conversations (AdamW, `--lr`, by default the demo's 1e-3) on the cached conditions, and
+answer the test questions greedily. "without the box" drops the condition's last `BOX_COLUMNS` columns (where the
+region is). Prints one table: accuracy per question type, next to the majority answer.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from regionspot.demo.vqa import format_vqa_table, majority_answers
 from regionspot.evaluation.vqa_eval import accuracy_by_type, asked_turns
 from regionspot.modeling.region_lm import RegionLanguageModel, load_causal_lm
 from regionspot.modeling.region_projector import RegionProjector
+from regionspot.modeling.regionspot import BOX_COLUMNS
 from regionspot.transforms import prepare_prompts
 
 
@@ -55,18 +56,19 @@ def region_conditions(model, records: list[RegionQA], root: Path) -> list[torch.
 
 
 def train_and_answer(
-    projector_cls, *, tokens: int, llm_folder: Path, data, steps: int, box: bool = True
+    projector_cls, *, tokens: int, llm_folder: Path, data, steps: int, lr: float, box: bool = True
 ) -> dict[str, float]:
     train, train_conditions, test, test_conditions = data
     if not box:
-        train_conditions, test_conditions = ([c[:, :-4] for c in part] for part in (train_conditions, test_conditions))
+        parts = (train_conditions, test_conditions)
+        train_conditions, test_conditions = ([c[:, :-BOX_COLUMNS] for c in part] for part in parts)
     torch.manual_seed(0)
     llm, tokenizer = load_causal_lm(llm_folder)
     projector = projector_cls(
         condition_dim=train_conditions[0].shape[1], hidden_size=llm.config.hidden_size, tokens_per_region=tokens
     )
     vqa = RegionLanguageModel(llm=llm, tokenizer=tokenizer, projector=projector)
-    optimizer = torch.optim.AdamW(vqa.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(vqa.parameters(), lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(0)
     for _ in range(steps):
         batch = rng.choice(len(train), 16, replace=False)
@@ -90,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-out", default="outputs/demo")
     parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW's learning rate (the demo's: 1e-3)")
     parser.add_argument("--only", nargs="+", help="run only the variants of these names (the table's row names)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the demo's setting on 2 cores
@@ -110,7 +113,7 @@ def main() -> None:
             continue
         start = time.perf_counter()
         rows[name] = train_and_answer(
-            projector_cls, tokens=tokens, llm_folder=out / "llm", data=data, steps=args.steps, box=box
+            projector_cls, tokens=tokens, llm_folder=out / "llm", data=data, steps=args.steps, lr=args.lr, box=box
         )
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     print(format_vqa_table(rows))

@@ -164,3 +164,21 @@ def test_training_reaches_the_predictors_inputs(val_data):
     from_predictor = module.model.decode_regions(predictor._image, [prompts])[0]
     assert torch.equal(frozen.region_tokens, from_predictor.region_tokens)
     assert torch.equal(frozen.clip_tokens, from_predictor.clip_tokens)
+
+
+def test_compiled_backbones_give_the_eager_frozen_features():
+    """`compile_backbones` (torch.compile of SAM's image encoder and CLIP's visual blocks) changes the speed only:
+    the frozen step's tokens, scores and CLIP map match the eager model's to float32 rounding. The graphs are
+    captured as for inductor but run by the `aot_eager` backend: inductor's C++ code generation takes ~80 s here for
+    the tiny model, and `benchmarks/gpu.sh` runs it (bench_predictor --compile) where it pays off."""
+    model = build_regionspot(TINY).eval()
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    prepared = model.preprocessor(image)
+    boxes = torch.tensor([[4.0, 6, 40, 30]])
+    prompts = [prepare_prompts(model.sam, image_size=prepared.original_size, boxes=boxes)[0]]
+    eager = model.frozen_features([prepared], prompts)[0]
+    model.compile_backbones(backend="aot_eager")
+    compiled = model.frozen_features([prepared], prompts)[0]
+    assert model.sam.sam.image_encoder._compiled_call_impl is not None  # the compiled call is what ran
+    for name in ("region_tokens", "mask_scores", "clip_tokens"):
+        assert_close(getattr(compiled, name), getattr(eager, name), rtol=1e-4, atol=1e-5, msg=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +28,12 @@ _MASK_UPSCALE_CHUNK = 32
 _FEATURE_NORM_EPS = 1e-7
 
 
+BOX_COLUMNS = 4  # the last columns of a region condition: where the region is (x1, y1, x2, y2)
+
+
 def region_condition_dim(sam: SamRegionEncoder, clip: ClipBackbone) -> int:
     """The width of `RegionSpot.region_condition`'s rows: CLIP's embedding, SAM's token and the region's box."""
-    return clip.embed_dim + sam.token_dim + 4
+    return clip.embed_dim + sam.token_dim + BOX_COLUMNS
 
 
 @dataclass
@@ -124,6 +128,15 @@ class RegionSpot(nn.Module):
         if not self.clip.fixed_precision:
             self.clip.to(dtype)
         self.clip.clear_text_cache()  # the text embeddings came from the weights as they were
+
+    def compile_backbones(self, **options: Any) -> None:
+        """Compile the frozen image encoders, nearly all of the compute, with `torch.compile` (`options`: its
+        keyword arguments, e.g. `mode="max-autotune"`): SAM's image encoder whole, and CLIP's visual blocks one by
+        one (`feature_map` stops before CLIP's pooling, so it runs the blocks itself; the blocks share one compiled
+        graph). The first batch of each shape pays the compilation; the adapter and the heads stay eager."""
+        self.sam.sam.image_encoder.compile(**options)
+        for block in self.clip.model.visual.transformer.resblocks:
+            block.compile(**options)
 
     def train(self, mode: bool = True) -> RegionSpot:
         super().train(mode)

@@ -107,6 +107,8 @@ class RegionSpotModule(L.LightningModule):
         max_bad_steps_in_a_row: a step whose loss or gradients are NaN or infinite is skipped (no weight changes;
             counted as `train/skipped_steps`); after this many in a row the run saves its `last` checkpoint and
             stops with an error.
+        compile_backbones: `torch.compile` SAM's and CLIP's image encoders (`RegionSpot.compile_backbones`) when
+            fitting starts; the first steps of each image size pay the compilation.
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class RegionSpotModule(L.LightningModule):
         frozen_cache_size: int = 0,
         max_skipped_fraction: float = 0.5,
         max_bad_steps_in_a_row: int = 20,
+        compile_backbones: bool = False,
     ) -> None:
         super().__init__()
         if backbone_precision not in BACKBONE_PRECISIONS:
@@ -176,6 +179,8 @@ class RegionSpotModule(L.LightningModule):
     # ----- setup -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         self.model.cast_backbones(self.backbone_dtype())
+        if self.hparams.compile_backbones:
+            self.model.compile_backbones()
         self._frozen_cache.clear()  # the backbones' dtype may have changed
         data = self.trainer.datamodule
         if isinstance(data, RegionDataModule):  # any other data: call use_data before fitting
