@@ -255,8 +255,14 @@ def _blind_baseline(data: GeneratedDataset, out: Path, *, size: DemoSize, seed: 
     return partial(
         train_blind_baseline, qa_file=data.question_files["train"], llm=out / "llm",
         test_file=data.question_files["test"], steps=size.qa_steps, batch_size=VQA_BATCH,
-        lr=yaml.safe_load(TRAIN_CONFIG.read_text())["model"]["lr"], tokens_per_region=VQA_TOKENS_PER_REGION, seed=seed,
+        lr=_vqa_lr(), tokens_per_region=VQA_TOKENS_PER_REGION, seed=seed,
     )  # fmt: skip
+
+
+def _vqa_lr() -> float:
+    """The VQA head's learning rate in the demo's training config (`vqa_lr`, else `lr`)."""
+    settings = yaml.safe_load(TRAIN_CONFIG.read_text())["model"]
+    return settings.get("vqa_lr") or settings["lr"]
 
 
 def _qa_texts(qa_file: Path) -> list[str]:
