@@ -16,7 +16,7 @@ So an image gives bit-identical backbone inputs whichever path it takes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -37,11 +37,7 @@ class PreparedImage:
     def pin_memory(self) -> PreparedImage:
         """A copy in page-locked memory (a DataLoader with `pin_memory=True` calls this): then the copies to the GPU
         (`non_blocking`) overlap with the step that runs there."""
-        return PreparedImage(
-            sam_pixels=self.sam_pixels.pin_memory(),
-            clip_pixels=self.clip_pixels.pin_memory(),
-            original_size=self.original_size,
-        )
+        return replace(self, sam_pixels=self.sam_pixels.pin_memory(), clip_pixels=self.clip_pixels.pin_memory())
 
     @property
     def sam_input_size(self) -> tuple[int, int]:
