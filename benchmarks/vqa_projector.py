@@ -8,7 +8,8 @@ region's condition (`RegionSpot.region_condition`, what the VQA head reads) is c
 and test questions' regions; then, per variant, a fresh copy of the demo's tiny LM and a fresh projector train
 for `--steps` steps of 16 conversations (AdamW, `--lr`, by default the demo's 1e-3) on the cached conditions, and
 answer the test questions greedily. "without the box" drops the condition's last `BOX_COLUMNS` columns (where the
-region is). Prints one table: accuracy per question type, next to the majority answer.
+region is); "a location token" adds one embedding per region made from the box alone (`vqa.location_token`).
+Prints one table: accuracy per question type, next to the majority answer.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class UnstandardisedProjector(RegionProjector):
 
     def forward(self, conditions: torch.Tensor) -> torch.Tensor:
         embeddings = self.fc2(self.act(self.fc1(conditions)))
-        return embeddings.unflatten(-1, (self.tokens_per_region, -1))
+        return embeddings.unflatten(-1, (self.condition_tokens, -1))
 
 
 @torch.no_grad()
@@ -56,7 +57,15 @@ def region_conditions(model, records: list[RegionQA], root: Path) -> list[torch.
 
 
 def train_and_answer(
-    projector_cls, *, tokens: int, llm_folder: Path, data, steps: int, lr: float, box: bool = True
+    projector_cls,
+    *,
+    tokens: int,
+    llm_folder: Path,
+    data,
+    steps: int,
+    lr: float,
+    box: bool = True,
+    location: bool = False,
 ) -> dict[str, float]:
     train, train_conditions, test, test_conditions = data
     if not box:
@@ -65,7 +74,10 @@ def train_and_answer(
     torch.manual_seed(0)
     llm, tokenizer = load_causal_lm(llm_folder)
     projector = projector_cls(
-        condition_dim=train_conditions[0].shape[1], hidden_size=llm.config.hidden_size, tokens_per_region=tokens
+        condition_dim=train_conditions[0].shape[1],
+        hidden_size=llm.config.hidden_size,
+        tokens_per_region=tokens,
+        location_columns=BOX_COLUMNS if location else 0,
     )
     vqa = RegionLanguageModel(llm=llm, tokenizer=tokenizer, projector=projector)
     optimizer = torch.optim.AdamW(vqa.parameters(), lr=lr, weight_decay=1e-4)
@@ -102,18 +114,27 @@ def main() -> None:
     train, _ = load_region_qa(root / "qa_train.json")
     test, _ = load_region_qa(root / "qa_test.json")
     data = (train, region_conditions(model, train, root), test, region_conditions(model, test, root))
+    llm = out / "llm"
     rows = {"majority answer": accuracy_by_type(test, majority_answers(train, test))}
-    for name, projector_cls, tokens, box in (
-        ("MLP, not standardised, 1 token", UnstandardisedProjector, 1, True),
-        ("MLP, standardised, 1 token (default)", RegionProjector, 1, True),
-        ("MLP, standardised, 4 tokens", RegionProjector, 4, True),
-        ("MLP, standardised, 4 tokens, without the box", RegionProjector, 4, False),
+    for name, projector_cls, tokens, box, location in (
+        ("MLP, not standardised, 1 token", UnstandardisedProjector, 1, True, False),
+        ("MLP, standardised, 1 token (default)", RegionProjector, 1, True, False),
+        ("MLP, standardised, 4 tokens", RegionProjector, 4, True, False),
+        ("MLP, standardised, 4 tokens, without the box", RegionProjector, 4, False, False),
+        ("MLP, standardised, 4 tokens and a location token", RegionProjector, 4, True, True),
     ):
         if args.only and name not in args.only:
             continue
         start = time.perf_counter()
         rows[name] = train_and_answer(
-            projector_cls, tokens=tokens, llm_folder=out / "llm", data=data, steps=args.steps, lr=args.lr, box=box
+            projector_cls,
+            tokens=tokens,
+            llm_folder=llm,
+            data=data,
+            steps=args.steps,
+            lr=args.lr,
+            box=box,
+            location=location,
         )
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     print(format_vqa_table(rows))

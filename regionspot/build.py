@@ -16,7 +16,7 @@ from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
 from regionspot.modeling.region_lm import RegionLanguageModel, load_causal_lm
 from regionspot.modeling.region_projector import RegionProjector
-from regionspot.modeling.regionspot import RegionSpot, region_condition_dim
+from regionspot.modeling.regionspot import BOX_COLUMNS, RegionSpot, region_condition_dim
 from regionspot.modeling.sam import SamRegionEncoder, build_sam
 
 
@@ -128,6 +128,7 @@ def _build_vqa(config: VqaConfig, *, condition_dim: int) -> RegionLanguageModel:
             condition_dim=condition_dim,
             hidden_size=llm.get_input_embeddings().embedding_dim,
             tokens_per_region=config.tokens_per_region,
+            location_columns=BOX_COLUMNS if config.location_token else 0,
         )
     vqa = RegionLanguageModel(llm=llm, tokenizer=tokenizer, projector=projector, max_new_tokens=config.max_new_tokens)
     if config.checkpoint is not None:
@@ -135,7 +136,8 @@ def _build_vqa(config: VqaConfig, *, condition_dim: int) -> RegionLanguageModel:
             config.checkpoint,
             what="VQA checkpoint",
             hint="Give the vqa.safetensors that training wrote beside adapter.safetensors, or null for an untrained "
-            "projector; it must match vqa.llm, vqa.llm_training and vqa.tokens_per_region it was trained with.",
+            "projector; it must match the vqa.llm, vqa.llm_training, vqa.tokens_per_region and vqa.location_token "
+            "it was trained with.",
         )
         state = read_state_dict(path)
         expected = set(vqa.trained_state_dict())
@@ -143,7 +145,8 @@ def _build_vqa(config: VqaConfig, *, condition_dim: int) -> RegionLanguageModel:
             missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
             raise ValueError(
                 f"{path} does not fit this VQA head (vqa.llm_training={config.llm_training!r}, "
-                f"tokens_per_region={config.tokens_per_region}): missing {missing[:5]}, unexpected {unexpected[:5]}"
+                f"tokens_per_region={config.tokens_per_region}, location_token={config.location_token}): "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         load_weights(vqa, {**vqa.state_dict(), **state}, path=path, model_name="the VQA head")
     return vqa

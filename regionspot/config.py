@@ -151,6 +151,7 @@ class VqaConfig:
     # A local folder holding a Hugging Face causal LM and its tokenizer (save_pretrained's layout); never downloaded.
     llm: str = ""
     tokens_per_region: int = 1  # LLM input embeddings per <regionK> (All-Seeing, Osprey: 1 per region)
+    location_token: bool = False  # one more embedding per region, made from its box alone (RegionProjector)
     # What of the LLM trains beside the projector: "frozen" (nothing: LLaVA's first stage, the default), "lora"
     # (peft low-rank adapters on `lora_targets`) or "full" (every weight: only for a small LLM, such as the
     # demo's stand-in, which starts random).

@@ -29,16 +29,23 @@ def lm_folder(request, tmp_path_factory):
     return write_tiny_causal_lm(folder, corpus=CORPUS, chat_template=request.param)
 
 
-def _vqa(folder, *, tokens_per_region: int = 1) -> RegionLanguageModel:
+def _vqa(folder, *, tokens_per_region: int = 1, location_columns: int = 0) -> RegionLanguageModel:
     llm, tokenizer = load_causal_lm(folder)
     torch.manual_seed(0)
-    projector = RegionProjector(condition_dim=CONDITION_DIM, hidden_size=64, tokens_per_region=tokens_per_region)
+    projector = RegionProjector(
+        condition_dim=CONDITION_DIM,
+        hidden_size=64,
+        tokens_per_region=tokens_per_region,
+        location_columns=location_columns,
+    )
     return RegionLanguageModel(llm=llm, tokenizer=tokenizer, projector=projector)
 
 
-@pytest.mark.parametrize("tokens_per_region", [1, 3])
-def test_region_embeddings_land_exactly_where_their_tags_were(lm_folder, tokens_per_region):
-    vqa = _vqa(lm_folder, tokens_per_region=tokens_per_region)
+@pytest.mark.parametrize(("condition_tokens", "location_columns"), [(1, 0), (3, 0), (2, 4)])
+def test_region_embeddings_land_exactly_where_their_tags_were(lm_folder, condition_tokens, location_columns):
+    vqa = _vqa(lm_folder, tokens_per_region=condition_tokens, location_columns=location_columns)
+    tokens_per_region = condition_tokens + (location_columns > 0)  # a location token is one more per region
+    assert vqa.projector.tokens_per_region == tokens_per_region
     conversations = [
         [("what colour is <region1> ?", None)],
         [("is <region1> left of <region2> ?", "yes"), ("what colour is <region2> ?", None)],
@@ -71,6 +78,24 @@ def test_region_embeddings_land_exactly_where_their_tags_were(lm_folder, tokens_
             assert not scored[slots >= 0].any() and not scored[pads].any()
             answer_ids = vqa.tokenizer(" red", add_special_tokens=False)["input_ids"]
             assert encoded.labels[0][scored[0]].tolist()[: len(answer_ids)] == answer_ids
+
+
+def test_the_location_token_is_made_from_the_box_alone():
+    torch.manual_seed(0)
+    projector = RegionProjector(condition_dim=CONDITION_DIM, hidden_size=16, tokens_per_region=2, location_columns=4)
+    conditions = torch.randn(5, CONDITION_DIM)
+    projector(conditions)  # one training step's batch statistics, so that evaluation standardises with them
+    projector.eval()
+    out = projector(conditions)
+    assert out.shape == (5, 3, 16)
+    features_changed = torch.cat([torch.randn(5, CONDITION_DIM - 4), conditions[:, -4:]], dim=1)
+    again = projector(features_changed)
+    torch.testing.assert_close(again[:, -1], out[:, -1], rtol=0, atol=0)  # the last token reads only the box
+    assert not torch.allclose(again[:, :-1], out[:, :-1])  # the others read the whole condition
+    box_changed = torch.cat([conditions[:, :-4], torch.randn(5, 4)], dim=1)
+    assert not torch.allclose(projector(box_changed)[:, -1], out[:, -1])
+    with pytest.raises(ValueError, match="location_columns"):
+        RegionProjector(condition_dim=4, hidden_size=16, location_columns=5)
 
 
 def test_the_projector_and_lm_overfit_a_few_region_questions(lm_folder):
@@ -143,6 +168,10 @@ def test_a_model_config_with_a_vqa_section_builds_answers_and_reloads_its_traine
     wrong = RegionSpotConfig.from_yaml(yaml_path)
     wrong.vqa.llm_training = "frozen"  # a LoRA checkpoint for a frozen LLM: refused by name
     with pytest.raises(ValueError, match="does not fit this VQA head"):
+        build_regionspot(wrong)
+    wrong = RegionSpotConfig.from_yaml(yaml_path)
+    wrong.vqa.location_token = True  # a projector trained without a location token
+    with pytest.raises(ValueError, match="location_token=True"):
         build_regionspot(wrong)
 
 

@@ -150,3 +150,66 @@ def test_a_head_without_a_loss_in_a_step_is_left_alone(qa_data, tmp_path):
         moved = any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
         coasting = any(not torch.equal(a, b) for a, b in zip(moments_before, moments_after, strict=True))
         assert moved == coasting == (name == "shapes_qa"), name
+
+
+class _LlmModes(Callback):
+    """At each step: whether the LLM, and each of its dropout modules, is in training mode."""
+
+    def __init__(self) -> None:
+        self.modes: list[set[bool]] = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.modes.append({m.training for m in module.model.vqa.llm.modules()})
+
+
+@pytest.mark.parametrize("llm_training", ["full", "lora", "frozen"])
+def test_an_llm_that_trains_is_in_training_mode(qa_data, tmp_path, llm_training):
+    """transformers builds an LLM in eval mode and Lightning keeps each module's mode: without switching, a trained
+    LLM's dropout (and LoRA's) would be off in training; a frozen one stays in eval mode."""
+    data, llm = qa_data
+    config = vqa_config(llm)
+    config.vqa.llm_training = llm_training
+    module = RegionSpotModule(model_config=config, lr=1e-3, warmup_steps=1)
+    datamodule = RegionDataModule(
+        train={
+            "shapes_qa": DatasetConfig(
+                ann_file=str(data.question_files["train"]), image_dir=str(data.root), questions=True
+            )
+        },
+        batch_size=2,
+        num_workers=0,
+        augment=AugmentConfig(short_edges=[], flip_prob=0.0, crop_prob=0.0),
+    )
+    modes = _LlmModes()
+    make_trainer(tmp_path, max_steps=2, callbacks=[modes]).fit(module, datamodule=datamodule)
+    assert modes.modes == [{llm_training != "frozen"}] * 2
+    assert module.model.sam.training is module.model.clip.training is False  # the frozen backbones stay in eval
+
+
+def test_a_data_set_can_set_its_own_flip_probability(qa_data):
+    """data.augment flips the detection batches; a region-QA set with flip_prob 0 is never mirrored, one with 1
+    always is ("left" read as "right" in its questions, its boxes mirrored)."""
+    data, _ = qa_data
+    qa = {"ann_file": str(data.question_files["train"]), "image_dir": str(data.root), "questions": True}
+    datamodule = RegionDataModule(
+        train={
+            "shapes": DatasetConfig(ann_file=str(data.annotation_files["train"]), image_dir=str(data.root)),
+            "never": DatasetConfig(**qa, flip_prob=0.0),
+            "always": DatasetConfig(**qa, flip_prob=1.0),
+        },
+        batch_size=2,
+        num_workers=0,
+        augment=AugmentConfig(short_edges=[], flip_prob=0.5, crop_prob=0.0),
+    )
+    datamodule.setup("fit")
+    shapes, never, always = datamodule.train_set.datasets
+    assert shapes.augment_config.flip_prob == 0.5
+    assert never.augment_config.flip_prob == 0.0 and always.augment_config.flip_prob == 1.0
+    asks_left = next(i for i, r in enumerate(never.records) if any(" left of " in q for q, _ in r.conversation))
+    plain, mirrored = never[(asks_left, [0])], always[(asks_left, [0])]
+    assert any(" left of " in q for q, _ in plain["conversation"])
+    assert any(" right of " in q for q, _ in mirrored["conversation"])
+    width = plain["image"].shape[1]
+    torch.testing.assert_close(mirrored["boxes"][:, [2, 0]], width - plain["boxes"][:, [0, 2]])
+    with pytest.raises(ValueError, match="flip_prob"):
+        DatasetConfig(**qa, flip_prob=1.5)

@@ -65,8 +65,14 @@ class DatasetConfig:
     # and CLIP outputs from it instead of the image, and the backbones do not run (regionspot.data.feature_cache).
     # The cache holds the boxes, labels and vocabulary too, so ann_file / hf_path are not needed beside it.
     features: str | None = None
+    # This data set's flip probability, instead of data.augment's (None: that one). A flip mirrors "left" and "right"
+    # in a conversation, so a model must learn both words; the demo's tiny LM learns "is <region1> left of
+    # <region2>?" within its 800 question steps only without flips (docs/vqa.md).
+    flip_prob: float | None = None
 
     def __post_init__(self) -> None:
+        if self.flip_prob is not None and not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
         for flag in ("captions", "questions"):  # a YAML string such as "false" would read as true
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be true or false, got {getattr(self, flag)!r}")

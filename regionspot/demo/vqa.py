@@ -22,9 +22,11 @@ from regionspot.data.region_qa import RegionQA, load_region_qa
 from regionspot.evaluation.vqa_eval import asked_turns, normalize_answer
 from regionspot.modeling.region_lm import RegionLanguageModel, load_causal_lm
 from regionspot.modeling.region_projector import RegionProjector
+from regionspot.modeling.regionspot import BOX_COLUMNS
 
-# The blind LM's regions are zeros of this width: whatever the width, the projector makes one constant of them.
-_NO_REGION = 1
+# The blind LM's regions are zeros of this width (a box's columns and one more): whatever the width, the projector
+# makes one constant of them.
+_NO_REGION = BOX_COLUMNS + 1
 
 
 def train_blind_baseline(
@@ -36,10 +38,11 @@ def train_blind_baseline(
     batch_size: int,
     lr: float,
     tokens_per_region: int = 1,
+    location_token: bool = False,
     seed: int = 0,
 ) -> tuple[list[list[str]], float]:
     """Train the blind LM on `qa_file`'s conversations (no images read) and answer `test_file`'s questions;
-    `tokens_per_region` as the VQA head's, so that both read prompts of the same length.
+    `tokens_per_region` and `location_token` as the VQA head's, so that both read prompts of the same length.
 
     Returns:
         The answers per test record, turn by turn (each asked with the record's earlier turns, as evaluate.py
@@ -54,6 +57,7 @@ def train_blind_baseline(
         condition_dim=_NO_REGION,
         hidden_size=model.get_input_embeddings().embedding_dim,
         tokens_per_region=tokens_per_region,
+        location_columns=BOX_COLUMNS if location_token else 0,
     )
     vqa = RegionLanguageModel(llm=model, tokenizer=tokenizer, projector=projector)
     optimizer = torch.optim.AdamW(vqa.parameters(), lr=lr, weight_decay=1e-4)

@@ -18,21 +18,38 @@ class RegionProjector(nn.Module):
     step (docs/vqa.md: the demo's LM stayed at the answer priors without it). One token per region is
     All-Seeing's and Osprey's choice for a box; more give the LLM more room per region.
 
+    With `location_columns`, the condition's last columns are the region's box, and one more embedding per region
+    is made from them alone (a location token, as location embeddings give a box to an LLM elsewhere): mixed into
+    the first layer with the ~130 feature columns, the box's 4 columns reached the demo's LM too weakly for it to
+    learn "is <region1> left of <region2>?" on some recognisers' features (docs/vqa.md).
+
     Args:
         condition_dim: D, the size of `RegionSpot.region_condition`'s rows.
         hidden_size: H, the LLM's input embedding size.
-        tokens_per_region: T.
+        tokens_per_region: T, the embeddings made from the whole condition.
+        location_columns: how many of the condition's last columns are the region's box (0: no location token);
+            with a location token each region gets T + 1 embeddings, the location token last.
     """
 
-    def __init__(self, *, condition_dim: int, hidden_size: int, tokens_per_region: int = 1) -> None:
+    def __init__(
+        self, *, condition_dim: int, hidden_size: int, tokens_per_region: int = 1, location_columns: int = 0
+    ) -> None:
         super().__init__()
         if tokens_per_region < 1:
             raise ValueError(f"tokens_per_region must be positive, got {tokens_per_region}")
-        self.tokens_per_region = tokens_per_region
+        if not 0 <= location_columns <= condition_dim:
+            raise ValueError(f"location_columns must be in [0, {condition_dim}], got {location_columns}")
+        self.condition_tokens = tokens_per_region
+        self.location_columns = location_columns
+        self.tokens_per_region = tokens_per_region + (location_columns > 0)  # embeddings per <regionK> tag
         self.standardize = nn.BatchNorm1d(condition_dim, affine=False)
         self.fc1 = nn.Linear(condition_dim, hidden_size)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_size, hidden_size * tokens_per_region)
+        if location_columns:
+            self.location = nn.Sequential(
+                nn.Linear(location_columns, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+            )
 
     def forward(self, conditions: torch.Tensor) -> torch.Tensor:
         norm = self.standardize
@@ -41,4 +58,8 @@ class RegionProjector(nn.Module):
         else:  # evaluation, or one region in training (no batch statistics to take): the running statistics
             standardized = F.batch_norm(conditions, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
         embeddings = self.fc2(self.act(self.fc1(standardized)))  # (R, T * H)
-        return rearrange(embeddings, "r (t h) -> r t h", t=self.tokens_per_region)
+        embeddings = rearrange(embeddings, "r (t h) -> r t h", t=self.condition_tokens)
+        if not self.location_columns:
+            return embeddings
+        location = self.location(standardized[:, -self.location_columns :])  # (R, H)
+        return torch.cat([embeddings, location[:, None]], dim=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -87,12 +88,18 @@ class RegionDataModule(L.LightningDataModule):
                 num_images = TOY_IMAGES.get(ann_file.stem, TOY_IMAGES["train"])
                 write_colour_boxes(ann_file.parent, num_images=num_images, split=ann_file.stem, seed=index)
 
+    def _augment_of(self, config: DatasetConfig) -> AugmentConfig:
+        """data.augment, with the data set's own flip probability where it sets one."""
+        if config.flip_prob is None:
+            return self.augment
+        return dataclasses.replace(self.augment, flip_prob=config.flip_prob)
+
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.train_set is None:
             if not self.train_configs:
                 raise ValueError("no training data: set data.train to {name: {ann_file: ..., image_dir: ...}}")
             datasets = [
-                build_dataset(name, c, augment_config=self.augment, max_regions=self.max_regions)
+                build_dataset(name, c, augment_config=self._augment_of(c), max_regions=self.max_regions)
                 for name, c in self.train_configs.items()
             ]
             self.train_set = MixedDetectionDataset(datasets, seed=self.seed)

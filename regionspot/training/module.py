@@ -282,6 +282,10 @@ class RegionSpotModule(L.LightningModule):
 
     # ----- training ----------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        # Lightning keeps every module in the mode it was built in, and transformers builds an LLM in eval mode: what
+        # trains must switch to training behaviour (an LLM's dropout, LoRA's dropout); RegionSpot.train keeps the
+        # frozen parts in eval mode.
+        self.model.train()
         counts = self.model.parameter_counts()
         trained = [part for part in HEAD_PARTS if any(p.requires_grad for p in self._part(part).parameters())]
         rank_zero_info(
