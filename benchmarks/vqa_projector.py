@@ -114,7 +114,6 @@ def main() -> None:
     train, _ = load_region_qa(root / "qa_train.json")
     test, _ = load_region_qa(root / "qa_test.json")
     data = (train, region_conditions(model, train, root), test, region_conditions(model, test, root))
-    llm = out / "llm"
     rows = {"majority answer": accuracy_by_type(test, majority_answers(train, test))}
     for name, projector_cls, tokens, box, location in (
         ("MLP, not standardised, 1 token", UnstandardisedProjector, 1, True, False),
@@ -129,7 +128,7 @@ def main() -> None:
         rows[name] = train_and_answer(
             projector_cls,
             tokens=tokens,
-            llm_folder=llm,
+            llm_folder=out / "llm",
             data=data,
             steps=args.steps,
             lr=args.lr,

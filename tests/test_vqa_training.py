@@ -47,22 +47,30 @@ def vqa_config(llm) -> RegionSpotConfig:
     return config
 
 
+def qa_datamodule(data, *, batch_size: int, flip_prob: float = 0.0, detection: bool = False) -> RegionDataModule:
+    """The generated questions as training data ("shapes_qa"), with its detection split beside them ("shapes")."""
+    train = {
+        "shapes_qa": DatasetConfig(ann_file=str(data.question_files["train"]), image_dir=str(data.root), questions=True)
+    }
+    if detection:
+        train = {
+            "shapes": DatasetConfig(ann_file=str(data.annotation_files["train"]), image_dir=str(data.root))
+        } | train
+    return RegionDataModule(
+        train=train,
+        batch_size=batch_size,
+        num_workers=0,
+        augment=AugmentConfig(short_edges=[], flip_prob=flip_prob, crop_prob=0.0),
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(qa_data, tmp_path_factory):
     data, llm = qa_data
     root = tmp_path_factory.mktemp("vqa_run")
     torch.manual_seed(0)
     module = RegionSpotModule(model_config=vqa_config(llm), lr=3e-3, warmup_steps=3)
-    datamodule = RegionDataModule(
-        train={
-            "shapes_qa": DatasetConfig(
-                ann_file=str(data.question_files["train"]), image_dir=str(data.root), questions=True
-            )
-        },
-        batch_size=8,
-        num_workers=0,
-        augment=AugmentConfig(short_edges=[], flip_prob=0.5, crop_prob=0.0),
-    )
+    datamodule = qa_datamodule(data, batch_size=8, flip_prob=0.5)
     trainer = make_trainer(root, max_steps=40)
     trainer.fit(module, datamodule=datamodule)
     trainer.save_checkpoint(root / "last.ckpt")
@@ -131,17 +139,7 @@ def test_a_head_without_a_loss_in_a_step_is_left_alone(qa_data, tmp_path):
     data, llm = qa_data
     torch.manual_seed(0)
     module = RegionSpotModule(model_config=vqa_config(llm), lr=3e-3, warmup_steps=1, weight_decay=0.1)
-    datamodule = RegionDataModule(
-        train={
-            "shapes": DatasetConfig(ann_file=str(data.annotation_files["train"]), image_dir=str(data.root)),
-            "shapes_qa": DatasetConfig(
-                ann_file=str(data.question_files["train"]), image_dir=str(data.root), questions=True
-            ),
-        },
-        batch_size=4,
-        num_workers=0,
-        augment=AugmentConfig(short_edges=[], flip_prob=0.0, crop_prob=0.0),
-    )
+    datamodule = qa_datamodule(data, batch_size=4, detection=True)
     snapshots = _VqaSnapshots()
     make_trainer(tmp_path, max_steps=12, callbacks=[snapshots]).fit(module, datamodule=datamodule)
     datasets = [name for name, _, _ in snapshots.steps]
@@ -170,16 +168,7 @@ def test_an_llm_that_trains_is_in_training_mode(qa_data, tmp_path, llm_training)
     config = vqa_config(llm)
     config.vqa.llm_training = llm_training
     module = RegionSpotModule(model_config=config, lr=1e-3, warmup_steps=1)
-    datamodule = RegionDataModule(
-        train={
-            "shapes_qa": DatasetConfig(
-                ann_file=str(data.question_files["train"]), image_dir=str(data.root), questions=True
-            )
-        },
-        batch_size=2,
-        num_workers=0,
-        augment=AugmentConfig(short_edges=[], flip_prob=0.0, crop_prob=0.0),
-    )
+    datamodule = qa_datamodule(data, batch_size=2)
     modes = _LlmModes()
     make_trainer(tmp_path, max_steps=2, callbacks=[modes]).fit(module, datamodule=datamodule)
     assert modes.modes == [{llm_training != "frozen"}] * 2
