@@ -1,7 +1,7 @@
 """Which region projector lets a fresh LM read the regions: standardised or not, one token per region or four, with
 the region's box in its condition or without.
 
-    python benchmarks/vqa_projector.py --demo-out outputs/demo [--steps 1000]
+    python benchmarks/vqa_projector.py --demo-out outputs/demo [--steps 1000] [--lr 1e-3] [--seed 0]
 
 Needs a finished demo run (`python -m regionspot.demo`): its data's questions and its trained adapter. Each
 region's condition (`RegionSpot.region_condition`, what the VQA head reads) is computed once for the training
@@ -66,12 +66,13 @@ def train_and_answer(
     lr: float,
     box: bool = True,
     location: bool = False,
+    seed: int = 0,
 ) -> dict[str, float]:
     train, train_conditions, test, test_conditions = data
     if not box:
         parts = (train_conditions, test_conditions)
         train_conditions, test_conditions = ([c[:, :-BOX_COLUMNS] for c in part] for part in parts)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     llm, tokenizer = load_causal_lm(llm_folder)
     projector = projector_cls(
         condition_dim=train_conditions[0].shape[1],
@@ -81,7 +82,7 @@ def train_and_answer(
     )
     vqa = RegionLanguageModel(llm=llm, tokenizer=tokenizer, projector=projector)
     optimizer = torch.optim.AdamW(vqa.parameters(), lr=lr, weight_decay=1e-4)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for _ in range(steps):
         batch = rng.choice(len(train), 16, replace=False)
         loss = vqa.loss([train[i].conversation for i in batch], [train_conditions[i] for i in batch])
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--demo-out", default="outputs/demo")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW's learning rate (the demo's: 1e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the projector's initial weights and the batches")
     parser.add_argument("--only", nargs="+", help="run only the variants of these names (the table's row names)")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the demo's setting on 2 cores
@@ -134,6 +136,7 @@ def main() -> None:
             lr=args.lr,
             box=box,
             location=location,
+            seed=args.seed,
         )
         print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
     print(format_vqa_table(rows))
