@@ -1,4 +1,4 @@
-"""Fusion adapter, focal loss and the whole model's training contract."""
+"""Fusion adapter, naming losses and the whole model's training contract."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torchvision
 from torch.testing import assert_close
 
 from regionspot.modeling.adapter import RegionFusionAdapter
-from regionspot.modeling.losses import region_focal_loss, sigmoid_focal_loss
+from regionspot.modeling.losses import region_focal_loss, region_softmax_loss, sigmoid_focal_loss
 from regionspot.modeling.regionspot import FrozenFeatures
 
 
@@ -49,6 +49,21 @@ def test_region_focal_loss_is_per_box_sum_over_vocabulary():
     assert region_focal_loss(logits[:0], labels[:0]).item() == 0.0
     with pytest.raises(ValueError, match="expected logits"):
         region_focal_loss(logits, labels[:3])
+
+
+def test_region_softmax_loss_is_cross_entropy_reduced_as_the_focal_loss():
+    logits = (torch.randn(5, 7) * 5).to(torch.bfloat16)
+    labels = torch.tensor([0, 6, 3, 3, 1])
+    assert region_softmax_loss(logits, labels).dtype == torch.float32  # bf16 scores, fp32 loss
+    assert_close(region_softmax_loss(logits, labels), torch.nn.functional.cross_entropy(logits.float(), labels))
+    per_box = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    by_image = region_softmax_loss(logits, labels, reduction="images", boxes_per_image=[2, 0, 3])
+    assert_close(by_image, per_box[:2].mean() + per_box[2:].mean())
+    assert region_softmax_loss(logits[:0], labels[:0]).item() == 0.0
+    with pytest.raises(ValueError, match="boxes_per_image"):
+        region_softmax_loss(logits, labels, reduction="images", boxes_per_image=[2, 2])
+    with pytest.raises(ValueError, match="expected logits"):
+        region_softmax_loss(logits, labels[:3])
 
 
 def test_focal_loss_rejects_unknown_reduction():

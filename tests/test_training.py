@@ -119,6 +119,24 @@ def test_only_the_adapter_trains(trained):
     assert optimized == {id(p) for p in module.model.adapter.parameters()}
 
 
+def test_the_softmax_loss_alone_trains_the_names(toy_data, tmp_path):
+    """softmax_loss_weight is a naming loss of its own: with the focal loss off, it alone lowers the loss and raises
+    validation AP, and the step logs it."""
+    module, data, recorder = (
+        make_module(focal_loss_weight=0.0, softmax_loss_weight=1.0),
+        make_data(toy_data),
+        LossRecorder(),
+    )
+    ap_before = validation_ap(module, data, tmp_path)
+    trainer = make_trainer(tmp_path, max_steps=12, callbacks=[recorder])
+    trainer.fit(module, data)
+    assert np.mean(recorder.losses[-3:]) < np.mean(recorder.losses[:3])
+    assert validation_ap(module, data, tmp_path) > ap_before
+    assert trainer.callback_metrics["train/focal_loss"] > 0  # still reported, though weighted 0
+    softmax = trainer.callback_metrics["train/softmax_loss"].item()
+    assert abs(softmax - recorder.losses[-1]) < 1e-5  # the step's loss is the softmax loss alone
+
+
 def test_checkpoint_holds_the_adapter_and_config_and_export_gives_the_same_logits(trained, tmp_path):
     module, trainer = trained["module"], trained["trainer"]
     ckpt = tmp_path / "run.ckpt"

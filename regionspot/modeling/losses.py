@@ -1,4 +1,5 @@
-"""Sigmoid focal loss (Lin et al. 2017) over a region-by-class score matrix."""
+"""Naming losses over a region-by-class score matrix: RegionSpot's sigmoid focal loss (Lin et al. 2017) and, beside
+it where asked, a softmax cross-entropy over the vocabulary."""
 
 from __future__ import annotations
 
@@ -58,14 +59,42 @@ def region_focal_loss(
             whatever its box count, and the loss grows with the images per device).
         boxes_per_image: how many of the N rows belong to each image, in order; needed for "images".
     """
-    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits (N, C) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    if reduction not in LOSS_REDUCTIONS:
-        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+    _check_region_scores(logits, labels, reduction)
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     targets = F.one_hot(labels.long(), num_classes=logits.shape[1])
     per_box = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma).sum(dim=1)  # (N,)
+    return _reduce_boxes(per_box, reduction, boxes_per_image)
+
+
+def region_softmax_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    reduction: str = "boxes",
+    boxes_per_image: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """The cross-entropy of a softmax over the vocabulary, per box, reduced as `region_focal_loss` reduces.
+
+    Not RegionSpot's: its focal loss scores each class on its own, so nothing in it ranks a box's true class above
+    the others, while evaluation's softmax ranks by exactly that (see docs/demo.md for what that costs the top-1
+    name). Arguments as `region_focal_loss`'s; computed in fp32.
+    """
+    _check_region_scores(logits, labels, reduction)
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    per_box = F.cross_entropy(logits.float(), labels.long(), reduction="none")  # (N,)
+    return _reduce_boxes(per_box, reduction, boxes_per_image)
+
+
+def _check_region_scores(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> None:
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits (N, C) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+
+
+def _reduce_boxes(per_box: torch.Tensor, reduction: str, boxes_per_image: Sequence[int] | None) -> torch.Tensor:
     if reduction == "boxes":
         return per_box.mean()
     if boxes_per_image is None or sum(boxes_per_image) != len(per_box):

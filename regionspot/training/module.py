@@ -30,7 +30,7 @@ from regionspot.data.detection import DetectionDataset
 from regionspot.data.feature_cache import cached_frozen, check_backbones
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
 from regionspot.evaluation.metric import DetectionAP
-from regionspot.modeling.losses import LOSS_REDUCTIONS, region_focal_loss
+from regionspot.modeling.losses import LOSS_REDUCTIONS, region_focal_loss, region_softmax_loss
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures
 from regionspot.training.datamodule import RegionDataModule
@@ -81,6 +81,9 @@ class RegionSpotModule(L.LightningModule):
             next-token cross-entropy (over the boxes with a caption, when the model has a captioner) +
             vqa_loss_weight x the answers' next-token cross-entropy (over the images with a conversation, when the
             model has a VQA head).
+        softmax_loss_weight: adds this x a softmax cross-entropy over the same scores as the focal loss
+            (`region_softmax_loss`), which trains what evaluation's softmax ranks by: the true class above the
+            others. 0 (default) is RegionSpot's recipe; the demo uses it (docs/demo.md).
         caption_regions_per_image: caption at most this many regions of each image per step, drawn at random (None:
             all); the caption loss then costs less per step while every caption is still met over the epochs.
         train_adapter: False keeps the adapter as `adapter.checkpoint` gives it (no gradients, eval mode), so
@@ -127,6 +130,7 @@ class RegionSpotModule(L.LightningModule):
         focal_loss_weight: float = 1.0,
         caption_loss_weight: float = 1.0,
         vqa_loss_weight: float = 1.0,
+        softmax_loss_weight: float = 0.0,
         caption_regions_per_image: int | None = None,
         train_adapter: bool = True,
         loss_reduction: str = "boxes",
@@ -151,7 +155,8 @@ class RegionSpotModule(L.LightningModule):
         if val_top_k < 1 or val_activation not in ACTIVATIONS:
             raise ValueError(f"val_top_k must be >= 1 and val_activation one of {ACTIVATIONS}")
         _check_loss_settings(
-            weights=(focal_loss_weight, caption_loss_weight, vqa_loss_weight), captioned=caption_regions_per_image
+            weights=(focal_loss_weight, caption_loss_weight, vqa_loss_weight, softmax_loss_weight),
+            captioned=caption_regions_per_image,
         )
         if not train_adapter and model_config.adapter.checkpoint is None:
             raise ValueError(
@@ -313,10 +318,12 @@ class RegionSpotModule(L.LightningModule):
         batch_size = len(batch["images"])
         through_adapter = {"adapter"} if self.hparams.train_adapter else set()  # every head reads its features
         if self._learns_names(batch["dataset"]):
-            focal = self._focal_loss(features, batch["labels"], batch["dataset"])
-            loss = loss + self.hparams.focal_loss_weight * focal
+            focal, softmax = self._naming_losses(features, batch["labels"], batch["dataset"])
+            loss = loss + self.hparams.focal_loss_weight * focal + self.hparams.softmax_loss_weight * softmax
             self._step_parts |= {"adapter"}
             self.log("train/focal_loss", focal, batch_size=batch_size)
+            if self.hparams.softmax_loss_weight:
+                self.log("train/softmax_loss", softmax, batch_size=batch_size)
         if self._learns_captions(batch):
             caption = self.model.caption_loss(*self._captioned_regions(frozen, features, batch["captions"]))
             loss = loss + self.hparams.caption_loss_weight * caption
@@ -385,9 +392,10 @@ class RegionSpotModule(L.LightningModule):
         return kept
 
     def _learns_names(self, dataset: str) -> bool:
-        """Whether this batch trains naming: the adapter trains, the focal loss counts, the data set has classes."""
+        """Whether this batch trains naming: the adapter trains, a naming loss counts, the data set has classes."""
         hparams = self.hparams
-        return hparams.train_adapter and hparams.focal_loss_weight > 0 and bool(self.vocabularies.get(dataset))
+        weighted = hparams.focal_loss_weight > 0 or hparams.softmax_loss_weight > 0
+        return hparams.train_adapter and weighted and bool(self.vocabularies.get(dataset))
 
     def _learns_captions(self, batch: dict[str, Any]) -> bool:
         return self.model.caption_decoder is not None and self.hparams.caption_loss_weight > 0 and "captions" in batch
@@ -395,22 +403,24 @@ class RegionSpotModule(L.LightningModule):
     def _learns_answers(self, batch: dict[str, Any]) -> bool:
         return self.model.vqa is not None and self.hparams.vqa_loss_weight > 0 and any(batch.get("conversations") or ())
 
-    def _focal_loss(self, features: list[torch.Tensor], labels: list[torch.Tensor], dataset: str) -> torch.Tensor:
-        """RegionSpot's focal loss over every token of the boxes that have a class (label -1: captions only)."""
+    def _naming_losses(
+        self, features: list[torch.Tensor], labels: list[torch.Tensor], dataset: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RegionSpot's focal loss over every token of the boxes that have a class (label -1: captions only), and the
+        softmax cross-entropy over the same scores (zero when `softmax_loss_weight` is 0)."""
         text = self.class_embeddings(dataset)
         tokens = features[0].shape[1]
         named = [y >= 0 for y in labels]
         logits = [self.model.classify(x[keep], text) for x, keep in zip(features, named, strict=True)]
         scores = torch.cat([x.flatten(0, 1) for x in logits])  # (sum N_i * T, C)
         targets = torch.cat([y[keep].repeat_interleave(tokens) for y, keep in zip(labels, named, strict=True)])
-        return region_focal_loss(
-            scores,
-            targets,
-            alpha=self.hparams.focal_alpha,
-            gamma=self.hparams.focal_gamma,
-            reduction=self.hparams.loss_reduction,
-            boxes_per_image=[len(x) * tokens for x in logits],
+        reduction = {"reduction": self.hparams.loss_reduction, "boxes_per_image": [len(x) * tokens for x in logits]}
+        focal = region_focal_loss(
+            scores, targets, alpha=self.hparams.focal_alpha, gamma=self.hparams.focal_gamma, **reduction
         )
+        if not self.hparams.softmax_loss_weight:
+            return focal, focal.new_zeros(())
+        return focal, region_softmax_loss(scores, targets, **reduction)
 
     def _count_skipped(self, skipped: dict[str, int], kept: int) -> None:
         self._images_read += kept + sum(skipped.values())
@@ -543,7 +553,7 @@ class RegionSpotModule(L.LightningModule):
 
 def _check_loss_settings(*, weights: tuple[float, ...], captioned: int | None) -> None:
     if min(weights) < 0:
-        raise ValueError("focal_loss_weight, caption_loss_weight and vqa_loss_weight must be >= 0")
+        raise ValueError("focal_loss_weight, caption_loss_weight, vqa_loss_weight and softmax_loss_weight must be >= 0")
     if captioned is not None and captioned < 1:
         raise ValueError(f"caption_regions_per_image must be >= 1 or null, got {captioned}")
 
