@@ -50,15 +50,16 @@ class Poison(L.Callback):
 
 
 def poisoned_module(monkeypatch, nan_steps: set[int], **kwargs):
-    """A module whose focal loss is NaN at `nan_steps`."""
+    """A module whose naming losses are NaN at `nan_steps`."""
     module = make_module(**kwargs)
-    focal = module._focal_loss
+    naming_losses = module._naming_losses
 
-    def loss(*args):
-        value = focal(*args)
-        return value * float("nan") if module.global_step in nan_steps else value
+    def losses(*args):
+        focal, softmax = naming_losses(*args)
+        poison = float("nan") if module.global_step in nan_steps else 1.0
+        return focal * poison, softmax * poison
 
-    monkeypatch.setattr(module, "_focal_loss", loss)
+    monkeypatch.setattr(module, "_naming_losses", losses)
     return module
 
 
