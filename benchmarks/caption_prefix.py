@@ -89,7 +89,7 @@ def main() -> None:
     config = RegionSpotConfig.from_yaml(demo / "train" / "adapter.yaml")
     model = build_regionspot(config).eval()
     splits = {}
-    for split, ann in (("train", "train_seen.json"), ("test", "test.json")):
+    for split, ann in (("train", "pretrain_seen.json"), ("test", "test.json")):  # the demo's training captions
         data = DatasetConfig(ann_file=str(demo / "data" / ann), image_dir=str(demo / "data"), captions=True)
         splits[split] = conditions(model, build_dataset(split, data))
     print(f"# {args.demo}: {len(splits['train'][1])} training and {len(splits['test'][1])} test regions, "

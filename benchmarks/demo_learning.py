@@ -29,7 +29,7 @@ from regionspot.demo.synthetic import generate_dataset, load_split
 from regionspot.evaluation import region_detections
 from regionspot.evaluation.detections import detect_regions
 from regionspot.evaluation.subsets import score_category_subsets
-from regionspot.modeling.losses import region_focal_loss
+from regionspot.modeling.losses import region_focal_loss, region_softmax_loss
 from regionspot.transforms import prepare_prompts
 
 MODEL_CONFIG = "configs/model/demo.yaml"
@@ -92,7 +92,7 @@ def train_adapter(model, cached, labels, text, *, steps, lr, batch_size, seed, s
         logits, targets = torch.cat(logits)[:, 0], torch.cat([labels[b] for b in batch])
         loss = region_focal_loss(logits, targets)
         if softmax_weight:
-            loss = loss + softmax_weight * torch.nn.functional.cross_entropy(logits, targets)
+            loss = loss + softmax_weight * region_softmax_loss(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

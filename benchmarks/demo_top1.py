@@ -1,13 +1,13 @@
 """Why the demo's top-1 names are often wrong while its AP is about 0.5: the adapter alone, on a finished demo's
 frozen features, with what it is trained on and how, and where its errors come from.
 
-    python benchmarks/demo_top1.py --demo-out outputs/demo                        # the demo's recipe
-    python benchmarks/demo_top1.py --demo-out outputs/demo --train-split pretrain  # class-balanced training images
-    python benchmarks/demo_top1.py --demo-out outputs/demo --softmax-weight 1      # + cross-entropy over the names
+    python benchmarks/demo_top1.py --demo-out outputs/demo                     # the demo's recipe
+    python benchmarks/demo_top1.py --demo-out outputs/demo --train-split train  # the long-tailed training split
+    python benchmarks/demo_top1.py --demo-out outputs/demo --softmax-weight 0   # focal loss alone (RegionSpot's)
 
 Needs a finished demo run (`python -m regionspot.demo`): its data and stand-in backbones. SAM and CLIP outputs of
 the ground-truth boxes are computed once (no flips); a fresh adapter then trains as `benchmarks/demo_learning.py`
-trains it (focal loss over the training names, optionally plus a softmax cross-entropy) and the test split is
+trains it (focal loss over the training names plus, as the demo, 3 x a softmax cross-entropy) and the test split is
 scored with all the names. Printed, in %: LVIS AP (official API) and top-1 accuracy on seen and held-out classes;
 the share of seen-class boxes whose top name has the right colour / texture / shape; the share of seen-class
 boxes named as a held-out class; and top-1 after subtracting each name's mean logit over the test boxes, which
@@ -59,10 +59,10 @@ def error_shares(logits: torch.Tensor, labels: torch.Tensor, names: dict[int, st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-out", default="outputs/demo")
-    parser.add_argument("--train-split", default="train_seen", choices=("train_seen", "pretrain"))
+    parser.add_argument("--train-split", default="pretrain", choices=("pretrain", "train"))
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--softmax-weight", type=float, default=0.0)
+    parser.add_argument("--softmax-weight", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
