@@ -4,9 +4,10 @@
     python benchmarks/bench_training_cache.py --config configs/model/regionspot_bl336.yaml --random-weights \\
         --images 3 --batch-size 1 --steps 2 --image-size 480 640                # SAM-B + CLIP-L/14@336, random
 
-Both runs are `Trainer.fit` on the same toy images and batches (flips only: what a cache can replay), timed from
-the end of the warm-up steps to the end of the last one, data loading included. The extraction is timed too (it
-runs the backbones once per image and view). Speed does not depend on the weights, so `--random-weights` times the
+Both runs are `Trainer.fit` on the same toy images and batches (flips only: what a cache can replay), the cached
+one without the image encoders (as train.py builds it for cached data), timed from the end of the warm-up steps to
+the end of the last one, data loading included. The extraction is timed too (it runs the backbones once per image
+and view). Speed does not depend on the weights, so `--random-weights` times the
 real architectures without checkpoints. Prints one table.
 """
 
@@ -48,7 +49,9 @@ class StepTimer(L.Callback):
 
 
 def steps_per_s(config_path: Path, dataset: DatasetConfig, args: argparse.Namespace) -> float:
-    module = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(config_path), lr=1e-4, warmup_steps=1)
+    config = RegionSpotConfig.from_yaml(config_path)
+    # As train.py builds it: without the image encoders when the data come from a cache.
+    module = RegionSpotModule(model_config=config, lr=1e-4, warmup_steps=1, image_encoders=dataset.features is None)
     flips_only = AugmentConfig(flip_prob=0.5, short_edges=[], crop_prob=0.0)
     data = RegionDataModule(
         train={"toy": dataset}, batch_size=args.batch_size, num_workers=0, augment=flips_only, max_regions=None

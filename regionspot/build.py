@@ -20,12 +20,14 @@ from regionspot.modeling.regionspot import BOX_COLUMNS, RegionSpot, region_condi
 from regionspot.modeling.sam import SamRegionEncoder, build_sam
 
 
-def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
+def build_regionspot(config: RegionSpotConfig | str | Path, *, image_encoders: bool = True) -> RegionSpot:
     """Build SAM, CLIP and the adapter from `config`, loading every checkpoint it names from local files.
 
     The adapter checkpoint may be the original RegionSpot's `model_final.pth`: its adapter is read and its
     frozen SAM and CLIP are ignored, unless `sam.checkpoint` / `clip.checkpoint` name the same file.
     The model is built on the current default device (`with torch.device("meta")` builds shapes only).
+    `image_encoders=False` leaves SAM's image encoder and CLIP's visual tower out (`regionspot.modeling.left_out`),
+    for training from a feature cache: the model then reads cached frozen outputs only, never images.
     """
     if not isinstance(config, RegionSpotConfig):
         config = RegionSpotConfig.from_yaml(config)
@@ -39,10 +41,15 @@ def build_regionspot(config: RegionSpotConfig | str | Path) -> RegionSpot:
             "looked for next to the YAML, then from the working directory.",
         )
     with _seeded(config.sam.seed):  # weights without a checkpoint are the same at every build
-        sam_model = build_sam(variant=config.sam.variant, checkpoint=config.sam.checkpoint)
+        sam_model = build_sam(
+            variant=config.sam.variant, checkpoint=config.sam.checkpoint, image_encoder=image_encoders
+        )
     with _seeded(config.clip.seed):
         clip_model = build_clip(
-            model_name=config.clip.model_name, checkpoint=config.clip.checkpoint, precision=config.clip.precision
+            model_name=config.clip.model_name,
+            checkpoint=config.clip.checkpoint,
+            precision=config.clip.precision,
+            image_encoder=image_encoders,
         )
     sam = SamRegionEncoder(
         sam=sam_model,

@@ -1,5 +1,5 @@
-"""Training from a feature cache: the same adapter as training on the images with the same batches, without running
-the image backbones; a cache of other backbones, an unfinished one or one without CLIP maps is refused."""
+"""Training from a feature cache: the same adapter as training on the images with the same batches, with the image
+encoders never built; a cache of other backbones, an unfinished one or one without CLIP maps is refused."""
 
 from __future__ import annotations
 
@@ -33,11 +33,10 @@ def toy(tmp_path_factory) -> dict:
     return {"ann": ann, "images": images, "features": out}
 
 
-def _train(dataset: DatasetConfig, root, *, forbid_backbones: bool = False) -> RegionSpotModule:
+def _train(dataset: DatasetConfig, root, *, image_encoders: bool = True) -> RegionSpotModule:
     torch.manual_seed(0)
-    module = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY), lr=3e-3, warmup_steps=2)
-    if forbid_backbones:  # the frozen step must not run: SAM's and CLIP's image encoders raise if called
-        module.model.embed_images = _forbidden
+    config = RegionSpotConfig.from_yaml(TINY)
+    module = RegionSpotModule(model_config=config, lr=3e-3, warmup_steps=2, image_encoders=image_encoders)
     data = RegionDataModule(train={"toy": dataset}, batch_size=4, num_workers=0, augment=FLIPS_ONLY, max_regions=None)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -56,13 +55,19 @@ def _train(dataset: DatasetConfig, root, *, forbid_backbones: bool = False) -> R
     return module
 
 
-def _forbidden(*args, **kwargs):
-    raise AssertionError("the image backbones ran on a cached batch")
+def _image_encoder_weights(module: RegionSpotModule) -> list[str]:
+    return [
+        n
+        for n, _ in module.named_parameters()
+        if n.startswith(("model.sam.sam.image_encoder.", "model.clip.model.visual."))
+    ]
 
 
 def test_training_from_the_cache_gives_the_adapter_of_training_on_the_images(toy, tmp_path):
     online = _train(DatasetConfig(ann_file=str(toy["ann"]), image_dir=str(toy["images"])), tmp_path / "online")
-    cached = _train(DatasetConfig(features=str(toy["features"])), tmp_path / "cached", forbid_backbones=True)
+    # Without the image encoders: what stands in their place raises if called, so the frozen step never ran.
+    cached = _train(DatasetConfig(features=str(toy["features"])), tmp_path / "cached", image_encoders=False)
+    assert _image_encoder_weights(online) and not _image_encoder_weights(cached)
     online_state, cached_state = online.model.adapter.state_dict(), cached.model.adapter.state_dict()
     assert online_state.keys() == cached_state.keys()
     moved = max(
@@ -129,7 +134,7 @@ def test_train_py_fit_reads_a_cache_given_on_the_command_line(toy, tmp_path):
     from regionspot.training.cli import RegionSpotCLI
 
     run = tmp_path / "run"
-    RegionSpotCLI(
+    cli = RegionSpotCLI(
         args=[
             "fit",
             "--config=configs/tiny.yaml",
@@ -146,3 +151,31 @@ def test_train_py_fit_reads_a_cache_given_on_the_command_line(toy, tmp_path):
         ]
     )
     assert (run / "adapter.safetensors").is_file()
+    # Every data set came from a cache: train.py built no image encoder.
+    assert not cli.model.model.image_encoders_built and not _image_encoder_weights(cli.model)
+    # Its checkpoint loads with them, ready to read images.
+    (checkpoint,) = run.glob("**/last.ckpt")
+    loaded = RegionSpotModule.load_from_checkpoint(checkpoint)
+    assert loaded.model.image_encoders_built
+    torch.testing.assert_close(loaded.model.adapter.state_dict(), cli.model.model.adapter.state_dict())
+
+
+def test_data_that_read_images_are_refused_without_the_image_encoders(toy, tmp_path):
+    images = DatasetConfig(ann_file=str(toy["ann"]), image_dir=str(toy["images"]))
+    cached = DatasetConfig(features=str(toy["features"]))
+    for train, val, named in (
+        ({"cached": cached, "photos": images}, None, "photos read images"),
+        ({"cached": cached}, images, "data.val read images"),
+    ):
+        module = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY), image_encoders=False)
+        data = RegionDataModule(train=train, val=val, num_workers=0)
+        trainer = L.Trainer(
+            accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, use_distributed_sampler=False
+        )
+        with pytest.raises(ValueError, match=f"model.image_encoders is false, but {named}"):
+            trainer.fit(module, data)
+    # Called on images anyway (e.g. in a notebook), the model says what is missing and why.
+    module = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY), image_encoders=False)
+    image = torch.zeros(32, 40, 3, dtype=torch.uint8).numpy()
+    with pytest.raises(RuntimeError, match=r"SAM's image encoder was not built \(image_encoders=False"):
+        module.frozen_features([image], [torch.tensor([[2.0, 2.0, 20.0, 20.0]])])

@@ -22,6 +22,7 @@ from torch import nn
 
 from regionspot.checkpoint import check_release_digest, load_weights, model_part, read_state_dict, require_file
 from regionspot.config import CLIP_PRECISIONS, CLIP_RESIZES, PROMPT_MEANS
+from regionspot.modeling.left_out import LeftOutImageEncoder, allocate_meta_tensors
 
 # Tiny open_clip configs shipped with the package (e.g. "RegionSpot-Tiny-CLIP"), registered with open_clip.
 open_clip.add_model_config(Path(__file__).parent / "clip_configs")
@@ -58,13 +59,18 @@ def openai_release_sha256() -> dict[str, str]:
     return released
 
 
-def build_clip(*, model_name: str, checkpoint: str | None = None, precision: str = "auto") -> open_clip.CLIP:
+def build_clip(
+    *, model_name: str, checkpoint: str | None = None, precision: str = "auto", image_encoder: bool = True
+) -> open_clip.CLIP:
     """Build open_clip model `model_name` with random weights, then load `checkpoint` (a local file) if given.
 
     Args:
         model_name: an open_clip model name.
         checkpoint: open_clip or OpenAI weights, or a RegionSpot model_final.pth (its `clip_model` part).
         precision: one of CLIP_PRECISIONS (`clip.precision`); "auto" and "float32" build in float32.
+        image_encoder: False leaves the visual tower out (`regionspot.modeling.left_out`): with a checkpoint it is
+            never built nor loaded; with random weights it is built and dropped, so that the text tower's random
+            weights are those of a whole build.
 
     The model is built on the current default device (a `with torch.device(...)` block), "meta" included.
     """
@@ -81,20 +87,36 @@ def build_clip(*, model_name: str, checkpoint: str | None = None, precision: str
         released = openai_release_sha256().get(path.name)
         if released is not None:
             check_release_digest(path, algorithm="sha256", expected=released, release=f"OpenAI's CLIP {path.name}")
-    with _quiet_root_warnings():  # open_clip warns "initialized randomly" although weights come next
+    on_meta = not image_encoder and checkpoint is not None
+    device = torch.device("meta") if on_meta else torch.get_default_device()
+    # open_clip builds on the default device, then moves the model to `device` (it would move it to the CPU)
+    with _quiet_root_warnings(), device:  # open_clip warns "initialized randomly" although weights come next
         model = open_clip.create_model(
-            model_name,
-            pretrained=None,
-            load_weights=False,
-            precision=_OPEN_CLIP_PRECISIONS[precision],
-            device=torch.get_default_device(),  # open_clip would move it to the CPU
+            model_name, pretrained=None, load_weights=False, precision=_OPEN_CLIP_PRECISIONS[precision], device=device
         )
+    if not image_encoder:
+        visual = model.visual
+        model.visual = LeftOutImageEncoder(
+            name="CLIP's visual tower",
+            image_size=visual.image_size,
+            width=visual.transformer.width,
+            preprocess_cfg=dict(getattr(visual, "preprocess_cfg", {})),
+        )
+    if on_meta:
+        allocate_meta_tensors(model, constants={"attn_mask": _causal_mask})
     if checkpoint is not None:
         state = convert_state_dict(model, model_part(read_state_dict(path), "clip", path=path))
+        if not image_encoder:
+            state = {k: v for k, v in state.items() if not k.startswith("visual.")}
         if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
             state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
         load_weights(model, state, path=path, model_name=f"open_clip {model_name}")
     return model
+
+
+def _causal_mask(placeholder: torch.Tensor) -> torch.Tensor:
+    """The text transformer's additive causal mask (n, n): -inf above the diagonal, as open_clip builds it."""
+    return torch.full(placeholder.shape, float("-inf")).triu_(1)
 
 
 @contextmanager
@@ -140,7 +162,10 @@ class ClipBackbone(nn.Module):
         text_cache_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        if not hasattr(model.visual, "forward_intermediates") or not hasattr(model.visual, "transformer"):
+        left_out = isinstance(model.visual, LeftOutImageEncoder)
+        if not left_out and not (
+            hasattr(model.visual, "forward_intermediates") and hasattr(model.visual, "transformer")
+        ):
             raise ValueError(f"{type(model.visual).__name__} has no token map; RegionSpot needs an open_clip ViT")
         if prompt_mean not in PROMPT_MEANS or resize not in CLIP_RESIZES:
             raise ValueError(f"prompt_mean must be one of {PROMPT_MEANS} and resize one of {CLIP_RESIZES}")
@@ -161,9 +186,21 @@ class ClipBackbone(nn.Module):
         self.register_buffer("image_std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
 
     @property
+    def image_encoder_built(self) -> bool:
+        """False when the build left the visual tower out (`regionspot.modeling.left_out`)."""
+        return not isinstance(self.model.visual, LeftOutImageEncoder)
+
+    def _visual_tower(self) -> nn.Module:
+        """The visual tower; an error that says why when the build left it out."""
+        if not self.image_encoder_built:
+            self.model.visual.refuse()
+        return self.model.visual
+
+    @property
     def width(self) -> int:
         """D, the width of the visual transformer (768 for ViT-B, 1024 for ViT-L)."""
-        return self.model.visual.transformer.width
+        visual = self.model.visual
+        return visual.width if not self.image_encoder_built else visual.transformer.width
 
     @property
     def embed_dim(self) -> int:
@@ -185,7 +222,7 @@ class ClipBackbone(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the visual tower's weights are in (its patch embedding's)."""
-        return self.model.visual.conv1.weight.dtype
+        return self._visual_tower().conv1.weight.dtype
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, s, s) in [0, 1] (`PreparedImage.clip_pixels`) -> CLIP-normalised on its device, in its dtype.
@@ -204,7 +241,7 @@ class ClipBackbone(nn.Module):
     @torch.no_grad()
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, s, s) normalised images -> (B, 1 + HW, D): last block's tokens, CLS first, before ln_post."""
-        visual = self.model.visual
+        visual = self._visual_tower()
         with self._own_precision():
             out = visual.forward_intermediates(
                 images,

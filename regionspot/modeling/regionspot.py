@@ -110,6 +110,12 @@ class RegionSpot(nn.Module):
             sam_size=self.sam.image_size, clip_size=self.clip.image_size, clip_resize=self.clip.resize
         )
 
+    @property
+    def image_encoders_built(self) -> bool:
+        """False when the build left SAM's image encoder and CLIP's visual tower out (`build_regionspot(...,
+        image_encoders=False)`): the model then reads cached frozen outputs only."""
+        return self.sam.image_encoder_built and self.clip.image_encoder_built
+
     def freeze_backbones(self) -> None:
         for backbone in (self.sam, self.clip):
             backbone.requires_grad_(False)
@@ -133,10 +139,13 @@ class RegionSpot(nn.Module):
         """Compile the frozen image encoders, nearly all of the compute, with `torch.compile` (`options`: its
         keyword arguments, e.g. `mode="max-autotune"`): SAM's image encoder whole, and CLIP's visual blocks one by
         one (`feature_map` stops before CLIP's pooling, so it runs the blocks itself; the blocks share one compiled
-        graph). The first batch of each shape pays the compilation; the adapter and the heads stay eager."""
-        self.sam.sam.image_encoder.compile(**options)
-        for block in self.clip.model.visual.transformer.resblocks:
-            block.compile(**options)
+        graph). The first batch of each shape pays the compilation; the adapter and the heads stay eager. Encoders
+        the build left out are skipped."""
+        if self.sam.image_encoder_built:
+            self.sam.sam.image_encoder.compile(**options)
+        if self.clip.image_encoder_built:
+            for block in self.clip.model.visual.transformer.resblocks:
+                block.compile(**options)
 
     def train(self, mode: bool = True) -> RegionSpot:
         super().train(mode)

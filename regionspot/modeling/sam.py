@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from regionspot.boxes import xywh_to_xyxy
 from regionspot.checkpoint import check_release_digest, load_weights, model_part, read_state_dict, require_file
+from regionspot.modeling.left_out import LeftOutImageEncoder, allocate_meta_tensors
 
 OFFICIAL_SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
 
@@ -74,12 +76,14 @@ SAM_BUILDERS = {
 }
 
 
-def build_sam(*, variant: str, checkpoint: str | None = None) -> Sam:
+def build_sam(*, variant: str, checkpoint: str | None = None, image_encoder: bool = True) -> Sam:
     """Build SAM `variant` with random weights, then load `checkpoint` (a local file) if given: SAM's own
     file, or a RegionSpot model_final.pth (its `sam` part, the weights RegionSpot was trained with).
 
     SAM's own loader calls `torch.load` without `map_location` or `weights_only`, so the model is
-    built empty and the state dict is read here.
+    built empty and the state dict is read here. `image_encoder=False` leaves the image encoder out
+    (`regionspot.modeling.left_out`): with a checkpoint it is never built nor loaded; with random weights it is
+    built and dropped, so that the prompt encoder's and the decoder's random weights are those of a whole build.
     """
     if variant not in SAM_BUILDERS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose one of {sorted(SAM_BUILDERS)}")
@@ -94,9 +98,18 @@ def build_sam(*, variant: str, checkpoint: str | None = None) -> Sam:
             # Meta publishes no checksum; each release's name ends in the first six hex digits of its MD5.
             md5_prefix = path.stem.rsplit("_", 1)[1]
             check_release_digest(path, algorithm="md5", expected=md5_prefix, release=f"SAM's {path.name}")
-    sam = SAM_BUILDERS[variant]()
+    on_meta = not image_encoder and checkpoint is not None
+    with torch.device("meta") if on_meta else nullcontext():
+        sam = SAM_BUILDERS[variant]()
+    if not image_encoder:
+        sam.image_encoder = LeftOutImageEncoder(name="SAM's image encoder", img_size=sam.image_encoder.img_size)
+    if on_meta:  # SAM's pixel mean and std are made on the CPU even under a meta device: nothing else to fill
+        allocate_meta_tensors(sam)
     if checkpoint is not None:
-        load_weights(sam, model_part(read_state_dict(path), "sam", path=path), path=path, model_name=f"SAM {variant}")
+        state = model_part(read_state_dict(path), "sam", path=path)
+        if not image_encoder:
+            state = {k: v for k, v in state.items() if not k.startswith("image_encoder.")}
+        load_weights(sam, state, path=path, model_name=f"SAM {variant}")
     return sam
 
 
@@ -258,6 +271,11 @@ class SamRegionEncoder(nn.Module):
     @property
     def image_size(self) -> int:
         return self.sam.image_encoder.img_size
+
+    @property
+    def image_encoder_built(self) -> bool:
+        """False when the build left the image encoder out (`regionspot.modeling.left_out`)."""
+        return not isinstance(self.sam.image_encoder, LeftOutImageEncoder)
 
     @property
     def tokens_per_region(self) -> int:

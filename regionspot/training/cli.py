@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar
-from regionspot.training.datamodule import RegionDataModule
+from regionspot.training.datamodule import RegionDataModule, reads_images
 from regionspot.training.export import export_adapter
 from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint
 from regionspot.training.module import RegionSpotModule
@@ -71,6 +71,10 @@ class RegionSpotCLI(LightningCLI):
         parser.add_lightning_class_args(ImagesPerSecond, "throughput")
         parser.add_lightning_class_args(ExportAdapter, "export")
         parser.add_class_arguments(LoggingConfig, "logging")
+        # A run whose data all come from feature caches never builds the image encoders (nearly all the weights).
+        parser.link_arguments(
+            ("data.train", "data.val"), "model.image_encoders", compute_fn=_needs_image_encoders, apply_on="parse"
+        )
 
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -85,6 +89,15 @@ class RegionSpotCLI(LightningCLI):
             added.append(StepProgressBar())
         kwargs["callbacks"] = [*_as_list(trainer_config.get("callbacks")), *added]
         return super().instantiate_trainer(**kwargs)
+
+
+def _needs_image_encoders(train, val) -> bool:
+    """`reads_images` of the data sets as the parser holds them (a data class as its class path and init args)."""
+
+    def fields(config):
+        return getattr(config, "init_args", config)
+
+    return bool(reads_images({name: fields(c) for name, c in (train or {}).items()}, val))
 
 
 def _as_list(value) -> list:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.accelerators import CUDAAccelerator
@@ -192,6 +194,18 @@ class PreparingCollate:
         if "frozen" not in batch:
             batch["images"] = [self.preprocessor(image) for image in batch["images"]]
         return batch
+
+
+def reads_images(train: Mapping[str, Any] | None, val: Any | None) -> list[str]:
+    """The data sets of a run that read images (and so need the image encoders): the training sets without a
+    feature cache, by name, and "data.val" (validation reads images). Each set is a `DatasetConfig`, or its fields
+    as a mapping or namespace (as the command line parses them)."""
+    readers = [name for name, config in (train or {}).items() if _field(config, "features") is None]
+    return readers + (["data.val"] if val is not None else [])
+
+
+def _field(config: Any, name: str) -> Any:
+    return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
 
 
 def _as_config(value: DatasetConfig | dict) -> DatasetConfig:

@@ -33,7 +33,7 @@ from regionspot.evaluation.metric import DetectionAP
 from regionspot.modeling.losses import LOSS_REDUCTIONS, region_focal_loss, region_softmax_loss
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures
-from regionspot.training.datamodule import RegionDataModule
+from regionspot.training.datamodule import RegionDataModule, reads_images
 from regionspot.training.fault_tolerance import NonFiniteSteps, last_checkpoint_path
 from regionspot.training.schedule import WarmupMultiStep
 from regionspot.transforms import prepare_prompts
@@ -112,6 +112,10 @@ class RegionSpotModule(L.LightningModule):
             stops with an error.
         compile_backbones: `torch.compile` SAM's and CLIP's image encoders (`RegionSpot.compile_backbones`) when
             fitting starts; the first steps of each image size pay the compilation.
+        image_encoders: False builds the model without SAM's image encoder and CLIP's visual tower
+            (`build_regionspot(..., image_encoders=False)`), for a run whose data all come from feature caches;
+            `train.py` sets it from the data (`reads_images`), and fitting refuses data that read images without
+            them. A checkpoint loads with them (`load_from_checkpoint`), ready to read images.
     """
 
     def __init__(
@@ -142,6 +146,7 @@ class RegionSpotModule(L.LightningModule):
         max_skipped_fraction: float = 0.5,
         max_bad_steps_in_a_row: int = 20,
         compile_backbones: bool = False,
+        image_encoders: bool = True,
     ) -> None:
         super().__init__()
         if backbone_precision not in BACKBONE_PRECISIONS:
@@ -167,7 +172,7 @@ class RegionSpotModule(L.LightningModule):
         # The model config goes into checkpoints as a plain dict (CONFIG_KEY), readable with weights_only=True.
         self.save_hyperparameters(ignore=["model_config"])
         self.model_config = model_config
-        self.model = build_regionspot(model_config)
+        self.model = build_regionspot(model_config, image_encoders=image_encoders)
         if not train_adapter:
             self.model.freeze_adapter()
         self.vocabularies: dict[str, list[str]] = {}
@@ -189,6 +194,12 @@ class RegionSpotModule(L.LightningModule):
         self._frozen_cache.clear()  # the backbones' dtype may have changed
         data = self.trainer.datamodule
         if isinstance(data, RegionDataModule):  # any other data: call use_data before fitting
+            image_readers = reads_images(data.train_configs, data.val_config)
+            if image_readers and not self.model.image_encoders_built:
+                raise ValueError(
+                    f"model.image_encoders is false, but {', '.join(image_readers)} read images: give them a feature "
+                    "cache (features: DIR; validation reads images) or build the image encoders"
+                )
             self.use_data(vocabularies=data.vocabularies, val_set=data.val_set)
             data.prepare_images_with(self.model.preprocessor)
             for folder, manifest in data.feature_manifests.items():
@@ -196,7 +207,12 @@ class RegionSpotModule(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, **kwargs: Any) -> RegionSpotModule:
-        """Lightning's loader, given the model config that the checkpoint holds as a plain dict (`CONFIG_KEY`)."""
+        """Lightning's loader, given the model config that the checkpoint holds as a plain dict (`CONFIG_KEY`), and
+        with the image encoders, whatever data the run trained on (`image_encoders=False` leaves them out)."""
+        kwargs.setdefault("image_encoders", True)
+        # train.py's checkpoints name LightningCLI's instantiator, which re-parses the hyperparameters and loses the
+        # RegionSpotConfig given here (it built the default model): the module is built directly instead.
+        kwargs.setdefault("_instantiator", None)
         if "model_config" not in kwargs:
             checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
             kwargs["model_config"] = RegionSpotConfig.from_dict(checkpoint[CONFIG_KEY])
@@ -293,10 +309,11 @@ class RegionSpotModule(L.LightningModule):
         self.model.train()
         counts = self.model.parameter_counts()
         trained = [part for part in HEAD_PARTS if any(p.requires_grad for p in self._part(part).parameters())]
+        left_out = "" if self.model.image_encoders_built else ", their image encoders not built (feature caches)"
         rank_zero_info(
             f"training the {' and the '.join(trained).replace('_', ' ')} ({counts['trainable'] / 1e6:.2f}M "
             f"parameters); {'SAM, CLIP and the adapter' if 'adapter' not in trained else 'SAM and CLIP'} "
-            f"({counts['frozen'] / 1e6:.1f}M) stay frozen, in eval mode"
+            f"({counts['frozen'] / 1e6:.1f}M) stay frozen, in eval mode{left_out}"
         )
 
     def _part(self, name: str) -> torch.nn.Module:
