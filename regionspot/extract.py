@@ -17,7 +17,6 @@ or whose bytes differ from it is done again. Unreadable images are skipped and c
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -43,6 +42,7 @@ from regionspot.data.feature_cache import (
     backbone_digest,
     backbone_fields,
     checkpoint_files,
+    dataset_digest,
     encode_entry,
     entry_key,
     file_sha256,
@@ -55,16 +55,6 @@ from regionspot.data.feature_cache import (
 log = logging.getLogger(__name__)
 # What a rerun must agree on with the manifest already in the folder (else its shards would mix two extractions).
 _PLAN_KEYS = ("backbone_digest", "dataset_digest", "dtype", "backbone_precision", "clip_maps", "flips", "shard_size")
-
-
-def dataset_digest(config: DatasetConfig) -> str:
-    """SHA-256 of what a data set is: its annotation file's bytes and image folder, or its Hugging Face table."""
-    source: dict[str, Any] = {"image_dir": config.image_dir, "captions": config.captions}
-    if config.ann_file is not None:
-        source["ann_sha256"] = file_sha256(config.ann_file)
-    else:
-        source.update(hf_path=config.hf_path, hf_split=config.hf_split, bbox_format=config.bbox_format)
-    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
 
 
 def plan(

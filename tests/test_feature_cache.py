@@ -139,11 +139,11 @@ def test_train_py_fit_reads_a_cache_given_on_the_command_line(toy, tmp_path):
             "fit",
             "--config=configs/tiny.yaml",
             f"--data.train={{toy: {{features: {toy['features']}}}}}",
-            "--data.val=null",
+            f"--data.val={{features: {toy['features']}, ann_file: null, toy: false}}",  # from a cache, against its JSON
             "--data.augment.short_edges=[]",
             "--data.augment.crop_prob=0",
             "--trainer.max_steps=2",
-            "--trainer.limit_val_batches=0",
+            "--trainer.val_check_interval=2",
             f"--trainer.default_root_dir={run}",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
@@ -151,8 +151,9 @@ def test_train_py_fit_reads_a_cache_given_on_the_command_line(toy, tmp_path):
         ]
     )
     assert (run / "adapter.safetensors").is_file()
-    # Every data set came from a cache: train.py built no image encoder.
+    # Every data set came from a cache, validation's too: train.py built no image encoder, and validation scored.
     assert not cli.model.model.image_encoders_built and not _image_encoder_weights(cli.model)
+    assert "val/AP" in cli.trainer.callback_metrics
     # Its checkpoint loads with them, ready to read images.
     (checkpoint,) = run.glob("**/last.ckpt")
     loaded = RegionSpotModule.load_from_checkpoint(checkpoint)
@@ -179,3 +180,42 @@ def test_data_that_read_images_are_refused_without_the_image_encoders(toy, tmp_p
     image = torch.zeros(32, 40, 3, dtype=torch.uint8).numpy()
     with pytest.raises(RuntimeError, match=r"SAM's image encoder was not built \(image_encoders=False"):
         module.frozen_features([image], [torch.tensor([[2.0, 2.0, 20.0, 20.0]])])
+
+
+def _validate(module: RegionSpotModule, val: DatasetConfig) -> dict[str, float]:
+    data = RegionDataModule(train={"toy": val}, val=val, val_name="toy", val_batch_size=5, num_workers=0)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(module, data, verbose=False)
+    return metrics
+
+
+def test_validation_from_a_cache_scores_as_validation_from_the_images(toy):
+    torch.manual_seed(0)
+    online = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY))
+    cached = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY), image_encoders=False)
+    cached.model.adapter.load_state_dict(online.model.adapter.state_dict())
+    from_images = _validate(online, DatasetConfig(ann_file=str(toy["ann"]), image_dir=str(toy["images"])))
+    from_cache = _validate(cached, DatasetConfig(features=str(toy["features"])))
+    assert from_images["val/AP"] > 0
+    assert from_cache.keys() == from_images.keys()
+    for name, value in from_images.items():  # the cache's tokens were decoded in other batches: last bits only
+        assert abs(from_cache[name] - value) < 1e-4, name
+
+
+def test_validation_from_a_cache_needs_the_very_annotation_file_it_was_extracted_from(toy, tmp_path):
+    from regionspot.data.feature_cache import FeatureCache, read_ground_truth
+
+    cache = FeatureCache(toy["features"])
+    truth = read_ground_truth(cache)
+    assert len(truth["images"]) == 12 and truth["annotations"]
+    moved = tmp_path / "moved.json"
+    moved.write_bytes(toy["ann"].read_bytes())
+    assert read_ground_truth(cache, ann_file=moved) == truth
+    changed = json.loads(toy["ann"].read_text())
+    changed["annotations"] = changed["annotations"][1:]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(changed))
+    with pytest.raises(ValueError, match=r"other\.json is not the annotation file feature cache .* was extracted from"):
+        read_ground_truth(cache, ann_file=other)
+    with pytest.raises(FileNotFoundError, match=r"gone\.json, the annotation file .* give data\.val\.ann_file"):
+        read_ground_truth(cache, ann_file=tmp_path / "gone.json")

@@ -63,7 +63,8 @@ class DatasetConfig:
     questions: bool = False
     # A feature cache folder (`python -m regionspot.extract ... --clip-maps`): training reads each image's frozen SAM
     # and CLIP outputs from it instead of the image, and the backbones do not run (regionspot.data.feature_cache).
-    # The cache holds the boxes, labels and vocabulary too, so ann_file / hf_path are not needed beside it.
+    # The cache holds the boxes, labels and vocabulary too, so ann_file / hf_path are not needed beside it; a validation
+    # set from a cache scores against the annotation file it was extracted from, or `ann_file` if that has moved.
     features: str | None = None
     # This data set's flip probability, instead of data.augment's (None: that one). A flip mirrors "left" and "right"
     # in a conversation, so a model must learn both words; the demo's tiny LM learns "is <region1> left of
@@ -79,7 +80,7 @@ class DatasetConfig:
         if self.questions and (self.captions or self.toy):
             raise ValueError("a region-QA data set (questions: true) is neither a caption set nor a toy set")
         self._check_source()
-        if self.ann_file is not None and self.image_dir is None:
+        if self.ann_file is not None and self.image_dir is None and self.features is None:
             raise ValueError(f"data set {self.ann_file} needs image_dir, the folder of its images")
         if self.ratio <= 0:
             raise ValueError(f"data set ratio must be positive, got {self.ratio}")

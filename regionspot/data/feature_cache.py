@@ -27,8 +27,10 @@ import json
 import logging
 import os
 import tarfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ from torch.utils.data import Dataset
 
 from regionspot.config import RegionSpotConfig
 from regionspot.data.augment import AugmentConfig, mirror_left_right
+from regionspot.data.coco import check_annotation_lists, drop_malformed, read_json
 from regionspot.modeling.regionspot import FrozenFeatures
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,17 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: file.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def dataset_digest(config: Any) -> str:
+    """SHA-256 of what a data set is: its annotation file's bytes and image folder, or its Hugging Face table
+    (`config`: a `DatasetConfig`, or anything with its fields)."""
+    source: dict[str, Any] = {"image_dir": config.image_dir, "captions": config.captions}
+    if config.ann_file is not None:
+        source["ann_sha256"] = file_sha256(config.ann_file)
+    else:
+        source.update(hf_path=config.hf_path, hf_split=config.hf_split, bbox_format=config.bbox_format)
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
 
 
 def checkpoint_files(config: RegionSpotConfig) -> dict[str, dict[str, Any] | None]:
@@ -295,6 +309,37 @@ class CachedDetectionDataset(Dataset):
         if flipped and "captions" in sample:
             sample["captions"] = [mirror_left_right(c) for c in sample["captions"]]
         return sample
+
+
+def read_ground_truth(cache: FeatureCache, *, ann_file: str | Path | None = None) -> dict[str, Any]:
+    """The COCO/LVIS ground truth of a cached data set, for validation: the annotation file it was extracted from
+    (the manifest names it; `ann_file` where it has moved since), checked to be that very file (its sha256, through
+    the manifest's data set digest), and read as the image path reads it.
+
+    Raises:
+        ValueError: if the cache was not extracted from a COCO/LVIS detection JSON, or the file is another one.
+        FileNotFoundError: if the file is not there.
+    """
+    source = cache.manifest["dataset"]["source"]
+    if source.get("ann_file") is None or source.get("captions") or source.get("questions"):
+        raise ValueError(
+            f"feature cache {cache.folder} was not extracted from a COCO/LVIS detection JSON (ann_file, no captions): "
+            "validation from a cache scores against that file"
+        )
+    path = Path(ann_file if ann_file is not None else source["ann_file"])
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}, the annotation file feature cache {cache.folder} was extracted from, is not there: give "
+            "data.val.ann_file, where it is now"
+        )
+    if dataset_digest(SimpleNamespace(**{**source, "ann_file": str(path)})) != cache.manifest["dataset_digest"]:
+        raise ValueError(
+            f"{path} is not the annotation file feature cache {cache.folder} was extracted from (its sha256 differs): "
+            "validate against that file, or extract the cache again"
+        )
+    data = read_json(path, what="annotation file")
+    check_annotation_lists(data, source=str(path))
+    return drop_malformed(data, Counter())
 
 
 def load_feature_cache(

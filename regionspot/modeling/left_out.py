@@ -29,8 +29,8 @@ class LeftOutImageEncoder(nn.Module):
     def refuse(self) -> None:
         raise RuntimeError(
             f"{self.name} was not built (image_encoders=False: training reads every data set from a feature cache), "
-            "so this model cannot read images. Build it with image_encoders=True (the default), or give every "
-            "training data set `features: DIR` (python -m regionspot.extract) and no data.val."
+            "so this model cannot read images. Build it with image_encoders=True (the default), or give every data "
+            "set, data.val included, `features: DIR` (python -m regionspot.extract)."
         )
 
     def forward(self, *args: Any, **kwargs: Any) -> None:

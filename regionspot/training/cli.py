@@ -97,7 +97,7 @@ def _needs_image_encoders(train, val) -> bool:
     def fields(config):
         return getattr(config, "init_args", config)
 
-    return bool(reads_images({name: fields(c) for name, c in (train or {}).items()}, val))
+    return bool(reads_images({name: fields(c) for name, c in (train or {}).items()}, fields(val)))
 
 
 def _as_list(value) -> list:

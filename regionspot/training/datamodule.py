@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from regionspot.data.augment import AugmentConfig
 from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
-from regionspot.data.feature_cache import CachedDetectionDataset, collate_with_features
+from regionspot.data.feature_cache import CachedDetectionDataset, collate_with_features, read_ground_truth
 from regionspot.data.sampling import MixedBatchSampler, MixedDetectionDataset, ShardSampler
 from regionspot.data.toy import write_colour_boxes
 from regionspot.modeling.preprocess import ImagePreprocessor
@@ -106,13 +106,15 @@ class RegionDataModule(L.LightningDataModule):
             ]
             self.train_set = MixedDetectionDataset(datasets, seed=self.seed)
         if stage in ("fit", "validate") and self.val_config is not None and self.val_set is None:
-            if self.val_config.features is not None:
-                raise ValueError("data.val reads images: validation from a feature cache is not supported")
-            if self.val_config.ann_file is None:
+            if self.val_config.features is None and self.val_config.ann_file is None:
                 raise ValueError(
-                    "data.val must be a COCO/LVIS-format JSON (ann_file + image_dir): AP needs its ground truth"
+                    "data.val must be a COCO/LVIS-format JSON (ann_file + image_dir), or a feature cache of one: AP "
+                    "needs its ground truth"
                 )
-            self.val_set = build_dataset(self.val_name, self.val_config)
+            val_set = build_dataset(self.val_name, self.val_config)
+            if isinstance(val_set, CachedDetectionDataset):  # scored against the JSON it was extracted from
+                val_set.ground_truth = read_ground_truth(val_set.cache, ann_file=self.val_config.ann_file)
+            self.val_set = val_set
 
     def prepare_images_with(self, preprocessor: ImagePreprocessor) -> None:
         """Resize the images for the backbones in the data-loader workers, so that the training process only moves
@@ -130,9 +132,9 @@ class RegionDataModule(L.LightningDataModule):
 
     @property
     def feature_manifests(self) -> dict[str, dict]:
-        """The manifests of the training sets read from a feature cache, by cache folder (the module checks that its
-        backbones made them)."""
-        datasets = self.train_set.datasets if self.train_set is not None else []
+        """The manifests of the data sets read from a feature cache, training and validation, by cache folder (the
+        module checks that its backbones made them)."""
+        datasets = [*(self.train_set.datasets if self.train_set is not None else []), self.val_set]
         return {str(d.cache.folder): d.cache.manifest for d in datasets if isinstance(d, CachedDetectionDataset)}
 
     def _world(self) -> tuple[int, int, int]:
@@ -198,10 +200,10 @@ class PreparingCollate:
 
 def reads_images(train: Mapping[str, Any] | None, val: Any | None) -> list[str]:
     """The data sets of a run that read images (and so need the image encoders): the training sets without a
-    feature cache, by name, and "data.val" (validation reads images). Each set is a `DatasetConfig`, or its fields
-    as a mapping or namespace (as the command line parses them)."""
+    feature cache, by name, and "data.val" unless it has one. Each set is a `DatasetConfig`, or its fields as a
+    mapping or namespace (as the command line parses them)."""
     readers = [name for name, config in (train or {}).items() if _field(config, "features") is None]
-    return readers + (["data.val"] if val is not None else [])
+    return readers + (["data.val"] if val is not None and _field(val, "features") is None else [])
 
 
 def _field(config: Any, name: str) -> Any:

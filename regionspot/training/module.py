@@ -113,7 +113,8 @@ class RegionSpotModule(L.LightningModule):
         compile_backbones: `torch.compile` SAM's and CLIP's image encoders (`RegionSpot.compile_backbones`) when
             fitting starts; the first steps of each image size pay the compilation.
         image_encoders: False builds the model without SAM's image encoder and CLIP's visual tower
-            (`build_regionspot(..., image_encoders=False)`), for a run whose data all come from feature caches;
+            (`build_regionspot(..., image_encoders=False)`), for a run whose data, validation included, all come
+            from feature caches;
             `train.py` sets it from the data (`reads_images`), and fitting refuses data that read images without
             them. A checkpoint loads with them (`load_from_checkpoint`), ready to read images.
     """
@@ -198,7 +199,7 @@ class RegionSpotModule(L.LightningModule):
             if image_readers and not self.model.image_encoders_built:
                 raise ValueError(
                     f"model.image_encoders is false, but {', '.join(image_readers)} read images: give them a feature "
-                    "cache (features: DIR; validation reads images) or build the image encoders"
+                    "cache (features: DIR, python -m regionspot.extract) or build the image encoders"
                 )
             self.use_data(vocabularies=data.vocabularies, val_set=data.val_set)
             data.prepare_images_with(self.model.preprocessor)
