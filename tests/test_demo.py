@@ -80,21 +80,28 @@ def test_official_lvis_api_reads_it_with_all_frequency_groups(small_dataset):
     }
 
 
-def test_pretraining_split_is_class_balanced_without_heldout_classes(small_dataset, tmp_path):
+def test_pretraining_split_is_class_balanced_over_all_classes_or_the_seen_ones(small_dataset, tmp_path):
     pretrain = load_annotations(small_dataset.annotation_files["pretrain"])
-    counts = np.bincount([a["category_id"] for a in pretrain["annotations"]], minlength=9)
-    heldout = pretrain["heldout_category_ids"]
-    assert counts[heldout].sum() == 0
-    seen_counts = counts[pretrain["train_category_ids"]]
-    assert seen_counts.min() > 0.5 * seen_counts.mean()  # uniform draws, not the long tail of `train`
+    counts = np.bincount([a["category_id"] for a in pretrain["annotations"]], minlength=9)[1:]
+    assert counts.min() > 0.5 * counts.mean()  # uniform draws over all 8 classes, held-out ones included
     train = load_annotations(small_dataset.annotation_files["train"])
     train_counts = np.bincount([a["category_id"] for a in train["annotations"]], minlength=9)
-    assert train_counts[pretrain["train_category_ids"]].min() < 0.2 * train_counts.max()
-    # Asking for a pretraining split leaves the other splits exactly as they were.
-    without = generate_dataset(out_dir=tmp_path, seed=3, **{**SMALL, "num_pretrain": 0})
+    assert train_counts[pretrain["train_category_ids"]].min() < 0.2 * train_counts.max()  # not the long tail
+    assert json.loads(small_dataset.manifest.read_text())["settings"]["heldout_in_pretrain"] is True
+    # The stricter setting keeps the held-out classes out of it too, and changes no other split.
+    strict = generate_dataset(out_dir=tmp_path / "strict", seed=3, heldout_in_pretrain=False, **SMALL)
+    strict_pretrain = load_annotations(strict.annotation_files["pretrain"])
+    strict_counts = np.bincount([a["category_id"] for a in strict_pretrain["annotations"]], minlength=9)
+    assert strict_counts[pretrain["heldout_category_ids"]].sum() == 0
+    seen_counts = strict_counts[pretrain["train_category_ids"]]
+    assert seen_counts.min() > 0.5 * seen_counts.mean()
+    # Asking for a pretraining split, of either kind, leaves the other splits exactly as they were.
+    without = generate_dataset(out_dir=tmp_path / "without", seed=3, **{**SMALL, "num_pretrain": 0})
     assert "pretrain" not in without.annotation_files
     for split in ("train", "val", "test"):
-        assert without.annotation_files[split].read_bytes() == small_dataset.annotation_files[split].read_bytes()
+        expected = small_dataset.annotation_files[split].read_bytes()
+        assert without.annotation_files[split].read_bytes() == expected
+        assert strict.annotation_files[split].read_bytes() == expected
 
 
 @pytest.mark.parametrize(("rotation", "fill"), [(0.0, (0.97, 1.0)), (45.0, (0.5, 0.97))])

@@ -4,15 +4,17 @@ Every class is a colour x texture x shape combination named like "red striped tr
 2-6 objects of varied size over a noisy background with clutter (marks of no class); later objects may
 hide part of earlier ones, and the annotation is the visible mask. The same seed gives the same files.
 
-A fourth split, `pretrain`, stands in for the web data SAM and CLIP were pretrained on: it draws the
-training classes uniformly (web data is not long-tailed the way LVIS is) and never shows a held-out
-class. Only the demo's stand-in backbones are fitted on it; the adapter trains on `train`.
+A fourth split, `pretrain`, stands in for the web data SAM and CLIP were pretrained on: it draws all
+classes uniformly (web data is not long-tailed the way LVIS is, and web-pretrained CLIP has seen LVIS's rare
+classes too); `heldout_in_pretrain=False` keeps the held-out classes out of it as well. The demo fits its
+stand-in backbones on it and trains the adapter on it with the held-out annotations removed, as
+open-vocabulary LVIS removes the novel classes' annotations from the detector's training data.
 
 Frequency groups follow LVIS: a class is rare (r) in 1-10 training images, common (c) in 11-100 and
 frequent (f) in more; training instances are dealt out by per-class quotas so that all three groups
-exist. A few classes are held out of training entirely: unseen combinations of seen attributes (every
-attribute pair they use is seen in training). They appear only in the evaluation splits, have no
-training images and are therefore marked rare, as in the open-vocabulary LVIS protocol where the
+exist. A few classes are held out of the training split entirely: unseen combinations of seen attributes
+(every attribute pair they use is seen in training). Besides the evaluation splits they appear only in
+`pretrain`, have no training images and are therefore marked rare, as in the open-vocabulary LVIS protocol where the
 novel classes are the rare ones. Evaluation splits draw classes uniformly, so every class is scored.
 
 Layout written under `out_dir`: `{split}.json` (LVIS v1 annotations plus `heldout_category_ids` and
@@ -57,7 +59,9 @@ SHAPES = ("circle", "square", "triangle")
 CLUTTER_COLOURS = ((20, 20, 20), (240, 240, 240), (120, 120, 120), (120, 80, 50))
 SPLITS = ("train", "val", "test", "pretrain")
 QUESTION_SPLITS = ("train", "val", "test")  # the splits with region questions (the stand-ins never read them)
-GENERATOR_VERSION = 4  # 2: the pretrain split; shapes upright unless `rotation` says otherwise; 3: captions; 4: QA
+# 2: the pretrain split; shapes upright unless `rotation` says otherwise; 3: captions; 4: QA; 5: held-out classes
+# in the pretrain split
+GENERATOR_VERSION = 5
 _QUESTION_STREAM = 1  # the child of an image's seed that its questions draw from (nothing else spawns from it)
 
 RARE_MAX_IMAGES = 10  # LVIS: rare = 1-10 training images, common = 11-100, frequent = more
@@ -145,11 +149,17 @@ def _instance_quotas(classes: list[SyntheticClass], total: int, rng: np.random.G
 
 
 def _class_draws(
-    split: str, counts: np.ndarray, train_classes: list[SyntheticClass], all_classes, rng: np.random.Generator
+    split: str,
+    counts: np.ndarray,
+    train_classes: list[SyntheticClass],
+    all_classes,
+    rng: np.random.Generator,
+    *,
+    heldout_in_pretrain: bool,
 ) -> list[list[SyntheticClass]]:
-    """The classes of each image: training by quotas (long tail), pretraining uniformly over the training
-    classes, evaluation splits uniformly over all classes."""
-    if split == "pretrain":
+    """The classes of each image: training by quotas (long tail), the other splits uniformly over all classes
+    (pretraining over the training classes alone unless `heldout_in_pretrain`)."""
+    if split == "pretrain" and not heldout_in_pretrain:
         return [[train_classes[i] for i in rng.integers(0, len(train_classes), size=n)] for n in counts]
     if split != "train":
         return [[all_classes[i] for i in rng.integers(0, len(all_classes), size=n)] for n in counts]
@@ -410,6 +420,7 @@ def generate_dataset(
     rotation: float = 0.0,
     neg_fraction: float = 0.5,
     questions_per_image: int = 6,
+    heldout_in_pretrain: bool = True,
     workers: int = 1,
 ) -> GeneratedDataset:
     """Write the synthetic data set under `out_dir` (see the module docstring); the same arguments give the same files.
@@ -429,6 +440,8 @@ def generate_dataset(
             (verified absent); unlisted absent classes are not evaluated on that image, as in LVIS.
         questions_per_image: region questions asked about each image of train, val and test, written to
             `qa_{split}.json` (an image allowing fewer distinct ones gets fewer); 0 writes no such files.
+        heldout_in_pretrain: whether the pretraining split draws the held-out classes too (open-vocabulary LVIS:
+            CLIP was pretrained on web data that shows them); False keeps them out of every training file.
         workers: processes that draw the images (each image has its own seed: any number gives the same files).
     """
     if num_train < 1 or min(num_val, num_test, num_pretrain) < 0:
@@ -459,7 +472,7 @@ def generate_dataset(
             continue
         rng = np.random.default_rng(split_seed)
         counts = rng.integers(low, high + 1, size=sizes[split])
-        draws = _class_draws(split, counts, train_classes, classes, rng)
+        draws = _class_draws(split, counts, train_classes, classes, rng, heldout_in_pretrain=heldout_in_pretrain)
         image_seeds = split_seed.spawn(sizes[split])
         splits[split], questions[split] = _write_split(
             split,
@@ -504,6 +517,7 @@ def generate_dataset(
                     "rotation": rotation,
                     "neg_fraction": neg_fraction,
                     "questions_per_image": questions_per_image,
+                    "heldout_in_pretrain": heldout_in_pretrain,
                 },
                 "image_size": image_size,
                 "annotation_files": {split: path.name for split, path in files.items()},
@@ -595,6 +609,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--num-test", type=int, default=0)
     parser.add_argument("--num-pretrain", type=int, default=0, help="class-balanced images for the stand-ins")
+    parser.add_argument(
+        "--no-heldout-in-pretrain", action="store_true", help="keep the held-out classes out of the pretraining split"
+    )
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--num-heldout", type=int, default=6)
     parser.add_argument("--questions-per-image", type=int, default=6, help="region questions per image (0: none)")
@@ -610,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         image_size=args.image_size,
         num_heldout=args.num_heldout,
         questions_per_image=args.questions_per_image,
+        heldout_in_pretrain=not args.no_heldout_in_pretrain,
         workers=args.workers,
     )
     print(f"wrote {', '.join(str(p) for p in data.annotation_files.values())} and {data.manifest}")
