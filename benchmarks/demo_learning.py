@@ -24,7 +24,7 @@ import torch
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.data.coco import load_annotations
 from regionspot.demo.backbones import fit_backbones, region_embeddings, region_weights
-from regionspot.demo.run import FULL
+from regionspot.demo.run import FULL, OBJECT_SIZE, OBJECTS_PER_IMAGE
 from regionspot.demo.synthetic import generate_dataset, load_split
 from regionspot.evaluation import region_detections
 from regionspot.evaluation.detections import detect_regions
@@ -171,6 +171,8 @@ def main() -> None:
             num_train=args.num_train,
             num_val=args.num_val,
             num_pretrain=args.num_pretrain,
+            objects_per_image=OBJECTS_PER_IMAGE,
+            object_size=OBJECT_SIZE,
         )
     seconds["generate"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -171,6 +171,22 @@ def test_bad_arguments_are_refused(tmp_path):
         generate_dataset(out_dir=tmp_path, num_train=2, num_val=0)
     with pytest.raises(ValueError, match="neg_fraction"):
         generate_dataset(out_dir=tmp_path, neg_fraction=2.0)
+    with pytest.raises(ValueError, match="object_size"):
+        generate_dataset(out_dir=tmp_path, object_size=(0.5, 0.3))
+
+
+def test_command_line_draws_the_object_sizes_and_counts_it_is_given(tmp_path):
+    """The demo's data (larger objects, fewer to an image) can be drawn from the command line too."""
+    from regionspot.demo.synthetic import main
+
+    main(["--out", str(tmp_path), "--num-train", "800", "--num-val", "0", "--image-size", "64",
+          "--object-size", "0.4", "0.45", "--objects-per-image", "2", "3", "--questions-per-image", "0"])  # fmt: skip
+    train = load_annotations(tmp_path / "train.json")
+    per_image = np.bincount([a["image_id"] for a in train["annotations"]])[1:]
+    assert per_image.min() >= 2 and per_image.max() <= 3
+    # every object's circumscribed circle spans 0.4-0.45 of the side, so no box is wider or taller than that
+    sides = np.asarray([max(a["bbox"][2:]) for a in train["annotations"]])
+    assert sides.max() <= 0.45 * 64 + 1 and np.median(sides) > 0.2 * 64
 
 
 def test_load_split_refuses_heldout_classes_and_missing_images(small_dataset, tmp_path):

@@ -451,6 +451,8 @@ def generate_dataset(
     low, high = objects_per_image
     if not 1 <= low <= high:
         raise ValueError(f"objects_per_image must be (low, high) with 1 <= low <= high, got {objects_per_image}")
+    if not 0 < object_size[0] <= object_size[1] <= 1:
+        raise ValueError(f"object_size must be (low, high) with 0 < low <= high <= 1 of the side, got {object_size}")
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 px, got {image_size}")
     if questions_per_image < 0:
@@ -613,6 +615,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--no-heldout-in-pretrain", action="store_true", help="keep the held-out classes out of the pretraining split"
     )
     parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument(
+        "--object-size", type=float, nargs=2, default=(0.18, 0.38), metavar=("MIN", "MAX"),
+        help="an object's size as a fraction of the image side (the demo draws 0.25 0.45)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--objects-per-image", type=int, nargs=2, default=(2, 6), metavar=("MIN", "MAX"),
+        help="inclusive range of objects per image (the demo draws 2 4)",
+    )  # fmt: skip
     parser.add_argument("--num-heldout", type=int, default=6)
     parser.add_argument("--questions-per-image", type=int, default=6, help="region questions per image (0: none)")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing images (same files for any number)")
@@ -625,6 +635,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         num_test=args.num_test,
         num_pretrain=args.num_pretrain,
         image_size=args.image_size,
+        object_size=tuple(args.object_size),
+        objects_per_image=tuple(args.objects_per_image),
         num_heldout=args.num_heldout,
         questions_per_image=args.questions_per_image,
         heldout_in_pretrain=not args.no_heldout_in_pretrain,
