@@ -4,6 +4,7 @@ features, with what it is trained on and how, and where its errors come from.
     python benchmarks/demo_top1.py --demo-out outputs/demo                     # the demo's recipe
     python benchmarks/demo_top1.py --demo-out outputs/demo --train-split train  # the long-tailed training split
     python benchmarks/demo_top1.py --demo-out outputs/demo --softmax-weight 0   # focal loss alone (RegionSpot's)
+    python benchmarks/demo_top1.py --demo-out outputs/demo --no-box-attention  # RegionSpot's adapter, no box attention
 
 Needs a finished demo run (`python -m regionspot.demo`): its data and stand-in backbones. SAM and CLIP outputs of
 the ground-truth boxes are computed once (no flips); a fresh adapter then trains as `benchmarks/demo_learning.py`
@@ -64,6 +65,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--softmax-weight", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--box-attention", action=argparse.BooleanOptionalAction, default=None,
+        help="restrict the adapter's cross-attention to each box's CLIP tokens (default: as the demo's model config)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -74,6 +79,10 @@ def main() -> None:
         sam=dataclasses.replace(config.sam, checkpoint=str(out / "backbones" / "sam.pth")),
         clip=dataclasses.replace(config.clip, checkpoint=str(out / "backbones" / "clip.pt")),
     )
+    if args.box_attention is not None:
+        config = dataclasses.replace(
+            config, adapter=dataclasses.replace(config.adapter, box_attention=args.box_attention)
+        )
     torch.manual_seed(args.seed)
     model = build_regionspot(config)
     gt = load_annotations(out / "data" / "test.json")

@@ -73,6 +73,7 @@ def build_regionspot(config: RegionSpotConfig | str | Path, *, image_encoders: b
         num_heads=config.adapter.num_heads,
         ffn_dim=config.adapter.ffn_dim,
         dropout=config.adapter.dropout,
+        box_attention=config.adapter.box_attention,
     )
     if adapter_path is not None:
         state = model_part(read_state_dict(adapter_path), "adapter", path=adapter_path)

@@ -95,6 +95,9 @@ class AdapterConfig:
     num_heads: int = 8
     ffn_dim: int = 2048
     dropout: float = 0.1
+    # Each region's cross-attention reads only CLIP's class token and the patches of its box (not RegionSpot's
+    # design; the demo's stand-ins need it: docs/demo.md, "Top-1 names"). No parameters: any weights load.
+    box_attention: bool = False
     # Trained adapter weights: our .safetensors export, or a RegionSpot model_final.pth (or a state dict in its
     # layout), whose frozen SAM and CLIP entries are ignored here; None = untrained.
     checkpoint: str | None = None

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch.testing import assert_close
 
-from regionspot.modeling.adapter import RegionFusionAdapter
+from regionspot.modeling.adapter import RegionFusionAdapter, box_token_mask
 from regionspot.modeling.losses import region_focal_loss, region_softmax_loss, sigmoid_focal_loss
 from regionspot.modeling.regionspot import FrozenFeatures
 
@@ -121,3 +121,71 @@ def test_only_the_adapter_trains(tiny_config):
     region_focal_loss(logits[:, 0], torch.tensor([1, 3])).backward()
     assert all(p.grad is not None for p in model.adapter.parameters())
     assert all(p.grad is None for p in model.clip.parameters())
+
+
+def test_box_token_mask_keeps_the_class_token_and_the_cells_a_box_covers():
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 0.5, 0.5],  # the top left cell of a 2 x 2 grid
+            [0.25, 0.25, 0.75, 0.75],  # a part of all four
+            [0.8, 0.1, 0.8, 0.1],  # a point: the cell it lies in (top right)
+            [0.0, 0.5, 1.0, 1.0],  # the bottom row
+        ]
+    )
+    inside = ~box_token_mask(boxes, num_tokens=5)  # class token, then the cells row by row
+    expected = [[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 1, 0, 0], [1, 0, 0, 1, 1]]
+    assert inside.tolist() == [[bool(v) for v in row] for row in expected]
+    assert box_token_mask(boxes[None], num_tokens=5).shape == (1, 4, 5)  # any leading dimensions
+    with pytest.raises(ValueError, match="square patch grid"):
+        box_token_mask(boxes, num_tokens=6)
+
+
+@torch.no_grad()
+def test_box_attention_reads_only_the_tokens_of_each_box():
+    """With box attention a region's feature does not move when CLIP tokens outside its box do; one whose box is
+    the whole image gets what the same weights give without box attention."""
+    torch.manual_seed(0)
+    plain = RegionFusionAdapter(token_dim=16, width=32, output_dim=24, depth=2, num_heads=2, ffn_dim=64).eval()
+    boxed = RegionFusionAdapter(
+        token_dim=16, width=32, output_dim=24, depth=2, num_heads=2, ffn_dim=64, box_attention=True
+    ).eval()
+    boxed.load_state_dict(plain.state_dict())  # no parameters of its own
+    regions, tokens = torch.randn(2, 3, 16), torch.randn(2, 17, 32)  # a 4 x 4 grid and the class token
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0], [0.6, 0.6, 0.9, 0.9]]).expand(2, 3, 4)
+    # Regions attend to each other, so each box is tested alone: the other regions would carry what they saw.
+    for index in (0, 2):
+        alone = boxes[:, index : index + 1]
+        moved = tokens.clone()
+        moved[:, 1:][box_token_mask(alone, 17)[:, 0, 1:]] += 5.0  # every token outside the box
+        before = boxed(regions[:, index : index + 1], tokens, region_boxes=alone)
+        assert_close(boxed(regions[:, index : index + 1], moved, region_boxes=alone), before)
+        assert not torch.allclose(
+            plain(regions[:, index : index + 1], moved), plain(regions[:, index : index + 1], tokens)
+        )
+    whole = boxes[:, 1:2]
+    assert_close(boxed(regions[:, 1:2], tokens, region_boxes=whole), plain(regions[:, 1:2], tokens))
+    with pytest.raises(ValueError, match="region boxes"):
+        boxed(regions, tokens)
+
+
+def test_box_attention_follows_the_model_config_and_its_boxes(tiny_config):
+    """`adapter.box_attention` builds it; `region_features` hands each region's box (once per SAM token) to it."""
+    import dataclasses
+
+    from regionspot import build_regionspot
+
+    config = dataclasses.replace(tiny_config, adapter=dataclasses.replace(tiny_config.adapter, box_attention=True))
+    torch.manual_seed(0)
+    model = build_regionspot(config).eval()
+    assert model.adapter.box_attention and not build_regionspot(tiny_config).adapter.box_attention
+    frozen = _frozen(model, 2)
+    frozen.region_boxes = torch.tensor([[0.0, 0.0, 0.2, 0.2], [0.6, 0.6, 1.0, 1.0]])
+    with torch.no_grad():
+        before = model.region_features([frozen])[0]
+        frozen.clip_tokens[1:] = frozen.clip_tokens[1:] + 3.0 * box_token_mask_for(frozen)[..., None]
+        assert_close(model.region_features([frozen])[0], before)
+
+
+def box_token_mask_for(frozen: FrozenFeatures) -> torch.Tensor:
+    """(L - 1,) True at the patches that lie outside every region's box."""
+    return box_token_mask(frozen.region_boxes, len(frozen.clip_tokens))[:, 1:].all(dim=0)

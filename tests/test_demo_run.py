@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from transformers import AutoTokenizer
 
 from regionspot.demo.run import QUICK, format_table, run_demo
@@ -30,6 +31,7 @@ def test_shortened_demo_learns_far_above_chance(tmp_path, monkeypatch, capsys):
         assert f"[{step}/7] " in said
     assert said.count("Assuming user provided the results") == 0  # lvis's per-call notice stays quiet
     assert "box AP (%) (ground-truth boxes: every box is exact, so AP = AP50 = AP75)" in said
+    assert "box attention, not RegionSpot's design" in said  # the demo's one departure from its adapter, said
 
     model, chance = summary["metrics"]["regionspot"], summary["metrics"]["chance"]
     # Measured at this size (seed 0, 2026-12-01): seen AP 0.167 and AP 0.164 against chance 0.082 and 0.080;
@@ -47,6 +49,7 @@ def test_shortened_demo_learns_far_above_chance(tmp_path, monkeypatch, capsys):
     for path in (*files, "captions/captions.json", "captions/metrics.json", "vqa/metrics.json", "demo.png"):
         assert (tmp_path / path).is_file(), path
     assert json.loads((tmp_path / "demo_metrics.json").read_text())["metrics"] == summary["metrics"]
+    assert yaml.safe_load((tmp_path / "train/adapter.yaml").read_text())["adapter"]["box_attention"] is True
     assert set(summary["timings_s"]) == {
         "generate data",
         "fit stand-in backbones, blind VQA baseline beside",

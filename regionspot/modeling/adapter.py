@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,11 +18,17 @@ class RegionFusionAdapter(nn.Module):
     already carry position. The self-attention is a `RegionSelfAttention`: linear memory in the number of
     regions, in inference too.
 
+    With `box_attention` (not RegionSpot's design, off by default) each region's cross-attention reads only CLIP's
+    class token and the patch tokens whose cells overlap the region's box (always the cell of its centre, so a
+    point's zero-size box keeps one): where to look is then given, not learned. It adds no parameters, so an
+    adapter's weights load either way, but one trained with it should be scored with it.
+
     Args:
         token_dim: width of SAM's region tokens (256 for the real SAMs).
         width: CLIP's vision width D (768 ViT-B, 1024 ViT-L).
         output_dim: CLIP's image-text embedding dimension.
         depth, num_heads, ffn_dim, dropout: decoder layer settings (RegionSpot: 3, 8, 2048, 0.1).
+        box_attention: restrict each region's cross-attention to the CLIP tokens of its box.
     """
 
     def __init__(
@@ -33,8 +41,11 @@ class RegionFusionAdapter(nn.Module):
         num_heads: int = 8,
         ffn_dim: int = 2048,
         dropout: float = 0.1,
+        box_attention: bool = False,
     ) -> None:
         super().__init__()
+        self.num_heads = num_heads
+        self.box_attention = box_attention
         if width % num_heads:
             raise ValueError(f"CLIP width {width} is not divisible by adapter.num_heads={num_heads}")
         self.input_proj = nn.Linear(token_dim, width)
@@ -52,7 +63,11 @@ class RegionFusionAdapter(nn.Module):
         self.output_proj = nn.Linear(width, output_dim)
 
     def forward(
-        self, region_tokens: torch.Tensor, clip_tokens: torch.Tensor, padding_mask: torch.Tensor | None = None
+        self,
+        region_tokens: torch.Tensor,
+        clip_tokens: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        region_boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fuse regions with the image.
 
@@ -60,13 +75,46 @@ class RegionFusionAdapter(nn.Module):
             region_tokens: (B, Q, token_dim) the regions of B images, padded to Q per image.
             clip_tokens: (B, L, width) CLIP's token map of each image.
             padding_mask: (B, Q) True where a query is padding (it is then ignored as a key).
+            region_boxes: (B, Q, 4) each region's x1, y1, x2, y2 as fractions of the image; needed with
+                `box_attention`, ignored without.
 
         Returns:
             (B, Q, output_dim) region features (not normalised).
         """
         queries = self.input_proj(region_tokens.to(self.input_proj.weight.dtype))  # (B, Q, D)
-        fused = self.decoder(queries, clip_tokens.to(queries.dtype), tgt_key_padding_mask=padding_mask)
+        memory_mask = None
+        if self.box_attention:
+            if region_boxes is None or region_boxes.shape != (*region_tokens.shape[:2], 4):
+                raise ValueError(f"box attention needs (B, Q, 4) region boxes for {tuple(region_tokens.shape[:2])}")
+            outside = box_token_mask(region_boxes, clip_tokens.shape[1])  # (B, Q, L)
+            memory_mask = outside.repeat_interleave(self.num_heads, dim=0)  # (B * heads, Q, L), batch-major
+        fused = self.decoder(
+            queries, clip_tokens.to(queries.dtype), tgt_key_padding_mask=padding_mask, memory_mask=memory_mask
+        )
         return self.output_proj(fused)
+
+
+def box_token_mask(boxes: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(..., 4) boxes (x1, y1, x2, y2, fractions of the image) -> (..., num_tokens) True where a CLIP token lies
+    outside the box: a patch whose cell has no area in common with it and is not the cell of its centre. The class
+    token (first) is never outside. The patches must form a square grid of the whole image, class token first, as
+    every CLIP ViT's token map does (the whole image is resized to CLIP's square input)."""
+    side = math.isqrt(num_tokens - 1)
+    if side * side != num_tokens - 1:
+        raise ValueError(f"box attention needs a class token and a square patch grid, got {num_tokens} tokens")
+    boxes = boxes.float().clamp(0, 1)
+    edges = torch.arange(side + 1, device=boxes.device, dtype=torch.float32) / side
+    low, high = edges[:-1], edges[1:]  # (side,) each cell's extent
+
+    def overlaps(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:  # (...,) -> (..., side)
+        centre_cell = ((start + end) / 2 * side).long().clamp(max=side - 1)
+        shared = torch.minimum(end[..., None], high) - torch.maximum(start[..., None], low) > 0
+        return shared | F.one_hot(centre_cell, side).bool()
+
+    columns, rows = overlaps(boxes[..., 0], boxes[..., 2]), overlaps(boxes[..., 1], boxes[..., 3])
+    inside = rows[..., :, None] & columns[..., None, :]  # (..., side, side), row-major as the patch tokens
+    inside = torch.cat([torch.ones_like(inside[..., 0, :1]), inside.flatten(-2)], dim=-1)
+    return ~inside
 
 
 class RegionSelfAttention(nn.MultiheadAttention):

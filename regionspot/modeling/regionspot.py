@@ -232,7 +232,10 @@ class RegionSpot(nn.Module):
             >= torch.tensor(counts, device=padded.device)[:, None]
         )  # (B, Q) True at padding
         clip_tokens = torch.stack([f.clip_tokens for f in frozen])  # (B, L, D)
-        fused = self.adapter(padded, clip_tokens, padding).float()  # (B, Q, E)
+        boxes = pad_sequence(
+            [f.region_boxes.float().repeat_interleave(tokens_per_region, dim=0) for f in frozen], batch_first=True
+        )  # (B, Q, 4), each region's box for each of its tokens
+        fused = self.adapter(padded, clip_tokens, padding, boxes).float()  # (B, Q, E)
         fused = fused / (fused.norm(dim=-1, keepdim=True) + _FEATURE_NORM_EPS)
         return [rearrange(fused[i, :n], "(n t) e -> n t e", t=tokens_per_region) for i, n in enumerate(counts)]
 
