@@ -86,9 +86,9 @@ LR_DECAY_AT = 0.8  # the adapter's learning rate drops 10x for the last fifth of
 # more of them right (on the frozen features of seed 0, benchmarks/demo_top1.py: seen top-1 57.2 -> 61.6, held-out
 # 39.3 -> 44.0; docs/demo.md, "Top-1 names").
 OBJECT_SIZE = (0.25, 0.45)
+OBJECTS_PER_IMAGE = (2, 4)
 # configs/model/demo.yaml turns box attention on, which RegionSpot's adapter does not have; the demo says so.
 BOX_ATTENTION_NOTE = " (reading only each box's CLIP tokens: box attention, not RegionSpot's design)"
-OBJECTS_PER_IMAGE = (2, 4)
 
 
 @dataclass(frozen=True)

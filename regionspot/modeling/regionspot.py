@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -233,8 +233,8 @@ class RegionSpot(nn.Module):
         )  # (B, Q) True at padding
         clip_tokens = torch.stack([f.clip_tokens for f in frozen])  # (B, L, D)
         boxes = pad_sequence(
-            [f.region_boxes.float().repeat_interleave(tokens_per_region, dim=0) for f in frozen], batch_first=True
-        )  # (B, Q, 4), each region's box for each of its tokens
+            [repeat(f.region_boxes.float(), "n k -> (n t) k", t=tokens_per_region) for f in frozen], batch_first=True
+        )  # (B, Q, 4), each region's box beside each of its tokens, in the queries' order
         fused = self.adapter(padded, clip_tokens, padding, boxes).float()  # (B, Q, E)
         fused = fused / (fused.norm(dim=-1, keepdim=True) + _FEATURE_NORM_EPS)
         return [rearrange(fused[i, :n], "(n t) e -> n t e", t=tokens_per_region) for i, n in enumerate(counts)]
