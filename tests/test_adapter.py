@@ -7,8 +7,13 @@ import torch
 import torchvision
 from torch.testing import assert_close
 
-from regionspot.modeling.adapter import RegionFusionAdapter, box_token_mask
-from regionspot.modeling.losses import region_focal_loss, region_softmax_loss, sigmoid_focal_loss
+from regionspot.modeling.adapter import RegionFusionAdapter, box_patch_coverage, box_token_mask
+from regionspot.modeling.losses import (
+    region_distillation_loss,
+    region_focal_loss,
+    region_softmax_loss,
+    sigmoid_focal_loss,
+)
 from regionspot.modeling.regionspot import FrozenFeatures
 
 
@@ -64,6 +69,24 @@ def test_region_softmax_loss_is_cross_entropy_reduced_as_the_focal_loss():
         region_softmax_loss(logits, labels, reduction="images", boxes_per_image=[2, 2])
     with pytest.raises(ValueError, match="expected logits"):
         region_softmax_loss(logits, labels[:3])
+
+
+def test_region_distillation_loss_is_the_squared_distance_reduced_as_the_focal_loss():
+    features = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1).to(torch.bfloat16).requires_grad_()
+    targets = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1).requires_grad_()
+    loss = region_distillation_loss(features, targets)
+    assert loss.dtype == torch.float32
+    assert_close(loss, torch.nn.functional.mse_loss(features.float(), targets, reduction="sum") / 5)
+    cosine = torch.nn.functional.cosine_similarity(features.float(), targets)
+    assert_close(loss, (2 - 2 * cosine).mean(), atol=2e-2, rtol=0)  # unit vectors (up to bf16 rounding)
+    per_box = (features.float() - targets).pow(2).sum(dim=1)
+    by_image = region_distillation_loss(features, targets, reduction="images", boxes_per_image=[3, 0, 2])
+    assert_close(by_image, per_box[:3].mean() + per_box[3:].mean())
+    loss.backward()
+    assert features.grad is not None and targets.grad is None  # the target is CLIP's: it never trains
+    assert region_distillation_loss(targets[:0], targets[:0]).item() == 0.0
+    with pytest.raises(ValueError, match=r"one \(N, E\) shape"):
+        region_distillation_loss(features, targets[:, :4])
 
 
 def test_focal_loss_rejects_unknown_reduction():
@@ -189,3 +212,30 @@ def test_box_attention_follows_the_model_config_and_its_boxes(tiny_config):
 def box_token_mask_for(frozen: FrozenFeatures) -> torch.Tensor:
     """(L - 1,) True at the patches that lie outside every region's box."""
     return box_token_mask(frozen.region_boxes, len(frozen.clip_tokens))[:, 1:].all(dim=0)
+
+
+@torch.no_grad()
+def test_clip_region_embeddings_pool_the_projected_patch_tokens_by_box_coverage(tiny_model):
+    """The distillation target: CLIP's final LayerNorm and projection (open_clip's own modules) on each patch token,
+    averaged with weights the share of each cell the box covers (a point: its cell), unit norm; the class token
+    plays no part."""
+    frozen = _frozen(tiny_model, 4)
+    frozen.region_boxes = torch.tensor(
+        [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.125, 0.125], [0.0625, 0.0, 0.25, 0.125], [0.3, 0.3, 0.3, 0.3]]
+    )  # the whole image, the top left cell of the 8 x 8 grid, half of it and all of its right neighbour, a point
+    visual = tiny_model.clip.model.visual
+    grid = (visual.ln_post(frozen.clip_tokens[1:]) @ visual.proj).reshape(8, 8, -1)
+    expected = torch.stack(
+        [grid.mean((0, 1)), grid[0, 0], (0.5 * grid[0, 0] + grid[0, 1]) / 1.5, grid[2, 2]]  # 0.3 * 8 = 2.4: cell 2
+    )
+    embeddings = tiny_model.clip_region_embeddings([frozen])[0]
+    assert_close(embeddings, torch.nn.functional.normalize(expected, dim=-1), atol=1e-5, rtol=1e-5)
+    frozen.clip_tokens[0] += 10.0
+    assert_close(tiny_model.clip_region_embeddings([frozen])[0], embeddings)
+
+
+def test_box_patch_coverage_is_the_share_of_each_cell_inside_the_box():
+    boxes = torch.tensor([[0.25, 0.0, 0.75, 0.5], [0.1, 0.1, 0.1, 0.9]])  # a 2 x 2 grid; a zero-width box
+    coverage = box_patch_coverage(boxes, num_tokens=5)
+    assert_close(coverage, torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]))
+    assert ((coverage > 0) <= ~box_token_mask(boxes, 5)[:, 1:]).all()  # box attention reads every covered cell

@@ -46,6 +46,14 @@ def test_feature_map_equals_open_clip_last_block(image):
     assert_close(tokens, captured[0])
 
 
+@torch.no_grad()
+def test_embedding_the_class_token_is_open_clips_image_embedding(image):
+    """`embed_tokens` (the distillation target's projection) does to a token what open_clip does to the class token."""
+    backbone = _backbone(build_clip(model_name=TINY))
+    images = backbone.normalize(resize_for_clip(torch.from_numpy(image[None].copy()).permute(0, 3, 1, 2), 64))
+    assert_close(backbone.embed_tokens(backbone.feature_map(images)[:, 0]), backbone.model.encode_image(images))
+
+
 @pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
 def test_an_image_already_at_clips_size_is_not_interpolated_and_comes_out_as_interpolation_would(mode):
     pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)

@@ -137,6 +137,25 @@ def test_the_softmax_loss_alone_trains_the_names(toy_data, tmp_path):
     assert abs(softmax - recorder.losses[-1]) < 1e-5  # the step's loss is the softmax loss alone
 
 
+def test_the_distillation_loss_pulls_region_features_to_clips_own_region_embeddings(toy_data, tmp_path):
+    """distill_loss_weight alone (the naming losses off) trains the adapter's features towards
+    `clip_region_embeddings`: the logged distillation loss is the step's loss and falls; it needs CLIP's visual
+    tower."""
+    module, data, recorder = (
+        make_module(focal_loss_weight=0.0, distill_loss_weight=1.0),
+        make_data(toy_data, augment=AugmentConfig(short_edges=[], crop_prob=0.0, flip_prob=0.0)),
+        LossRecorder(),
+    )
+    trainer = make_trainer(tmp_path, max_steps=12, callbacks=[recorder])
+    trainer.fit(module, data)
+    assert np.mean(recorder.losses[-3:]) < 0.8 * np.mean(recorder.losses[:3]), recorder.losses
+    assert abs(trainer.callback_metrics["train/distill_loss"].item() - recorder.losses[-1]) < 1e-5
+    with pytest.raises(ValueError, match="visual tower"):
+        make_module(distill_loss_weight=1.0, image_encoders=False)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        make_module(distill_loss_weight=-1.0)
+
+
 def test_checkpoint_holds_the_adapter_and_config_and_export_gives_the_same_logits(trained, tmp_path):
     module, trainer = trained["module"], trained["trainer"]
     ckpt = tmp_path / "run.ckpt"

@@ -99,22 +99,42 @@ def box_token_mask(boxes: torch.Tensor, num_tokens: int) -> torch.Tensor:
     outside the box: a patch whose cell has no area in common with it and is not the cell of its centre. The class
     token (first) is never outside. The patches must form a square grid of the whole image, class token first, as
     every CLIP ViT's token map does (the whole image is resized to CLIP's square input)."""
-    side = math.isqrt(num_tokens - 1)
-    if side * side != num_tokens - 1:
-        raise ValueError(f"box attention needs a class token and a square patch grid, got {num_tokens} tokens")
+    side = _grid_side(num_tokens)
     boxes = boxes.float().clamp(0, 1)
-    edges = torch.arange(side + 1, device=boxes.device, dtype=torch.float32) / side
-    low, high = edges[:-1], edges[1:]  # (side,) each cell's extent
 
     def overlaps(start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:  # (...,) -> (..., side)
         centre_cell = ((start + end) / 2 * side).long().clamp(max=side - 1)
-        shared = torch.minimum(end[..., None], high) - torch.maximum(start[..., None], low) > 0
-        return shared | F.one_hot(centre_cell, side).bool()
+        return (_cell_overlaps(start, end, side) > 0) | F.one_hot(centre_cell, side).bool()
 
     columns, rows = overlaps(boxes[..., 0], boxes[..., 2]), overlaps(boxes[..., 1], boxes[..., 3])
     inside = rows[..., :, None] & columns[..., None, :]  # (..., side, side), row-major as the patch tokens
     inside = torch.cat([torch.ones_like(inside[..., 0, :1]), inside.flatten(-2)], dim=-1)
     return ~inside
+
+
+def box_patch_coverage(boxes: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(..., 4) boxes as `box_token_mask` takes them -> (..., num_tokens - 1) the share of each patch's cell that the
+    box covers, in [0, 1], in the patch tokens' order (the class token has no cell). A zero-size box covers none."""
+    side = _grid_side(num_tokens)
+    boxes = boxes.float().clamp(0, 1)
+    columns = _cell_overlaps(boxes[..., 0], boxes[..., 2], side)
+    rows = _cell_overlaps(boxes[..., 1], boxes[..., 3], side)
+    return (rows[..., :, None] * columns[..., None, :]).flatten(-2)
+
+
+def _grid_side(num_tokens: int) -> int:
+    side = math.isqrt(num_tokens - 1)
+    if side * side != num_tokens - 1:
+        raise ValueError(f"box attention needs a class token and a square patch grid, got {num_tokens} tokens")
+    return side
+
+
+def _cell_overlaps(start: torch.Tensor, end: torch.Tensor, side: int) -> torch.Tensor:
+    """(...,) extents [start, end] as fractions of a side -> (..., side) the share of each of its `side` cells
+    they cover."""
+    edges = torch.arange(side + 1, device=start.device, dtype=torch.float32) / side
+    low, high = edges[:-1], edges[1:]
+    return ((torch.minimum(end[..., None], high) - torch.maximum(start[..., None], low)) * side).clamp(min=0)
 
 
 class RegionSelfAttention(nn.MultiheadAttention):

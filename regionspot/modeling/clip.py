@@ -252,6 +252,16 @@ class ClipBackbone(nn.Module):
             )
             return torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
 
+    @torch.no_grad()
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(..., D) tokens of `feature_map` -> (..., E) float32, through CLIP's final LayerNorm and projection: what
+        `encode_image` does to the class token, done to any token or mean of tokens (not normalised)."""
+        visual = self._visual_tower()
+        if visual.proj is None:
+            raise ValueError(f"{type(visual).__name__} has no image projection to embed its tokens with")
+        with self._own_precision():
+            return (visual.ln_post(tokens.to(self.dtype)) @ visual.proj).float()
+
     def encode_vocabulary(self, names: Sequence[str]) -> torch.Tensor:
         """Class names -> (C, E) unit-norm float32 embeddings (`prompt_mean` over the templates), on its device.
 

@@ -1,5 +1,6 @@
 """Naming losses over a region-by-class score matrix: RegionSpot's sigmoid focal loss (Lin et al. 2017) and, beside
-it where asked, a softmax cross-entropy over the vocabulary."""
+it where asked, a softmax cross-entropy over the vocabulary; and ViLD's distillation of region features towards
+CLIP's own embedding of each region."""
 
 from __future__ import annotations
 
@@ -84,6 +85,36 @@ def region_softmax_loss(
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     per_box = F.cross_entropy(logits.float(), labels.long(), reduction="none")  # (N,)
+    return _reduce_boxes(per_box, reduction, boxes_per_image)
+
+
+def region_distillation_loss(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    reduction: str = "boxes",
+    boxes_per_image: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """ViLD's image distillation (Gu et al. 2022) with a squared distance: ||feature - target||^2 per region, both unit
+    norm (so 2 - 2 cos), reduced as `region_focal_loss` reduces.
+
+    Not RegionSpot's. Names train the features towards the training vocabulary alone; this pulls them towards what
+    CLIP itself sees in the region, names outside that vocabulary included, and needs no labels. ViLD's L1 distance
+    pulls as hard however close a feature is; this pull fades as it nears its target, so that it does not keep
+    the lion's share of a gradient norm clipped for every head at once (docs/demo.md: with L1 it slowed the demo's
+    VQA head until "left of" stayed at chance on one seed).
+
+    Args:
+        features, targets: (N, E) each, unit norm; the targets carry no gradient. Computed in fp32.
+    """
+    if features.ndim != 2 or targets.shape != features.shape:
+        raise ValueError(f"expected features and targets of one (N, E) shape, got {tuple(features.shape)} and "
+                         f"{tuple(targets.shape)}")  # fmt: skip
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+    if features.shape[0] == 0:
+        return features.sum() * 0.0
+    per_box = (features.float() - targets.detach().float()).pow(2).sum(dim=1)  # (N,)
     return _reduce_boxes(per_box, reduction, boxes_per_image)
 
 

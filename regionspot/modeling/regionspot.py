@@ -12,7 +12,7 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from regionspot.modeling.adapter import RegionFusionAdapter
+from regionspot.modeling.adapter import RegionFusionAdapter, box_patch_coverage, box_token_mask
 from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.modeling.clip import ClipBackbone
@@ -242,6 +242,28 @@ class RegionSpot(nn.Module):
     def classify(self, features: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
         """(..., E) unit-norm region features x (K, E) unit-norm class embeddings -> (..., K) logits."""
         return self.clip.logit_scale.float() * features @ text_embeddings.float().T
+
+    @torch.no_grad()
+    def clip_region_embeddings(self, frozen: Sequence[FrozenFeatures]) -> list[torch.Tensor]:
+        """CLIP's own embedding of each region, the target of `region_distillation_loss`: CLIP's patch tokens, each
+        through CLIP's final LayerNorm and projection, averaged with weights the share of each patch's cell that the
+        region's box covers (`box_patch_coverage`; a point's zero-size box: the cell it lies in), unit norm. A
+        stand-in for ViLD's CLIP embedding of the region's crop that costs no CLIP pass: the token map is at hand.
+        It is as good as CLIP's patch tokens are at naming what they cover: well for the demo's stand-in CLIP,
+        which was fitted that way; OpenAI's CLIP was not (MaskCLIP), so measure before relying on it there.
+
+        Returns:
+            B tensors (N_i, E), unit norm, float32.
+        """
+        embeddings = []
+        for f in frozen:
+            tokens = f.clip_tokens.shape[0]
+            weights = box_patch_coverage(f.region_boxes, tokens)  # (N, HW)
+            point_cell = (~box_token_mask(f.region_boxes, tokens))[:, 1:].float()  # a zero-size box: its one cell
+            weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, point_cell)
+            patches = self.clip.embed_tokens(f.clip_tokens[1:])  # (HW, E): the projection is linear, pool after it
+            embeddings.append(F.normalize(weights @ patches / weights.sum(1, keepdim=True), dim=-1))
+        return embeddings
 
     def score_regions(
         self,

@@ -30,7 +30,12 @@ from regionspot.data.detection import DetectionDataset
 from regionspot.data.feature_cache import cached_frozen, check_backbones
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
 from regionspot.evaluation.metric import DetectionAP
-from regionspot.modeling.losses import LOSS_REDUCTIONS, region_focal_loss, region_softmax_loss
+from regionspot.modeling.losses import (
+    LOSS_REDUCTIONS,
+    region_distillation_loss,
+    region_focal_loss,
+    region_softmax_loss,
+)
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures
 from regionspot.training.datamodule import RegionDataModule, reads_images
@@ -84,6 +89,10 @@ class RegionSpotModule(L.LightningModule):
         softmax_loss_weight: adds this x a softmax cross-entropy over the same scores as the focal loss
             (`region_softmax_loss`), which trains what evaluation's softmax ranks by: the true class above the
             others. 0 (default) is RegionSpot's recipe; the demo uses it (docs/demo.md).
+        distill_loss_weight: adds this x ViLD's distillation of every region's features towards CLIP's own
+            embedding of its box (`region_distillation_loss`, `RegionSpot.clip_region_embeddings`), on every batch
+            the adapter trains on, labelled or not: it keeps what CLIP knows of names the training vocabulary lacks.
+            0 (default) is RegionSpot's recipe; the demo uses it (docs/demo.md). Needs CLIP's visual tower.
         caption_regions_per_image: caption at most this many regions of each image per step, drawn at random (None:
             all); the caption loss then costs less per step while every caption is still met over the epochs.
         train_adapter: False keeps the adapter as `adapter.checkpoint` gives it (no gradients, eval mode), so
@@ -136,6 +145,7 @@ class RegionSpotModule(L.LightningModule):
         caption_loss_weight: float = 1.0,
         vqa_loss_weight: float = 1.0,
         softmax_loss_weight: float = 0.0,
+        distill_loss_weight: float = 0.0,
         caption_regions_per_image: int | None = None,
         train_adapter: bool = True,
         loss_reduction: str = "boxes",
@@ -161,13 +171,16 @@ class RegionSpotModule(L.LightningModule):
         if val_top_k < 1 or val_activation not in ACTIVATIONS:
             raise ValueError(f"val_top_k must be >= 1 and val_activation one of {ACTIVATIONS}")
         _check_loss_settings(
-            weights=(focal_loss_weight, caption_loss_weight, vqa_loss_weight, softmax_loss_weight),
+            weights=(focal_loss_weight, caption_loss_weight, vqa_loss_weight, softmax_loss_weight, distill_loss_weight),
             captioned=caption_regions_per_image,
         )
         if not train_adapter and model_config.adapter.checkpoint is None:
             raise ValueError(
                 "train_adapter=False keeps the adapter as it is: give it trained weights (adapter.checkpoint)"
             )
+        if distill_loss_weight and not image_encoders:
+            raise ValueError("distill_loss_weight needs CLIP's visual tower (its final LayerNorm and projection): "
+                             "image_encoders=False leaves it out")  # fmt: skip
         if not train_adapter and model_config.caption is None and model_config.vqa is None:
             raise ValueError("train_adapter=False with no caption: or vqa: section leaves nothing to train")
         # The model config goes into checkpoints as a plain dict (CONFIG_KEY), readable with weights_only=True.
@@ -342,6 +355,11 @@ class RegionSpotModule(L.LightningModule):
             self.log("train/focal_loss", focal, batch_size=batch_size)
             if self.hparams.softmax_loss_weight:
                 self.log("train/softmax_loss", softmax, batch_size=batch_size)
+        if self.hparams.distill_loss_weight and self.hparams.train_adapter:
+            distill = self._distillation_loss(frozen, features)
+            loss = loss + self.hparams.distill_loss_weight * distill
+            self._step_parts |= {"adapter"}
+            self.log("train/distill_loss", distill, batch_size=batch_size)
         if self._learns_captions(batch):
             caption = self.model.caption_loss(*self._captioned_regions(frozen, features, batch["captions"]))
             loss = loss + self.hparams.caption_loss_weight * caption
@@ -439,6 +457,17 @@ class RegionSpotModule(L.LightningModule):
         if not self.hparams.softmax_loss_weight:
             return focal, focal.new_zeros(())
         return focal, region_softmax_loss(scores, targets, **reduction)
+
+    def _distillation_loss(self, frozen: list[FrozenFeatures], features: list[torch.Tensor]) -> torch.Tensor:
+        """`region_distillation_loss` over every token of every region, each against its region's CLIP embedding."""
+        tokens = features[0].shape[1]
+        targets = self.model.clip_region_embeddings(frozen)
+        return region_distillation_loss(
+            torch.cat([x.flatten(0, 1) for x in features]),
+            torch.cat([t.repeat_interleave(tokens, dim=0) for t in targets]),
+            reduction=self.hparams.loss_reduction,
+            boxes_per_image=[len(x) * tokens for x in features],
+        )
 
     def _count_skipped(self, skipped: dict[str, int], kept: int) -> None:
         self._images_read += kept + sum(skipped.values())
@@ -571,7 +600,7 @@ class RegionSpotModule(L.LightningModule):
 
 def _check_loss_settings(*, weights: tuple[float, ...], captioned: int | None) -> None:
     if min(weights) < 0:
-        raise ValueError("focal_loss_weight, caption_loss_weight, vqa_loss_weight and softmax_loss_weight must be >= 0")
+        raise ValueError("the focal, caption, vqa, softmax and distill loss weights must be >= 0")
     if captioned is not None and captioned < 1:
         raise ValueError(f"caption_regions_per_image must be >= 1 or null, got {captioned}")
 
