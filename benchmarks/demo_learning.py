@@ -29,7 +29,7 @@ from regionspot.demo.synthetic import generate_dataset, load_split
 from regionspot.evaluation import region_detections
 from regionspot.evaluation.detections import detect_regions
 from regionspot.evaluation.subsets import score_category_subsets
-from regionspot.modeling.losses import region_focal_loss, region_softmax_loss
+from regionspot.modeling.losses import region_distillation_loss, region_focal_loss, region_softmax_loss
 from regionspot.transforms import prepare_prompts
 
 MODEL_CONFIG = "configs/model/demo.yaml"
@@ -72,9 +72,12 @@ def clip_region_accuracy(model, examples, text, category_ids) -> dict[int, bool]
     return torch.cat(right)
 
 
-def train_adapter(model, cached, labels, text, *, steps, lr, batch_size, seed, softmax_weight=0.0) -> list[float]:
+def train_adapter(
+    model, cached, labels, text, *, steps, lr, batch_size, seed, softmax_weight=0.0, distill_weight=0.0
+) -> list[float]:
     """AdamW + warm-up + cosine on the adapter alone, focal loss over the training vocabulary (plus
-    `softmax_weight` x the cross-entropy of a softmax over it)."""
+    `softmax_weight` x the cross-entropy of a softmax over it and `distill_weight` x ViLD's distillation towards
+    CLIP's own embedding of each box)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -88,11 +91,16 @@ def train_adapter(model, cached, labels, text, *, steps, lr, batch_size, seed, s
     losses = []
     for _ in range(steps):
         batch = rng.choice(len(cached), size=min(batch_size, len(cached)), replace=False)
-        logits = model([cached[b]["frozen"] for b in batch], text)
-        logits, targets = torch.cat(logits)[:, 0], torch.cat([labels[b] for b in batch])
+        frozen = [cached[b]["frozen"] for b in batch]
+        features = torch.cat(model.region_features(frozen))[:, 0]
+        logits, targets = model.classify(features, text), torch.cat([labels[b] for b in batch])
         loss = region_focal_loss(logits, targets)
         if softmax_weight:
             loss = loss + softmax_weight * region_softmax_loss(logits, targets)
+        if distill_weight:
+            loss = loss + distill_weight * region_distillation_loss(
+                features, torch.cat(model.clip_region_embeddings(frozen))
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

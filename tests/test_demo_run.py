@@ -31,7 +31,8 @@ def test_shortened_demo_learns_far_above_chance(tmp_path, monkeypatch, capsys):
         assert f"[{step}/7] " in said
     assert said.count("Assuming user provided the results") == 0  # lvis's per-call notice stays quiet
     assert "box AP (%) (ground-truth boxes: every box is exact, so AP = AP50 = AP75)" in said
-    assert "box attention, not RegionSpot's design" in said  # the demo's one departure from its adapter, said
+    assert "box attention, not RegionSpot's design" in said  # the demo's departures from RegionSpot, said
+    assert "ViLD's distillation, not RegionSpot's loss" in said
 
     model, chance = summary["metrics"]["regionspot"], summary["metrics"]["chance"]
     # Measured at this size (seed 0, 2026-12-01): seen AP 0.167 and AP 0.164 against chance 0.082 and 0.080;

@@ -16,7 +16,9 @@
    ones), so that no held-out name is ever trained: focal loss and a softmax cross-entropy for names,
    next-token losses for captions and answers, the question batches mixed in among the detection batches.
    Unlike RegionSpot's, the demo's adapter reads only the CLIP tokens of each region's box
-   (`adapter.box_attention`): in its 2500 CPU steps it does not learn where to look on its own.
+   (`adapter.box_attention`): in its 2500 CPU steps it does not learn where to look on its own; and ViLD's
+   distillation pulls its features towards CLIP's own embedding of each box (`model.distill_loss_weight`), which
+   keeps what CLIP knows of the held-out names that the naming losses never train.
    The blind baseline (`regionspot.demo.vqa`) learns the questions alone during step 2, after SAM's fit, on the
    core SAM's shorter fit leaves free; during training that core reads and augments the batches.
 4. The runner that `evaluate.py` runs classifies every ground-truth box of the test split over the whole
@@ -89,6 +91,8 @@ OBJECT_SIZE = (0.25, 0.45)
 OBJECTS_PER_IMAGE = (2, 4)
 # configs/model/demo.yaml turns box attention on, which RegionSpot's adapter does not have; the demo says so.
 BOX_ATTENTION_NOTE = " (reading only each box's CLIP tokens: box attention, not RegionSpot's design)"
+# configs/demo.yaml adds ViLD's distillation towards CLIP's own embedding of each box to RegionSpot's losses: said too.
+DISTILL_NOTE = " (pulled towards CLIP's own view of each box: ViLD's distillation, not RegionSpot's loss)"
 
 
 @dataclass(frozen=True)
@@ -179,9 +183,11 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
     timings["fit stand-in backbones, blind VQA baseline beside"] = time.perf_counter() - start
 
     boxed = RegionSpotConfig.from_yaml(model_yaml).adapter.box_attention
+    distilled = yaml.safe_load(Path(train_config).read_text())["model"].get("distill_loss_weight", 0)
     _say(
         3,
-        f"training the adapter{BOX_ATTENTION_NOTE if boxed else ''}, the caption decoder and the VQA head through "
+        f"training the adapter{BOX_ATTENTION_NOTE if boxed else ''}{DISTILL_NOTE if distilled else ''}, the caption "
+        "decoder and the VQA head through "
         f"train.py's LightningCLI ({Path(train_config).name}); SAM and CLIP stay frozen",
     )
     start = time.perf_counter()
