@@ -107,7 +107,7 @@ def main() -> None:
                 for e in test
             ]
         )  # fmt: skip
-    boxed = torch.cat([torch.cat(model.clip_region_embeddings([c["frozen"]])) for c in test_cache])
+    boxed = torch.cat(model.clip_region_embeddings([c["frozen"] for c in test_cache]))
     rows = {
         "CLIP alone (GT masks)": error_shares(pooled @ all_text.T, labels, names, all_ids, heldout),
         "CLIP alone (GT boxes, by cell coverage)": error_shares(boxed @ all_text.T, labels, names, all_ids, heldout),

@@ -183,7 +183,7 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
     timings["fit stand-in backbones, blind VQA baseline beside"] = time.perf_counter() - start
 
     boxed = RegionSpotConfig.from_yaml(model_yaml).adapter.box_attention
-    distilled = yaml.safe_load(Path(train_config).read_text())["model"].get("distill_loss_weight", 0)
+    distilled = _model_settings(Path(train_config)).get("distill_loss_weight", 0)
     _say(
         3,
         f"training the adapter{BOX_ATTENTION_NOTE if boxed else ''}{DISTILL_NOTE if distilled else ''}, the caption "
@@ -298,8 +298,13 @@ def _blind_baseline(data: GeneratedDataset, out: Path, *, size: DemoSize, seed: 
 
 def _vqa_lr() -> float:
     """The VQA head's learning rate in the demo's training config (`vqa_lr`, else `lr`)."""
-    settings = yaml.safe_load(TRAIN_CONFIG.read_text())["model"]
+    settings = _model_settings(TRAIN_CONFIG)
     return settings.get("vqa_lr") or settings["lr"]
+
+
+def _model_settings(train_config: Path) -> dict[str, Any]:
+    """The `model:` section of a training config (the training module's settings)."""
+    return yaml.safe_load(train_config.read_text())["model"]
 
 
 def _qa_texts(qa_file: Path) -> list[str]:

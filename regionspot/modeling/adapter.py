@@ -125,7 +125,9 @@ def box_patch_coverage(boxes: torch.Tensor, num_tokens: int) -> torch.Tensor:
 def _grid_side(num_tokens: int) -> int:
     side = math.isqrt(num_tokens - 1)
     if side * side != num_tokens - 1:
-        raise ValueError(f"box attention needs a class token and a square patch grid, got {num_tokens} tokens")
+        raise ValueError(
+            f"box attention and box pooling need a class token and a square patch grid, got {num_tokens} tokens"
+        )
     return side
 
 

@@ -110,8 +110,7 @@ def region_distillation_loss(
     if features.ndim != 2 or targets.shape != features.shape:
         raise ValueError(f"expected features and targets of one (N, E) shape, got {tuple(features.shape)} and "
                          f"{tuple(targets.shape)}")  # fmt: skip
-    if reduction not in LOSS_REDUCTIONS:
-        raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+    _check_reduction(reduction)
     if features.shape[0] == 0:
         return features.sum() * 0.0
     per_box = (features.float() - targets.detach().float()).pow(2).sum(dim=1)  # (N,)
@@ -121,6 +120,10 @@ def region_distillation_loss(
 def _check_region_scores(logits: torch.Tensor, labels: torch.Tensor, reduction: str) -> None:
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"expected logits (N, C) and labels (N,), got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    _check_reduction(reduction)
+
+
+def _check_reduction(reduction: str) -> None:
     if reduction not in LOSS_REDUCTIONS:
         raise ValueError(f"reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
 
