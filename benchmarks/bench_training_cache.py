@@ -23,10 +23,10 @@ import torch
 import yaml
 
 from regionspot import RegionSpotConfig
+from regionspot.commands.extract import main as extract_main
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.feature_cache import read_manifest
 from regionspot.data.toy import write_colour_boxes
-from regionspot.extract import main as extract_main
 from regionspot.training import RegionDataModule, RegionSpotModule
 
 

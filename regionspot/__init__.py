@@ -8,26 +8,25 @@ imported only when a model, a config or the predictor is first asked for.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from regionspot.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from regionspot.build import build_regionspot
-    from regionspot.config import AdapterConfig, CaptionConfig, ClipConfig, RegionSpotConfig, SamConfig
+    from regionspot.config import (
+        AdapterConfig,
+        CaptionConfig,
+        ClipConfig,
+        RegionSpotConfig,
+        SamConfig,
+        VqaConfig,
+    )
+    from regionspot.configs import config_names, resolve_config
     from regionspot.modeling.regionspot import RegionSpot
     from regionspot.predictor import RegionPredictions, RegionSpotPredictor
 
-_PUBLIC = {
-    "AdapterConfig": "regionspot.config",
-    "CaptionConfig": "regionspot.config",
-    "ClipConfig": "regionspot.config",
-    "RegionSpotConfig": "regionspot.config",
-    "SamConfig": "regionspot.config",
-    "RegionSpot": "regionspot.modeling.regionspot",
-    "RegionPredictions": "regionspot.predictor",
-    "RegionSpotPredictor": "regionspot.predictor",
-    "build_regionspot": "regionspot.build",
-}
+__version__ = "0.1.0"
 __all__ = [
     "AdapterConfig",
     "CaptionConfig",
@@ -37,18 +36,25 @@ __all__ = [
     "RegionSpotConfig",
     "RegionSpotPredictor",
     "SamConfig",
+    "VqaConfig",
     "build_regionspot",
+    "config_names",
+    "resolve_config",
 ]
-__version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'regionspot' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "regionspot.build": ["build_regionspot"],
+        "regionspot.config": [
+            "AdapterConfig",
+            "CaptionConfig",
+            "ClipConfig",
+            "RegionSpotConfig",
+            "SamConfig",
+            "VqaConfig",
+        ],
+        "regionspot.configs": ["config_names", "resolve_config"],
+        "regionspot.modeling.regionspot": ["RegionSpot"],
+        "regionspot.predictor": ["RegionPredictions", "RegionSpotPredictor"],
+    },
+)

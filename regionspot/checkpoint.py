@@ -38,7 +38,8 @@ def require_file(path: str | Path, *, what: str, hint: str) -> Path:
     """Return `path` as a Path, or raise FileNotFoundError naming it and saying how to get it."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}. {hint}")
+        looked = "" if path.is_absolute() else f" (looked for {path.absolute()}: relative to the folder you run in)"
+        raise FileNotFoundError(f"{what} not found: {path}{looked}. {hint}")
     return path
 
 

@@ -217,9 +217,10 @@ class RegionSpotConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RegionSpotConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model config not found: {path}")
+        """The config in a YAML file, or in the packaged model config of that name (`regionspot.configs`)."""
+        from regionspot.configs import resolve_config
+
+        path = resolve_config(path, kind="model")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
@@ -252,7 +253,7 @@ def _next_to(folder: Path, checkpoint: str | None) -> str | None:
     """A YAML's relative checkpoint path, found next to the YAML if it is there, else left to the working directory.
 
     So a run folder (adapter.yaml beside adapter.safetensors) can be moved and read from anywhere, while the
-    shipped configs keep naming checkpoints/... from the repository's root.
+    packaged configs keep naming checkpoints/... from the folder the user runs in.
     """
     if checkpoint is None or Path(checkpoint).is_absolute() or not (folder / checkpoint).exists():
         return checkpoint

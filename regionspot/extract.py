@@ -1,9 +1,5 @@
 """Run the frozen backbones once over a detection data set and keep what they give, for training without them.
-
-    python -m regionspot.extract --config configs/model/regionspot_bl.yaml --ann o365/train.json \\
-        --images o365/images --out features/o365_bl --clip-maps [--flips] [--dtype bf16|fp16|fp32]
-    python -m regionspot.extract --config ... --data data.yaml --out ...     # a DatasetConfig in YAML
-    python -m regionspot.extract ... --accelerator gpu --devices 8          # one process per GPU (Lightning Fabric)
+The command, `regionspot-extract` (regionspot.commands.extract), says how to run it.
 
 Each image goes through the training module's own frozen-feature step (`RegionSpotModule.frozen_features`: the
 model's one preprocessing, prompts and `RegionSpot.frozen_features`), and SAM's region tokens and mask scores of
@@ -21,7 +17,6 @@ import json
 import logging
 import math
 import os
-import sys
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
@@ -283,7 +278,7 @@ def build_extraction_module(model_config: RegionSpotConfig, *, backbone_precisio
     return module.eval()
 
 
-def _run_ranks(fabric, args: argparse.Namespace) -> None:
+def run_ranks(fabric, args: argparse.Namespace) -> None:
     model_config, data = RegionSpotConfig.from_yaml(args.config), _data_config(args)
     dataset = build_dataset(args.name, data)
     precision = args.backbone_precision
@@ -331,52 +326,7 @@ def _data_config(args: argparse.Namespace) -> DatasetConfig:
     return DatasetConfig(ann_file=args.ann, image_dir=args.images)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="regionspot-extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="model YAML (its sam and clip sections decide the features)")
-    parser.add_argument("--data", help="YAML of one data set (DatasetConfig fields: ann_file, image_dir, hf_path, ...)")
-    parser.add_argument("--ann", help="COCO/LVIS-format annotation JSON (instead of --data)")
-    parser.add_argument("--images", help="its image folder")
-    parser.add_argument("--name", default="data", help="the data set's name in the manifest")
-    parser.add_argument("--out", required=True, help="the cache folder; the same command again resumes it")
-    parser.add_argument("--clip-maps", action="store_true", help="also keep CLIP's token map (training needs it)")
-    parser.add_argument("--flips", action="store_true", help="also keep the horizontally flipped view")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(STORAGE_DTYPES), help="dtype of the stored tensors")
-    parser.add_argument(
-        "--backbone-precision",
-        default="auto",
-        choices=["auto", "float32", "bfloat16"],
-        help="dtype the backbones run in (auto: bfloat16 on GPU, float32 on CPU)",
-    )
-    parser.add_argument("--shard-size", type=int, default=1000, help="images per shard")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per frozen-step batch")
-    parser.add_argument("--num-workers", type=int, default=2, help="data loader workers per process")
-    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: cpu, gpu, auto")
-    parser.add_argument("--devices", default="1", help="processes (GPUs) on this node: a number or 'auto'")
-    parser.add_argument("--num-nodes", type=int, default=1)
-    parser.add_argument("--strategy", default="auto", help="Lightning strategy (auto: DDP with several devices)")
-    args = parser.parse_args(argv)
-    if args.shard_size < 1 or args.batch_size < 1:
-        parser.error("--shard-size and --batch-size must be positive")
-    return args
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m regionspot.extract` / `regionspot-extract`."""
-    import lightning as L
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("regionspot").setLevel(logging.INFO)
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    devices = args.devices if args.devices == "auto" else int(args.devices)
-    fabric = L.Fabric(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy)
-    try:
-        fabric.launch(_run_ranks, args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        raise SystemExit(f"error: {err}") from err
-
-
 if __name__ == "__main__":
+    from regionspot.commands.extract import main
+
     main()

@@ -1,31 +1,30 @@
 """Name (and, with --caption, describe) the regions of one image from the command line.
 
-    python -m regionspot.recognize --config configs/model/regionspot_bl.yaml --image photo.jpg \
-        --boxes "[[10, 20, 200, 240]]" --vocabulary "cat,dog,sofa" [--caption]
+    {prog} --config regionspot_bl --image photo.jpg --boxes "[[10, 20, 200, 240]]" --vocabulary "cat,dog,sofa"
 
 Without --image it uses scikit-image's astronaut photo; without --boxes, a few boxes of that photo.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+from regionspot.commands import argument_parser
 
-from regionspot import RegionSpotPredictor, build_regionspot
-from regionspot.predictor import RegionPredictions
-from regionspot.transforms import load_image
-from regionspot.visualize import draw_named_regions
+if TYPE_CHECKING:
+    import numpy as np
+
+    from regionspot.predictor import RegionPredictions
 
 _ASTRONAUT_BOXES = [[140, 20, 330, 240], [0, 0, 512, 512], [350, 20, 500, 250], [100, 300, 420, 512]]
 _ASTRONAUT_VOCABULARY = "person,face,flag,rocket,spacesuit,helmet,dog,car,sky"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="model YAML (see configs/model/)")
+    parser = argument_parser("regionspot.recognize", __doc__)
+    parser.add_argument("--config", required=True, help="model YAML, or a packaged model config's name (tiny, ...)")
     parser.add_argument("--image", help="image file; default: scikit-image's astronaut")
     parser.add_argument("--boxes", help='JSON list of [x1, y1, x2, y2] in pixels, e.g. "[[0, 0, 50, 80]]"')
     parser.add_argument("--vocabulary", default=_ASTRONAUT_VOCABULARY, help="comma-separated class names")
@@ -45,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     vocabulary = [name.strip() for name in args.vocabulary.split(",") if name.strip()]
     # Every refusal (a missing or unreadable file, a bad config, image, box or vocabulary, --caption with a
     # model that has no captioner) is one line that says what to do, not a traceback.
+    from regionspot import RegionSpotPredictor, build_regionspot
+    from regionspot.transforms import load_image
+
     try:
         if args.image is None:
             from skimage import data
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _draw(image: np.ndarray, result: RegionPredictions, out_file: str, *, vocabulary_size: int) -> None:
     """Write the picture `--draw` asks for: each box with SAM's mask, its top name, score and caption."""
+    from regionspot.visualize import draw_named_regions
+
     picture = draw_named_regions(image, result, vocabulary_size=vocabulary_size, mask_source="SAM's mask from the box")
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     picture.save(out_file)

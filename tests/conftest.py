@@ -9,7 +9,7 @@ import torch
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.modeling.sam import build_tiny_sam
 
-TINY_CONFIG = "configs/model/tiny.yaml"
+TINY_CONFIG = "tiny"
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ _CONTEXT.set_forkserver_preload(_PRELOAD)
 def _train(argv: list[str]) -> None:
     import torch
 
-    from regionspot.training.cli import main
+    from regionspot.commands.train import main
 
     torch.set_num_threads(1)  # as the tests' one_cpu_thread: the same kernels, the same bits
     main(argv)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pycocoevalcap.eval
 import pytest
@@ -19,6 +21,8 @@ from pycocotools.coco import COCO
 
 from regionspot.evaluation import caption_metrics
 from regionspot.evaluation.caption_metrics import CAPTION_METRICS, score_captions
+from regionspot.evaluation.caption_results import reference_captions, score_caption_files, score_caption_results
+from regionspot.evaluation.cli import run as evaluate_main
 
 # Regions keyed as TAP keys Visual Genome; one to three references each, predictions from perfect to empty.
 REFERENCES = {
@@ -167,3 +171,53 @@ def test_missing_java_is_a_clear_error_before_any_subprocess(monkeypatch, tmp_pa
 def test_module_does_not_import_lightning():
     probe = "import sys, regionspot.evaluation.caption_metrics; print('lightning' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def _caption_file(tmp_path) -> Path:
+    """REFERENCES as a COCO-style region-caption file: one annotation per reference, a region's references sharing
+    its id (so they pool under one key), a box per region, images of 100 x 100."""
+    regions = {key: i for i, key in enumerate(REFERENCES)}
+    annotations = [
+        {"id": key, "image_id": int(key[0]), "bbox": [regions[key], 2 * regions[key], 30, 20], "caption": text}
+        for key, texts in REFERENCES.items()
+        for text in texts
+    ]
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100} for i in (1, 2, 3)]
+    path = tmp_path / "references.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+def test_a_coco_caption_results_file_scores_as_the_toolkit(tmp_path, toolkit, scored):
+    """Results as captioning code writes them, the region named by its id or by its box, score the toolkit's numbers
+    (`captions score` and `score_caption_files` alike); so does `captions.json` ({key: caption})."""
+    gt = _caption_file(tmp_path)
+    boxes = {ann["id"]: ann["bbox"] for ann in json.loads(gt.read_text())["annotations"]}
+    results = [
+        {"image_id": int(key[0]), **({"id": key} if i % 2 else {"bbox": boxes[key]}), "caption": text}
+        for i, (key, text) in enumerate(PREDICTIONS.items())
+    ]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "captions.json").write_text(json.dumps(PREDICTIONS))
+    expected = {name: score for name, score in toolkit.eval.items() if name != "SPICE"}
+    from_list = evaluate_main(["captions", "score", "--gt", str(gt), "--results", str(tmp_path / "results.json")])
+    assert {name: from_list[name] for name in expected} == pytest.approx(expected, abs=1e-9)
+    assert score_caption_files(gt, tmp_path / "captions.json") == pytest.approx(scored, abs=1e-9)
+
+
+def test_caption_results_that_miss_or_repeat_a_region_are_refused(tmp_path):
+    gt = _caption_file(tmp_path)
+    references = reference_captions(gt)
+    one = [{"image_id": 1, "id": "1_region_0", "caption": "a dog"}]
+    with pytest.raises(ValueError, match="7 regions have no prediction"):
+        score_caption_results(one, references)
+    with pytest.raises(ValueError, match="both caption region '1_region_0'"):
+        score_caption_results(one + one, references)
+    with pytest.raises(ValueError, match="no region of image 1 has the box"):
+        score_caption_results([{"image_id": 1, "bbox": [50, 50, 5, 5], "caption": "x"}], references)
+    with pytest.raises(ValueError, match="names no region"):
+        score_caption_results([{"image_id": 1, "caption": "x"}], references)
+    with pytest.raises(ValueError, match="id 'nope' is no region"):
+        score_caption_results([{"image_id": 1, "id": "nope", "caption": "x"}], references)
+    with pytest.raises(ValueError, match="caption string"):
+        score_caption_results([{"image_id": 1, "id": "1_region_0", "caption": 3}], references)

@@ -16,13 +16,13 @@ from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
 from regionspot.config import CaptionConfig
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.toy import write_colour_boxes
-from regionspot.evaluation.cli import main as evaluate_main
+from regionspot.evaluation.cli import run as evaluate_main
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
 from regionspot.transforms import prepare_prompts
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 
 from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
 from regionspot.checkpoint import CheckpointMismatchError
+from regionspot.configs import KINDS
 
-MODEL_CONFIGS = sorted(Path("configs/model").glob("*.yaml"))
+MODEL_CONFIGS = sorted(KINDS["model"].glob("*.yaml"))
 
 
 def test_configs_are_shipped():

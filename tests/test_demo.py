@@ -242,7 +242,7 @@ def test_fitted_backbones_lower_their_losses_and_load_through_build_regionspot(s
     assert fitted.after_sam == 120
     for curve in (fitted.sam_losses, fitted.clip_losses):
         assert np.mean(curve[-3:]) < curve[0]
-    config = RegionSpotConfig.from_yaml("configs/model/demo.yaml")
+    config = RegionSpotConfig.from_yaml("demo")
     config = dataclasses.replace(
         config,
         sam=dataclasses.replace(config.sam, checkpoint=str(fitted.sam_checkpoint)),

@@ -17,13 +17,13 @@ from safetensors.torch import save_file
 
 from regionspot import RegionSpotPredictor, build_regionspot
 from regionspot.evaluation import runner
-from regionspot.evaluation.cli import main
+from regionspot.evaluation.cli import run as main
 from regionspot.evaluation.detections import region_detections
 from regionspot.evaluation.lvis_eval import LVIS_METRICS
 from regionspot.evaluation.runner import EvalSettings, evaluate
 from regionspot.vocabulary import clean_class_name, vocabulary_from_categories
 
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 SAM_SETTINGS = {"sam_points_per_side": 2, "sam_pred_iou_thresh": 0.0, "sam_stability_score_thresh": 0.0}
 
 

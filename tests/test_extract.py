@@ -20,6 +20,7 @@ import torch
 from synthetic_boxes import extraction_args, one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
+from regionspot.commands.extract import main
 from regionspot.data import DatasetConfig, build_dataset
 from regionspot.data.feature_cache import (
     CachedDetectionDataset,
@@ -29,10 +30,10 @@ from regionspot.data.feature_cache import (
     shard_name,
 )
 from regionspot.data.toy import write_colour_boxes
-from regionspot.extract import build_extraction_module, extract_rank, finalise, main, plan, prepare
+from regionspot.extract import build_extraction_module, extract_rank, finalise, plan, prepare
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 SHARD_SIZE = 3
 
 
@@ -202,7 +203,8 @@ def test_two_gloo_processes_through_lightning_write_what_one_process_writes(refe
 
 
 def test_the_data_set_comes_from_a_yaml_or_from_ann_and_images(toy, tmp_path):
-    from regionspot.extract import _data_config, parse_args
+    from regionspot.commands.extract import parse_args
+    from regionspot.extract import _data_config
 
     (tmp_path / "data.yaml").write_text(f"ann_file: {toy['ann']}\nimage_dir: {toy['images']}\n")
     common = ["--config", TINY, "--out", str(tmp_path / "out")]

@@ -11,14 +11,14 @@ import torch
 from synthetic_boxes import extraction_args, one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
+from regionspot.commands.extract import main as extract_main
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.feature_cache import MANIFEST, backbone_digest
 from regionspot.data.toy import write_colour_boxes
-from regionspot.extract import main as extract_main
 from regionspot.training import RegionDataModule, RegionSpotModule
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 STEPS = 6
 # Flips only: the one augmentation a cache can replay (it holds the mirrored view); resizes and crops change pixels.
 FLIPS_ONLY = AugmentConfig(flip_prob=0.5, short_edges=[], crop_prob=0.0)
@@ -137,7 +137,7 @@ def test_train_py_fit_reads_a_cache_given_on_the_command_line(toy, tmp_path):
     cli = RegionSpotCLI(
         args=[
             "fit",
-            "--config=configs/tiny.yaml",
+            "--config=tiny",
             f"--data.train={{toy: {{features: {toy['features']}}}}}",
             f"--data.val={{features: {toy['features']}, ann_file: null, toy: false}}",  # from a cache, against its JSON
             "--data.augment.short_edges=[]",

@@ -15,7 +15,7 @@ from regionspot.build import build_regionspot
 from regionspot.modeling import sam as sam_module
 from regionspot.modeling.left_out import allocate_meta_tensors
 
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 ENCODERS = ("sam.sam.image_encoder.", "clip.model.visual.")
 
 

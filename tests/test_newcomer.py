@@ -9,7 +9,6 @@ import logging
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -19,6 +18,7 @@ from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 import regionspot
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.checkpoint import CheckpointMismatchError
+from regionspot.configs import resolve_config
 from regionspot.data import DatasetConfig
 from regionspot.data.toy import write_colour_boxes
 from regionspot.evaluation import score_detections
@@ -29,7 +29,7 @@ from regionspot.training import RegionDataModule, RegionSpotModule
 from regionspot.training.cli import RegionSpotCLI
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-TINY_TRAIN = Path("configs/tiny.yaml").resolve()
+TINY_TRAIN = resolve_config("tiny", kind="training")
 
 
 def test_import_is_light_and_every_public_name_loads():
@@ -56,15 +56,16 @@ def test_lvis_leaves_the_root_logger_and_the_console_alone(caplog):
 
 def test_console_commands_are_installed():
     scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
-    assert scripts["regionspot-demo"] == "regionspot.demo.run:main"
-    assert scripts["regionspot-train"] == "regionspot.training.cli:main"
+    assert scripts["regionspot-demo"] == "regionspot.commands.demo:main"
+    assert scripts["regionspot-train"] == "regionspot.commands.train:main"
     assert scripts["regionspot-evaluate"] == "regionspot.evaluation.cli:main"
     assert scripts["regionspot-recognize"] == "regionspot.recognize:main"
+    assert scripts["regionspot-configs"] == "regionspot.configs:main"
 
 
 def test_the_tiny_config_runs_from_anywhere_on_data_it_draws_itself(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    RegionSpotCLI(args=["fit", f"--config={TINY_TRAIN}", "--trainer.max_steps=2", "--trainer.val_check_interval=2"])
+    RegionSpotCLI(args=["fit", "--config=tiny", "--trainer.max_steps=2", "--trainer.val_check_interval=2"])
     assert (tmp_path / "data/tiny/train.json").is_file() and (tmp_path / "data/tiny/val.json").is_file()
     assert (tmp_path / "runs/tiny/adapter.safetensors").is_file()
 
@@ -76,7 +77,7 @@ def test_a_run_on_unreadable_images_stops_with_a_clear_error(tmp_path):
     data = RegionDataModule(
         train={"broken": DatasetConfig(ann_file=str(ann), image_dir=str(images))}, batch_size=4, num_workers=0
     )
-    module = RegionSpotModule(model_config=RegionSpotConfig.from_yaml("configs/model/tiny.yaml"))
+    module = RegionSpotModule(model_config=RegionSpotConfig.from_yaml("tiny"))
     trainer = L.Trainer(
         accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         use_distributed_sampler=False, default_root_dir=str(tmp_path),

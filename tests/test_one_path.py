@@ -30,7 +30,7 @@ from regionspot.training import RegionDataModule, RegionSpotModule
 from regionspot.transforms import prepare_prompts
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 
 
 @pytest.fixture(scope="module")

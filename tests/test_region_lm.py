@@ -150,7 +150,7 @@ def test_bad_questions_and_missing_llm_folders_are_refused_clearly(lm_folder, tm
 def test_a_model_config_with_a_vqa_section_builds_answers_and_reloads_its_trained_weights(lm_folder, tmp_path):
     from regionspot.training.export import VQA_FILE, save_adapter
 
-    data = RegionSpotConfig.from_yaml("configs/model/tiny.yaml").to_dict()
+    data = RegionSpotConfig.from_yaml("tiny").to_dict()
     data["vqa"] = {"llm": str(lm_folder), "llm_training": "lora", "lora_targets": ["q_proj", "v_proj"]}
     config = RegionSpotConfig.from_dict(data)
     model = build_regionspot(config)
@@ -178,7 +178,7 @@ def test_a_model_config_with_a_vqa_section_builds_answers_and_reloads_its_traine
 def test_the_predictor_answers_questions_about_the_boxes_it_is_given(lm_folder):
     from regionspot.predictor import RegionSpotPredictor
 
-    data = RegionSpotConfig.from_yaml("configs/model/tiny.yaml").to_dict()
+    data = RegionSpotConfig.from_yaml("tiny").to_dict()
     predictor = RegionSpotPredictor(
         build_regionspot(RegionSpotConfig.from_dict({**data, "vqa": {"llm": str(lm_folder)}}))
     )
@@ -194,7 +194,7 @@ def test_the_predictor_answers_questions_about_the_boxes_it_is_given(lm_folder):
         predictor.ask("what colour is <region3> ?", boxes=boxes)
     with pytest.raises(ValueError, match="question is empty"):
         predictor.ask("", boxes=boxes)
-    plain = RegionSpotPredictor(build_regionspot("configs/model/tiny.yaml"))
+    plain = RegionSpotPredictor(build_regionspot("tiny"))
     plain.set_image(torch.zeros(32, 32, 3, dtype=torch.uint8).numpy())
     with pytest.raises(ValueError, match="no VQA head"):
         plain.ask("what colour is <region1> ?", boxes=[[0, 0, 10, 10]])

@@ -32,15 +32,15 @@ from torch.testing import assert_close
 
 from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
 from regionspot.checkpoint import CheckpointMismatchError, model_part, read_state_dict
+from regionspot.commands.train import export_main
 from regionspot.data.augment import resize_short_edge
-from regionspot.evaluation.cli import main as evaluate_main
+from regionspot.evaluation.cli import run as evaluate_main
 from regionspot.evaluation.detections import region_detections
 from regionspot.evaluation.runner import EvalSettings, evaluate, plan_run
 from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
 from regionspot.modeling.losses import region_focal_loss
 from regionspot.modeling.preprocess import ImagePreprocessor
-from regionspot.training.cli import export_main
 from regionspot.training.module import RegionSpotModule
 from regionspot.transforms import prepare_prompts
 from regionspot.vocabulary import read_class_names, vocabulary_from_categories
@@ -101,7 +101,7 @@ def test_release_loads_through_a_model_config(tmp_path, variant):
     source = random_release(variant)
     path = tmp_path / "model_final.pth"
     write_release(path, source)
-    config = RegionSpotConfig.from_yaml(f"configs/model/regionspot_{variant}.yaml")
+    config = RegionSpotConfig.from_yaml(f"regionspot_{variant}")
     config.sam.checkpoint = config.clip.checkpoint = None
     config.adapter.checkpoint = str(path)
     model = build_regionspot(config)
@@ -117,13 +117,13 @@ def test_export_converts_a_release(tmp_path, variant):
     path = tmp_path / "model_final.pth"
     write_release(path, source)
     out = tmp_path / "adapter.safetensors"
-    export_main(["--ckpt", str(path), "--out", str(out), "--config", f"configs/model/regionspot_{variant}.yaml"])
+    export_main(["--ckpt", str(path), "--out", str(out), "--config", f"regionspot_{variant}"])
     exported = load_file(out)
     assert exported.keys() == {ours(k) for k in source}
     assert all(torch.equal(exported[ours(k)], v) for k, v in source.items())
     config = RegionSpotConfig.from_yaml(out.with_suffix(".yaml"))
     assert config.adapter.checkpoint == str(out)
-    shipped = RegionSpotConfig.from_yaml(f"configs/model/regionspot_{variant}.yaml").clip
+    shipped = RegionSpotConfig.from_yaml(f"regionspot_{variant}").clip
     assert config.clip.checkpoint == str(Path(shipped.checkpoint).resolve())  # absolute: the run folder can move
     assert dataclasses.replace(config.clip, checkpoint=None) == dataclasses.replace(shipped, checkpoint=None)
 
@@ -132,19 +132,17 @@ def test_export_says_which_config_a_release_needs(tmp_path):
     path = tmp_path / "model_final.pth"
     write_release(path, random_release("bl"))
     out = str(tmp_path / "a.safetensors")
-    with pytest.raises(ValueError, match=r"RegionSpot-BL or BL@336 .*regionspot_bl\.yaml.*describes RegionSpot-BB"):
-        export_main(["--ckpt", str(path), "--out", out, "--config", "configs/model/regionspot_bb.yaml"])
+    with pytest.raises(ValueError, match=r"RegionSpot-BL or BL@336 .*regionspot_bl .*describes RegionSpot-BB"):
+        export_main(["--ckpt", str(path), "--out", out, "--config", "regionspot_bb"])
     with pytest.raises(ValueError, match=r"original RegionSpot checkpoint: give its model config, e\.g\. --config"):
         export_main(["--ckpt", str(path), "--out", out])
     torch.save({"input_proj.weight": torch.zeros(2, 2)}, tmp_path / "ours.pth")
     with pytest.raises(ValueError, match="not an original RegionSpot checkpoint"):
-        export_main(
-            ["--ckpt", str(tmp_path / "ours.pth"), "--out", out, "--config", "configs/model/regionspot_bb.yaml"]
-        )
+        export_main(["--ckpt", str(tmp_path / "ours.pth"), "--out", out, "--config", "regionspot_bb"])
     deeper = {**random_release("bb"), "decoder.layers.3.norm1.weight": torch.zeros(768)}
     write_release(path, deeper)
     with pytest.raises(CheckpointMismatchError, match=r"1 unexpected \(first: decoder\.layers\.3\.norm1\.weight"):
-        export_main(["--ckpt", str(path), "--out", out, "--config", "configs/model/regionspot_bb.yaml"])
+        export_main(["--ckpt", str(path), "--out", out, "--config", "regionspot_bb"])
 
 
 def _regionspot_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -242,7 +240,7 @@ def test_evaluation_and_training_read_class_names_as_the_model_config_says(tiny_
     config_path.write_text(yaml.safe_dump(raw.to_dict()))
     settings = EvalSettings(config=str(config_path), ann=str(data["ann"]), images=str(data["images"]), out="o")
     assert plan_run(settings)[1].vocabulary == ["red_square", "blue_box_(container)", "green_disc", "yellow_bar"]
-    settings.config = "configs/model/tiny.yaml"
+    settings.config = "tiny"
     assert plan_run(settings)[1].vocabulary == ["red square", "blue box", "green disc", "yellow bar"]
 
     for config, expected in ((raw, ["blue_box_(container)"]), (tiny_config, ["blue box"])):
@@ -370,7 +368,7 @@ def tiny_lvis(tmp_path_factory):
 
 def _evaluate(tiny_lvis, out, **kwargs):
     settings = EvalSettings(
-        config="configs/model/tiny.yaml", ann=str(tiny_lvis["ann"]), images=str(tiny_lvis["images"]), out=str(out),
+        config="tiny", ann=str(tiny_lvis["ann"]), images=str(tiny_lvis["images"]), out=str(out),
         progress=False, **kwargs,
     )  # fmt: skip
     evaluate(settings)
@@ -390,7 +388,7 @@ def test_test_time_resize_feeds_sam_and_clip_the_resized_image_and_keeps_boxes_i
     frame, frame_boxes = resize_short_edge(rgb, xyxy, 80, 100)  # 48x64 -> 75x100 (the long edge caps it)
     assert frame.shape[:2] == (75, 100)
     torch.manual_seed(0)
-    predictor = RegionSpotPredictor(build_regionspot("configs/model/tiny.yaml"))
+    predictor = RegionSpotPredictor(build_regionspot("tiny"))
     predictor.set_image(frame)
     categories = sorted(gt["categories"], key=lambda c: c["id"])
     vocabulary = vocabulary_from_categories(categories)
@@ -413,7 +411,7 @@ def test_heads_under_the_runs_mixed_precision(tiny_lvis, tmp_path):
 
 def test_the_protocol_flags_reach_evaluate(tiny_lvis, tmp_path):
     out = tmp_path / "cli"
-    args = ["--config", "configs/model/tiny.yaml", "--ann", str(tiny_lvis["ann"]), "--images", str(tiny_lvis["images"])]
+    args = ["--config", "tiny", "--ann", str(tiny_lvis["ann"]), "--images", str(tiny_lvis["images"])]
     evaluate_main([*args, "--out", str(out), "--no-masks", "--no-progress", "--max-candidates", "2"])
     per_image = Counter(d["image_id"] for d in json.loads((out / "detections.json").read_text()))
     assert set(per_image.values()) == {2}  # 4 classes x every box, cut to the 2 most probable pairs

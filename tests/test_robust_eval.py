@@ -25,11 +25,11 @@ from regionspot.config import CaptionConfig, VqaConfig
 from regionspot.data.toy import write_colour_boxes
 from regionspot.demo.language_model import write_tiny_causal_lm
 from regionspot.evaluation import caption_eval, runner, vqa_eval
-from regionspot.evaluation.cli import main as evaluate_main
+from regionspot.evaluation.cli import run as evaluate_main
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 MODES = ("detections", "captions", "vqa")
 PARTS = {"detections": runner.PART_GLOB, "captions": caption_eval.CAPTION_PARTS, "vqa": vqa_eval.ANSWER_PARTS}
 OUTPUTS = {"detections": ("detections.json", "skipped.json", "metrics.json"), "captions": ("captions.json",

@@ -15,10 +15,11 @@ from safetensors import safe_open
 
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.checkpoint import CheckpointMismatchError
+from regionspot.configs import resolve_config
 from regionspot.modeling.clip import build_clip
 from regionspot.modeling.sam import build_sam, build_tiny_sam
 
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 PAYLOAD_FORMATS = ("zip", "legacy", "raw_pickle", "torchscript_lookalike")
 
 
@@ -230,7 +231,7 @@ def test_a_truncated_safetensors_adapter_is_a_clear_error(tmp_path, tiny_config)
 )
 def test_a_model_config_with_a_wrong_type_is_refused_by_name(tmp_path, section, message):
     path = tmp_path / "model.yaml"
-    path.write_text(yaml.safe_dump({**yaml.safe_load(Path(TINY).read_text()), **section}))
+    path.write_text(yaml.safe_dump({**yaml.safe_load(resolve_config(TINY).read_text()), **section}))
     with pytest.raises(TypeError, match=message):
         RegionSpotConfig.from_yaml(path)
 
@@ -253,6 +254,6 @@ def test_a_train_config_with_a_wrong_type_or_unknown_key_is_refused_by_name(over
     from regionspot.training.cli import RegionSpotCLI
 
     with pytest.raises(SystemExit) as exit_info:
-        RegionSpotCLI(args=["fit", "--config", "configs/tiny.yaml", override, "--print_config"])
+        RegionSpotCLI(args=["fit", "--config", "tiny", override, "--print_config"])
     assert exit_info.value.code == 2
     assert named in capsys.readouterr().err

@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import load_file
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
+from regionspot.commands.train import main
 from regionspot.data.toy import write_colour_boxes
-from regionspot.training.cli import RegionSpotCLI, main
+from regionspot.training.cli import RegionSpotCLI
 from regionspot.training.fault_tolerance import AtomicCheckpointIO
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -69,7 +70,7 @@ def fit_args(run: Path, toy: dict[str, str], *, checkpoints: dict, max_steps: in
     (run / "override.yaml").write_text(json.dumps(override))
     return [
         "fit",
-        "--config=configs/tiny.yaml",
+        "--config=tiny",
         f"--config={run / 'override.yaml'}",
         "--model.model_config.adapter.dropout=0.1",
         "--ckpt_path=last",
@@ -138,9 +139,9 @@ def adapter_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_slurm_requeue_through_lightnings_plugin_saves_requeues_and_resumes(toy, tmp_path, monkeypatch):
-    """configs/slurm.yaml under SLURM's variables, with a stand-in for `scontrol`: SIGUSR1 reaches Lightning's own
-    handler, which writes hpc_ckpt_1.ckpt (through AtomicCheckpointIO) and asks for the requeue; the requeued
-    job, the same command, starts from that checkpoint by itself."""
+    """The packaged slurm config, under SLURM's variables, with a stand-in for `scontrol`: SIGUSR1 reaches
+    Lightning's own handler, which writes hpc_ckpt_1.ckpt (through AtomicCheckpointIO) and asks for the requeue; the
+    requeued job, the same command, starts from that checkpoint by itself."""
     bin_dir, requests = tmp_path / "bin", tmp_path / "scontrol.txt"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requests}\n')
@@ -151,7 +152,7 @@ def test_slurm_requeue_through_lightnings_plugin_saves_requeues_and_resumes(toy,
     for name, value in slurm.items():
         monkeypatch.setenv(name, value)
     run = tmp_path / "slurm"
-    args = [*fit_args(run, toy, checkpoints=EVERY_STEP, max_steps=5)[:-1], "--config=configs/slurm.yaml"]  # no ckpt
+    args = [*fit_args(run, toy, checkpoints=EVERY_STEP, max_steps=5)[:-1], "--config=slurm"]  # no ckpt
 
     def fit(signal_at: int) -> RegionSpotCLI:
         callback = {"class_path": "killable.SignalAt", "init_args": {"step": signal_at}}

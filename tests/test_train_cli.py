@@ -12,11 +12,13 @@ from safetensors.torch import load_file
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
+from regionspot.commands.train import export_main
+from regionspot.configs import KINDS
 from regionspot.data.toy import write_colour_boxes
-from regionspot.training.cli import LoggingConfig, RegionSpotCLI, build_loggers, export_main
+from regionspot.training.cli import LoggingConfig, RegionSpotCLI, build_loggers
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-TRAIN_CONFIGS = sorted(p for p in Path("configs").glob("*.yaml") if p.name != "fsdp.yaml")
+TRAIN_CONFIGS = sorted(p for p in KINDS["training"].glob("*.yaml") if p.name != "fsdp.yaml")
 BACKBONE_PAIRS = ("bb", "bl", "bl336")
 
 
@@ -34,8 +36,8 @@ def test_configs_are_shipped():
 
 @pytest.mark.parametrize("pair", BACKBONE_PAIRS)
 def test_stage_configs_follow_the_regionspot_recipe(pair, capsys):
-    stage1 = parsed(capsys, "--config", f"configs/stage1_{pair}.yaml")
-    stage2 = parsed(capsys, "--config", f"configs/stage2_{pair}.yaml")
+    stage1 = parsed(capsys, "--config", f"stage1_{pair}")
+    stage2 = parsed(capsys, "--config", f"stage2_{pair}")
     for config in (stage1, stage2):
         model, data, trainer = config["model"], config["data"], config["trainer"]
         assert RegionSpotConfig.from_dict(model["model_config"]).sam.variant == "vit_b"  # validated and printed
@@ -43,7 +45,7 @@ def test_stage_configs_follow_the_regionspot_recipe(pair, capsys):
         assert model["lr_milestones"] == [350_000, 420_000] and model["lr_gamma"] == 0.1
         assert (model["focal_alpha"], model["focal_gamma"]) == (0.25, 2.0) and model["loss_reduction"] == "images"
         clip = RegionSpotConfig.from_dict(model["model_config"]).clip
-        assert clip == RegionSpotConfig.from_yaml(f"configs/model/regionspot_{pair}.yaml").clip  # stage 2 alike
+        assert clip == RegionSpotConfig.from_yaml(f"regionspot_{pair}").clip  # stage 2 alike
         assert data["batch_size"] * trainer["devices"] * trainer["num_nodes"] == 16
         assert trainer["max_steps"] == 450_000 and trainer["gradient_clip_val"] == 1.0
         assert trainer["precision"] == "bf16-mixed" and trainer["strategy"] == "ddp"
@@ -63,9 +65,9 @@ def test_paths_and_lengths_are_overridable_from_the_command_line(capsys):
     config = parsed(
         capsys,
         "--config",
-        "configs/stage2_bl.yaml",
+        "stage2_bl",
         "--config",
-        "configs/fsdp.yaml",
+        "fsdp",
         "--data.train.v3det.ann_file=/elsewhere/v3det.json",
         "--data.val.image_dir=/elsewhere/images",
         "--trainer.max_steps=10",
@@ -85,7 +87,7 @@ def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_pat
     RegionSpotCLI(
         args=[
             "fit",
-            "--config=configs/tiny.yaml",
+            "--config=tiny",
             f"--data.train.toy.ann_file={train_ann}",
             f"--data.train.toy.image_dir={images}",
             f"--data.val.ann_file={val_ann}",

@@ -16,7 +16,7 @@ from regionspot.modeling.preprocess import PreparedImage
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 
 
 @pytest.fixture(scope="module")

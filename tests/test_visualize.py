@@ -132,7 +132,7 @@ def test_recognize_draw_writes_the_picture(tmp_path, capsys) -> None:
     Image.fromarray(np.full((96, 128, 3), 120, dtype=np.uint8)).save(tmp_path / "photo.png")
     out = tmp_path / "regions.png"
 
-    main(["--config", "configs/model/tiny.yaml", "--image", str(tmp_path / "photo.png"),
+    main(["--config", "tiny", "--image", str(tmp_path / "photo.png"),
           "--boxes", "[[4, 4, 60, 50], [50, 30, 127, 95]]", "--vocabulary", "cat,dog", "--draw", str(out)])  # fmt: skip
 
     assert f"picture: {out}" in capsys.readouterr().out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,14 +18,15 @@ from test_training import make_trainer
 
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.config import VqaConfig
+from regionspot.configs import resolve_config
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.demo.language_model import write_tiny_causal_lm
 from regionspot.demo.synthetic import generate_dataset
-from regionspot.evaluation.cli import main as evaluate_main
+from regionspot.evaluation.cli import run as evaluate_main
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
-TINY = "configs/model/tiny.yaml"
+TINY = "tiny"
 # The generator test's small world (8 classes, 64 px), fewer images: questions need no pretraining split.
 SMALL = {**DEMO_SMALL, "num_train": 40, "num_val": 8, "num_test": 8, "num_pretrain": 0}
 
@@ -105,7 +105,7 @@ def test_export_rebuilds_the_head_and_evaluate_vqa_scores_and_resumes(trained, q
     again = evaluate_main(args)  # everything answered: resumes with nothing to do, the same numbers
     assert again["accuracy"] == metrics["accuracy"]
     plain = tmp_path / "plain.yaml"
-    plain.write_text(Path(TINY).read_text())
+    plain.write_text(resolve_config(TINY).read_text())
     with pytest.raises(SystemExit, match="no vqa: section"):
         evaluate_main(["vqa", "--config", str(plain), *args[3:-3], "--out", str(tmp_path / "x")])
 

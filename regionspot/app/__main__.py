@@ -1,4 +1,4 @@
-"""Serve the web app: python -m regionspot.app [--config MODEL.yaml] [--adapter ADAPTER.safetensors] [--port 7860]
+"""Serve the web app: {prog} [--config MODEL.yaml or NAME] [--adapter ADAPTER.safetensors] [--port 7860]
 
 With no --config it serves the built-in demo's trained model when outputs/demo/train/adapter.yaml exists (run
 `python -m regionspot.demo` first), else tiny random backbones, and says which. It listens on 127.0.0.1 unless
@@ -7,16 +7,18 @@ With no --config it serves the built-in demo's trained model when outputs/demo/t
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
-from regionspot.app.models import DEMO_DIR, choose_model, default_vocabulary, samples, vocabulary_lists
+from regionspot.app import DEMO_DIR
+from regionspot.commands import argument_parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="model YAML (configs/model/, or a training run's adapter.yaml)")
+    parser = argument_parser("regionspot.app", __doc__)
+    parser.add_argument(
+        "--config", help="model YAML (a training run's adapter.yaml), or a packaged model config's name (tiny, ...)"
+    )
     parser.add_argument("--adapter", help="trained adapter weights (.safetensors); overrides the YAML's")
     parser.add_argument(
         "--categories", action="append", default=[], metavar="ANN.json",
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home
+    from regionspot.app.models import choose_model, default_vocabulary, samples, vocabulary_lists
 
     try:
         choice = choose_model(args.config, args.adapter, demo_dir=Path(args.demo_dir))

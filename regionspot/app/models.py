@@ -1,7 +1,7 @@
 """What the app serves: which model (and how the page describes it), its vocabulary lists and sample images.
 
 With no arguments the app serves the built-in demo's trained model when `python -m regionspot.demo` has left one
-in `outputs/demo` (of the folder it runs from), else the tiny random backbones of `configs/model/tiny.yaml`, and
+in `outputs/demo` (of the folder it runs from), else the tiny random backbones of the packaged `tiny` model config, and
 says which on the page and in the log.
 """
 
@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from regionspot.app import DEMO_DIR
 from regionspot.boxes import xywh_to_xyxy
 from regionspot.config import RegionSpotConfig
+from regionspot.configs import resolve_config
 from regionspot.data.coco import image_file_name, read_json
 from regionspot.vocabulary import vocabulary_from_categories
 
-TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
-DEMO_DIR = Path("outputs/demo")  # where `python -m regionspot.demo` writes, from the folder it runs in
+TINY_CONFIG = resolve_config("tiny")
 DEMO_MODEL = Path("train") / "adapter.yaml"  # the trained model's YAML, under the demo's folder
 DEMO_SAMPLES = 3  # test images of the demo offered as samples, with their ground-truth boxes
 # Photos scikit-image ships (no download), with words a user might try on them.
@@ -69,6 +70,7 @@ def choose_model(config: str | Path | None, adapter: str | Path | None, *, demo_
             )
         config = beside
     if config is not None:
+        config = resolve_config(config)  # a path, or a packaged model config's name
         model = RegionSpotConfig.from_yaml(config)
         if adapter is not None:
             if not Path(adapter).is_file():
@@ -76,7 +78,7 @@ def choose_model(config: str | Path | None, adapter: str | Path | None, *, demo_
             model.adapter.checkpoint = str(adapter)
         weights = f", adapter {model.adapter.checkpoint}" if model.adapter.checkpoint else ", untrained adapter"
         summary = f"the model of {config}{weights}"
-        return ModelChoice(model, Path(config), "given", summary, f"**Model:** {summary}.")
+        return ModelChoice(model, config, "given", summary, f"**Model:** {summary}.")
     demo_model = demo_dir / DEMO_MODEL
     if demo_model.is_file():
         summary = f"the built-in demo's trained model ({demo_model})"

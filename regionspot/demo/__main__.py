@@ -1,3 +1,3 @@
-from regionspot.demo.run import main
+from regionspot.commands.demo import main
 
 main()

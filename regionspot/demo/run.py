@@ -1,40 +1,7 @@
-"""The built-in default, end to end on a CPU: data -> stand-in backbones -> train.py -> evaluate.py -> picture.
-
-    python -m regionspot.demo                   # everything into outputs/demo (times: docs/demo.md)
-    python -m regionspot.demo --out /tmp/demo --quick
-
-1. `regionspot.demo.synthetic` draws a seeded LVIS-format data set of coloured, textured shapes, with
-   rare/common/frequent classes and classes held out of training, a caption per object of what it drew, and
-   questions about each image's objects.
-2. No real SAM, CLIP or LLM weights can be downloaded here, so `regionspot.demo.backbones` fits a tiny SAM and
-   a tiny CLIP as stand-ins for the foundation models, on a class-balanced pretraining split of all the classes,
-   as web-pretrained CLIP has seen LVIS's rare ones (from then on they are frozen), and
-   `regionspot.demo.language_model` writes a tiny random Llama.
-3. The adapter, the caption decoder and the VQA head (the tiny LLM, trained in full, and its region projector)
-   train together through the LightningCLI that `train.py` runs (`configs/demo.yaml`) on the class-balanced
-   pretraining split with the held-out classes' annotations removed (as open-vocabulary LVIS removes the novel
-   ones), so that no held-out name is ever trained: focal loss and a softmax cross-entropy for names,
-   next-token losses for captions and answers, the question batches mixed in among the detection batches.
-   Unlike RegionSpot's, the demo's adapter reads only the CLIP tokens of each region's box
-   (`adapter.box_attention`): in its 2500 CPU steps it does not learn where to look on its own; and ViLD's
-   distillation pulls its features towards CLIP's own embedding of each box (`model.distill_loss_weight`), which
-   keeps what CLIP knows of the held-out names that the naming losses never train.
-   The blind baseline (`regionspot.demo.vqa`) learns the questions alone during step 2, after SAM's fit, on the
-   core SAM's shorter fit leaves free; during training that core reads and augments the batches.
-4. The runner that `evaluate.py` runs classifies every ground-truth box of the test split over the whole
-   vocabulary (seen and held-out names) and scores it with the official LVIS API. AP is also reported on
-   the classes seen in training and on the held-out ones, next to chance: the same protocol fed random
-   class probabilities.
-5. `evaluate.py captions` captions every test box and scores it with pycocoevalcap (CIDEr-D, BLEU-4, METEOR,
-   ROUGE-L), next to two baselines (`regionspot.demo.captioning`), with attribute words on held-out classes.
-6. `evaluate.py vqa` answers every test question, scored by question type next to the blind LM and the
-   majority answer.
-7. `demo.png` shows test images with each box's predicted label, score and caption.
-"""
+"""The demo's pipeline, step by step (the package docstring, `regionspot.demo`, says what each step does)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import time
@@ -50,6 +17,7 @@ import yaml
 
 from regionspot.boxes import xywh_to_xyxy
 from regionspot.config import RegionSpotConfig, VqaConfig
+from regionspot.configs import resolve_config
 from regionspot.data.augment import mirror_left_right
 from regionspot.data.coco import load_annotations
 from regionspot.data.region_qa import load_region_qa
@@ -62,7 +30,7 @@ from regionspot.demo.synthetic import GeneratedDataset, generate_dataset
 from regionspot.demo.vqa import format_vqa_table, majority_answers, train_blind_baseline
 from regionspot.evaluation import region_detections, score_detections
 from regionspot.evaluation.caption_eval import CAPTIONS_FILE
-from regionspot.evaluation.cli import main as evaluate_main
+from regionspot.evaluation.cli import run as evaluate_main
 from regionspot.evaluation.runner import DETECTIONS_FILE, METRICS_FILE
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
 from regionspot.evaluation.top1 import top1_accuracy
@@ -70,10 +38,9 @@ from regionspot.evaluation.vqa_eval import accuracy_by_type
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.training.cli import RegionSpotCLI
 
-# The repository's configs, found from this file, so that the demo runs from any working directory.
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TRAIN_CONFIG = CONFIGS / "demo.yaml"
-MODEL_CONFIG = CONFIGS / "model" / "demo.yaml"
+# The packaged configs, so that the demo runs from any working directory and from an installed wheel.
+TRAIN_CONFIG = resolve_config("demo", kind="training")
+MODEL_CONFIG = resolve_config("demo", kind="model")
 COLUMNS = ("AP", "APr", "APc", "APf", "seen AP", "held-out AP", "seen top-1", "held-out top-1")
 STEPS = 7
 VQA_BATCH = 16  # region-QA records per step: the demo config's data.batch_size, which the blind baseline matches
@@ -89,9 +56,9 @@ LR_DECAY_AT = 0.8  # the adapter's learning rate drops 10x for the last fifth of
 # 39.3 -> 44.0; docs/demo.md, "Top-1 names").
 OBJECT_SIZE = (0.25, 0.45)
 OBJECTS_PER_IMAGE = (2, 4)
-# configs/model/demo.yaml turns box attention on, which RegionSpot's adapter does not have; the demo says so.
+# The demo model config turns box attention on, which RegionSpot's adapter does not have; the demo says so.
 BOX_ATTENTION_NOTE = " (reading only each box's CLIP tokens: box attention, not RegionSpot's design)"
-# configs/demo.yaml adds ViLD's distillation towards CLIP's own embedding of each box to RegionSpot's losses: said too.
+# The demo training config adds ViLD's distillation towards CLIP's own embedding of each box: said too.
 DISTILL_NOTE = " (pulled towards CLIP's own view of each box: ViLD's distillation, not RegionSpot's loss)"
 
 
@@ -392,17 +359,8 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m regionspot.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quick", action="store_true", help="the smaller size the test runs (its time and AP: docs/demo.md)"
-    )
-    args = parser.parse_args(argv)
-    summary = run_demo(out_dir=args.out, size=QUICK if args.quick else FULL, seed=args.seed)
+def print_summary(summary: dict[str, Any], out_dir: str | Path) -> None:
+    """The demo's tables, times and where its outputs are."""
     print(
         "\nBox AP (%) on the test split, ground-truth boxes, official LVIS API, and top-1 accuracy (%) of the boxes; "
         "vocabulary = all classes:"
@@ -415,4 +373,4 @@ def main(argv: list[str] | None = None) -> None:
     print("\nRegion questions of the test split, accuracy (%) by question type (normalised exact match):")
     print(format_vqa_table(summary["vqa_metrics"]))
     print("\n" + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in summary["timings_s"].items()))
-    print(f"picture: {summary['picture']}; metrics: {Path(args.out) / 'demo_metrics.json'}")
+    print(f"picture: {summary['picture']}; metrics: {Path(out_dir) / 'demo_metrics.json'}")

@@ -88,11 +88,11 @@ def build_sam(*, variant: str, checkpoint: str | None = None, image_encoder: boo
     if variant not in SAM_BUILDERS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose one of {sorted(SAM_BUILDERS)}")
     if checkpoint is not None:
-        official = OFFICIAL_SAM_FILES.get(variant, "a checkpoint saved from this variant")
+        official = f"SAM's official {OFFICIAL_SAM_FILES[variant]}" if variant in OFFICIAL_SAM_FILES else "a checkpoint"
         path = require_file(
             checkpoint,
             what=f"SAM checkpoint for variant {variant!r}",
-            hint=f"Put SAM's official {official} there, or set sam.checkpoint to its path.",
+            hint=f"Put {official} of this variant there, or set sam.checkpoint to its path.",
         )
         if path.name in OFFICIAL_SAM_FILES.values():
             # Meta publishes no checksum; each release's name ends in the first six hex digits of its MD5.

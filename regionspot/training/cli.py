@@ -1,15 +1,10 @@
-"""The command line behind train.py: LightningCLI over RegionSpotModule and RegionDataModule, plus `export`.
-
-python train.py fit --config configs/stage1_bl.yaml [--data.train.objects365.ann_file ...]
-python train.py validate --config configs/stage1_bl.yaml --ckpt_path last.ckpt
-python train.py export --ckpt last.ckpt --out adapter.safetensors
-"""
+"""The LightningCLI behind `regionspot-train` / train.py (regionspot.commands.train): RegionSpotModule and
+RegionDataModule with RegionSpot's defaults, whose `--config` and `--model.model_config` also take the name of a
+packaged config (regionspot.configs)."""
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +13,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from regionspot.configs import resolve_config
 from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar
 from regionspot.training.datamodule import RegionDataModule, reads_images
-from regionspot.training.export import export_adapter
 from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint
 from regionspot.training.module import RegionSpotModule
 
@@ -62,10 +56,19 @@ class RegionSpotCLI(LightningCLI):
     checkpoints written atomically (unless `trainer.plugins` names another CheckpointIO) and one saved on SIGTERM
     (`regionspot.training.fault_tolerance`)."""
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, *, args: list[str] | None = None, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("trainer_defaults", {"use_distributed_sampler": False})
-        super().__init__(RegionSpotModule, RegionDataModule, **kwargs)
+        # No abbreviations: a misspelt `--trainer.max_step` is an error, not `--trainer.max_steps`.
+        strict = {"allow_abbrev": False}
+        kwargs.setdefault("parser_kwargs", {**strict, **{name: strict for name in self.subcommands()}})
+        args = sys.argv[1:] if args is None else args
+        super().__init__(RegionSpotModule, RegionDataModule, args=resolve_config_names(args), **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit and validate: the model has no test or predict step (evaluate.py scores a data set)."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in ("fit", "validate")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ImagesPerSecond, "throughput")
@@ -100,33 +103,26 @@ def _needs_image_encoders(train, val) -> bool:
     return bool(reads_images({name: fields(c) for name, c in (train or {}).items()}, fields(val)))
 
 
+def resolve_config_names(args: list[str]) -> list[str]:
+    """`args` with the value of every `--config` (a training config) and `--model.model_config` (a model config)
+    that names no file but a packaged config replaced by that config's path."""
+    kinds = {"--config": "training", "--model.model_config": "model"}
+    resolved = list(args)
+    for i, arg in enumerate(args):
+        option, equals, value = arg.partition("=")
+        at = i if equals else i + 1
+        if option not in kinds or at == len(args):
+            continue
+        value = value if equals else args[at]
+        if "\n" in value or ":" in value:
+            continue  # YAML text given inline
+        try:
+            path = str(resolve_config(value, kind=kinds[option]))
+        except FileNotFoundError:
+            continue  # not ours to name: jsonargparse says what is wrong with it
+        resolved[at] = f"{option}={path}" if equals else path
+    return resolved
+
+
 def _as_list(value) -> list:
     return [] if value is None else value if isinstance(value, list) else [value]
-
-
-def export_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="train.py export", description="Write a trained adapter as .safetensors plus a model YAML that loads it."
-    )
-    parser.add_argument("--ckpt", required=True, help="a checkpoint of `python train.py fit`, or RegionSpot's .pth")
-    parser.add_argument("--out", default="adapter.safetensors", help="output .safetensors (the YAML goes beside it)")
-    parser.add_argument(
-        "--config",
-        help="for an original RegionSpot model_final.pth (required there): the model it was trained for, "
-        "configs/model/regionspot_{bb,bl,bl336}.yaml",
-    )
-    args = parser.parse_args(argv)
-    weights, config = export_adapter(args.ckpt, args.out, model_config=args.config)
-    print(f"wrote {weights} and {config}; use it with build_regionspot({str(config)!r})")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`train.py` / `regionspot-train`: LightningCLI's subcommands (fit, validate, ...), plus `export`."""
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["export"]:
-        export_main(args[1:])
-        return
-    try:
-        RegionSpotCLI(args=argv)  # None: LightningCLI reads sys.argv itself
-    except SIGTERMException as stopped:  # pre-empted, checkpoint saved: exit as a terminated process, not as done
-        raise SystemExit(128 + signal.SIGTERM) from stopped

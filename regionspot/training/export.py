@@ -5,7 +5,7 @@ The YAML is the run's model config with `adapter.checkpoint` (and `caption.check
 exported files, so
 `build_regionspot("adapter.yaml")` (or the predictor) gives the trained model. The original RegionSpot's
 `model_final.pth` converts the same way, given the model config it was trained for
-(configs/model/regionspot_{bb,bl,bl336}.yaml): only its adapter is written, under this package's names.
+(the packaged regionspot_{bb,bl,bl336} configs): only its adapter is written, under this package's names.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from regionspot.training.module import CONFIG_KEY, HEAD_PARTS
 
 # RegionSpot's adapters by (CLIP width, text dim): what to give as --config.
 _REGIONSPOT_VARIANTS = {
-    (768, 512): "BB (CLIP ViT-B/16): configs/model/regionspot_bb.yaml",
-    (1024, 768): "BL or BL@336 (CLIP ViT-L/14): configs/model/regionspot_bl.yaml or regionspot_bl336.yaml",
+    (768, 512): "BB (CLIP ViT-B/16): regionspot_bb",
+    (1024, 768): "BL or BL@336 (CLIP ViT-L/14): regionspot_bl or regionspot_bl336",
 }
 
 
@@ -114,7 +114,7 @@ def read_training_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torc
         if isinstance(weights, dict) and is_regionspot_release(weights):
             hint = (
                 " It is an original RegionSpot checkpoint: give its model config, "
-                "e.g. --config configs/model/regionspot_bl.yaml."
+                "e.g. --config regionspot_bl (a packaged model config)."
             )
         raise ValueError(f"{path} is not a RegionSpotModule checkpoint (no {CONFIG_KEY!r} or state_dict).{hint}")
     parts = {}

@@ -1,0 +1,3 @@
+from regionspot.configs import main
+
+main()

@@ -1,0 +1,3 @@
+from regionspot.evaluation.cli import main
+
+main()

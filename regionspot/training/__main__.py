@@ -1,0 +1,3 @@
+from regionspot.commands.train import main
+
+main()
