@@ -1,7 +1,7 @@
 """Building the model with and without its image encoders (`image_encoders=False`: training from a feature cache).
 
     python benchmarks/bench_build.py                                                  # tiny random backbones
-    python benchmarks/bench_build.py --config configs/model/regionspot_bl336.yaml --random-checkpoints
+    python benchmarks/bench_build.py --config regionspot_bl336 --random-checkpoints
 
 `--random-checkpoints` writes random SAM and CLIP weights of the config's architectures to a temporary folder and
 builds from those files, the path real checkpoints take (without the encoders, SAM and CLIP are built on the meta
@@ -51,7 +51,7 @@ def write_random_checkpoints(config: RegionSpotConfig, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/model/tiny.yaml")
+    parser.add_argument("--config", default="tiny")
     parser.add_argument("--random-checkpoints", action="store_true", help="build from random weights saved as files")
     args = parser.parse_args()
 

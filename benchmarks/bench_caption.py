@@ -1,7 +1,7 @@
 """Captioning speed beside recognition alone: regions per second at 1, 10 and 100 regions per image.
 
     python benchmarks/bench_caption.py                                  # a tiny model with the demo's decoder
-    python benchmarks/bench_caption.py --config configs/model/regionspot_bl.yaml --decoder tap --device cuda
+    python benchmarks/bench_caption.py --config regionspot_bl --decoder tap --device cuda
 
 The image is embedded once (`set_image`); each row times `predict` on N boxes against 80 class names, without
 and with `caption=True`, so the difference is the captioner: its condition, and greedy (or beam) decoding of
@@ -30,7 +30,7 @@ DECODERS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/model/tiny.yaml")
+    parser.add_argument("--config", default="tiny")
     parser.add_argument("--decoder", choices=sorted(DECODERS), default="demo")
     parser.add_argument("--beams", type=int, default=1)
     parser.add_argument("--device", default="cpu")

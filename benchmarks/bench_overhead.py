@@ -1,9 +1,9 @@
 """What the predictor adds to its frozen backbones: end-to-end time over backbones-only time, same image and boxes.
 
     python benchmarks/bench_overhead.py                                    # tiny random backbones, CPU
-    python benchmarks/bench_overhead.py --config configs/model/regionspot_bl336.yaml --random-weights \\
+    python benchmarks/bench_overhead.py --config regionspot_bl336 --random-weights \\
         --boxes 1 10 100 --repeats 1                                       # real sizes on a CPU (minutes)
-    python benchmarks/bench_overhead.py --config configs/model/regionspot_bl336.yaml --random-weights \\
+    python benchmarks/bench_overhead.py --config regionspot_bl336 --random-weights \\
         --device cuda --dtype bfloat16 --peak-tflops 989
 
 End to end: `set_image` (preprocessing, SAM's image encoder, CLIP's token map), then `predict` (prompt checks, SAM's

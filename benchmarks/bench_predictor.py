@@ -1,9 +1,9 @@
 """Inference speed and memory of the predictor: images/s and regions/s against regions per image and vocabulary size.
 
     python benchmarks/bench_predictor.py                                   # tiny random backbones, CPU
-    python benchmarks/bench_predictor.py --config configs/model/regionspot_bl336.yaml --random-weights \\
+    python benchmarks/bench_predictor.py --config regionspot_bl336 --random-weights \\
         --one-template --boxes 1 10 100 --classes 80 1203 --repeats 1  # real sizes on a CPU (minutes)
-    python benchmarks/bench_predictor.py --config configs/model/regionspot_bl336.yaml --random-weights \\
+    python benchmarks/bench_predictor.py --config regionspot_bl336 --random-weights \\
         --device cuda --dtype bfloat16 --peak-tflops 989               # an H100/H200 (dense bf16 peak)
 
 One random image is embedded once (`set_image`, timed apart). Per vocabulary, the text embeddings are computed once
@@ -115,7 +115,7 @@ class BackboneFlops:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """What bench_predictor.py and bench_overhead.py share: the model, where it runs, the image and the boxes."""
-    parser.add_argument("--config", default="configs/model/tiny.yaml")
+    parser.add_argument("--config", default="tiny")
     parser.add_argument("--random-weights", action="store_true", help="ignore the checkpoints the config names")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the whole model's")

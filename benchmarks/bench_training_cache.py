@@ -1,7 +1,7 @@
 """Adapter training steps/s with the frozen backbones online vs from a feature cache (`python -m regionspot.extract`).
 
     python benchmarks/bench_training_cache.py                                   # tiny random backbones
-    python benchmarks/bench_training_cache.py --config configs/model/regionspot_bl336.yaml --random-weights \\
+    python benchmarks/bench_training_cache.py --config regionspot_bl336 --random-weights \\
         --images 3 --batch-size 1 --steps 2 --image-size 480 640                # SAM-B + CLIP-L/14@336, random
 
 Both runs are `Trainer.fit` on the same toy images and batches (flips only: what a cache can replay), the cached
@@ -76,7 +76,7 @@ def steps_per_s(config_path: Path, dataset: DatasetConfig, args: argparse.Namesp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/model/tiny.yaml")
+    parser.add_argument("--config", default="tiny")
     parser.add_argument("--random-weights", action="store_true", help="ignore the checkpoints the config names")
     parser.add_argument("--images", type=int, default=16, help="toy images (each with one box)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[64, 80], metavar=("H", "W"))

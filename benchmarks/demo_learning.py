@@ -32,7 +32,7 @@ from regionspot.evaluation.subsets import score_category_subsets
 from regionspot.modeling.losses import region_distillation_loss, region_focal_loss, region_softmax_loss
 from regionspot.transforms import prepare_prompts
 
-MODEL_CONFIG = "configs/model/demo.yaml"
+MODEL_CONFIG = "demo"
 COLUMNS = ("AP", "AP50", "APr", "APc", "APf")
 
 

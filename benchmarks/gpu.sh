@@ -18,7 +18,7 @@ if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() el
 fi
 "$PYTHON" -c "import torch; print('#', torch.cuda.get_device_name(), 'torch', torch.__version__)"
 
-REAL=(--config configs/model/regionspot_bl336.yaml --random-weights)
+REAL=(--config regionspot_bl336 --random-weights)
 BF16=(--device cuda --dtype bfloat16 --peak-tflops "$PEAK_TFLOPS")
 run() {
     echo
@@ -32,7 +32,7 @@ run benchmarks/bench_overhead.py "${REAL[@]}" "${BF16[@]}" --repeats 5
 run benchmarks/bench_overhead.py "${REAL[@]}" "${BF16[@]}" --repeats 5 --tokens-only
 run benchmarks/bench_sam_decoder.py --variant vit_b --device cuda
 run benchmarks/bench_frozen.py --variant vit_b --device cuda --images 16 --boxes 50
-run benchmarks/bench_caption.py --config configs/model/regionspot_bl336.yaml --decoder tap --device cuda
+run benchmarks/bench_caption.py --config regionspot_bl336 --decoder tap --device cuda
 run benchmarks/bench_training_cache.py "${REAL[@]}" --accelerator gpu --precision bf16-mixed \
     --images 32 --batch-size 8 --warmup 2 --steps 10 --image-size 480 640
 # The data loader on this machine's cores: how many workers keep the GPU above fed at the batch's images/s.

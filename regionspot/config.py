@@ -47,7 +47,7 @@ CLIP_PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 class ClipConfig:
     """The frozen vision-language backbone (any open_clip model), and how it reads images and class names.
 
-    The defaults are this package's choices; configs/model/regionspot_{bb,bl,bl336}.yaml select the original
+    The defaults are this package's choices; regionspot_{bb,bl,bl336} select the original
     RegionSpot's, so that its released adapters score as they did (docs/regionspot_compat.md compares them).
     """
 

@@ -2,7 +2,7 @@
 with a caption per box ("a red box on the left").
 
 Random frozen backbones carry colour but not shape (docs/demo.md), so colour is what an adapter on them
-can learn; each image holds one rectangle so that its colour decides its class. `configs/tiny.yaml`'s
+can learn; each image holds one rectangle so that its colour decides its class. `tiny`'s
 smoke run draws it on first use (`DatasetConfig.toy`), and the tests use it.
 """
 

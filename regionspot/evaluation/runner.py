@@ -62,7 +62,7 @@ def part_file(out: Path, rank: int) -> Path:
 class EvalSettings:
     """Everything one evaluation run needs. Paths are local files; nothing is downloaded."""
 
-    config: str  # model YAML (configs/model/*.yaml)
+    config: str  # model YAML, or a packaged model config's name (regionspot.configs)
     ann: str  # LVIS/COCO annotation JSON
     images: str  # folder of the images (LVIS: COCO's files, found by the basename of coco_url)
     out: str  # output folder; holds the parts of an unfinished run, which a rerun resumes

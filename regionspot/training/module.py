@@ -72,7 +72,7 @@ class RegionSpotModule(L.LightningModule):
     `clip.class_names` says.
 
     Args:
-        model_config: the model (configs/model/*.yaml on the command line; a `RegionSpotConfig` in Python).
+        model_config: the model (a model YAML or a packaged config's name on the command line; a `RegionSpotConfig` in Python).
             Its fields can be set one by one: `--model.model_config.adapter.dropout 0.0`; stage 2 starts
             from a stage-1 adapter through `adapter.checkpoint`.
         lr, weight_decay: AdamW settings (RegionSpot: 2.5e-5, 1e-4).
