@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from regionspot.build import build_regionspot
-    from regionspot.config import AdapterConfig, CaptionConfig, ClipConfig, RegionSpotConfig, SamConfig
+    from regionspot.config import AdapterConfig, CaptionConfig, ClipConfig, RegionSpotConfig, SamConfig, VqaConfig
     from regionspot.modeling.regionspot import RegionSpot
     from regionspot.predictor import RegionPredictions, RegionSpotPredictor
 
@@ -23,6 +23,7 @@ _PUBLIC = {
     "ClipConfig": "regionspot.config",
     "RegionSpotConfig": "regionspot.config",
     "SamConfig": "regionspot.config",
+    "VqaConfig": "regionspot.config",
     "RegionSpot": "regionspot.modeling.regionspot",
     "RegionPredictions": "regionspot.predictor",
     "RegionSpotPredictor": "regionspot.predictor",
@@ -37,6 +38,7 @@ __all__ = [
     "RegionSpotConfig",
     "RegionSpotPredictor",
     "SamConfig",
+    "VqaConfig",
     "build_regionspot",
 ]
 __version__ = "0.1.0"
