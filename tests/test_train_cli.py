@@ -108,6 +108,33 @@ def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_pat
     assert at_end.keys() == exported.keys() and all((at_end[k] == exported[k]).all() for k in at_end)
 
 
+def test_fit_prints_each_validations_ap_as_a_table_and_shows_it_on_the_progress_bar(tmp_path, capsys):
+    train_ann, images = write_colour_boxes(tmp_path / "data", num_images=8)
+    val_ann, _ = write_colour_boxes(tmp_path / "data", num_images=4, seed=1, split="val")
+    cli = RegionSpotCLI(
+        args=[
+            "fit",
+            "--config=configs/tiny.yaml",
+            f"--data.train.toy.ann_file={train_ann}",
+            f"--data.train.toy.image_dir={images}",
+            f"--data.val.ann_file={val_ann}",
+            f"--data.val.image_dir={images}",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=1",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
+            "--trainer.logger=false",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
+    printed = capsys.readouterr()
+    ap = cli.trainer.callback_metrics["val/AP"]
+    assert "val/AP" in cli.trainer.progress_bar_metrics and f"val/AP={ap:.3g}" in printed.err, printed.err  # the bar
+    tables = [printed.out[printed.out.index(f"step {step}: validation AP (%)") :] for step in (1, 2)]
+    header, row = tables[1].splitlines()[1:3]  # the last validation's table: its numbers are the logged ones
+    scores = dict(zip(header.replace(" ", "").split("|"), row.replace(" ", "").split("|"), strict=True))
+    assert {"AP", "AP50", "AP75"} <= scores.keys() and scores["AP"] == f"{100 * ap:.1f}", tables[1]
+
+
 def test_export_explains_a_wrong_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="training checkpoint not found"):
         export_main(["--ckpt", str(tmp_path / "missing.ckpt")])

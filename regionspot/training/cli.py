@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar
+from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar, ValidationScores
 from regionspot.training.datamodule import RegionDataModule, reads_images
 from regionspot.training.export import export_adapter
 from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint
@@ -60,7 +60,7 @@ def build_loggers(save_dir: str | Path, config: LoggingConfig) -> list[Logger]:
 class RegionSpotCLI(LightningCLI):
     """LightningCLI with RegionSpot's defaults: no Lightning-injected sampler, seeded, loggers from `logging`,
     checkpoints written atomically (unless `trainer.plugins` names another CheckpointIO) and one saved on SIGTERM
-    (`regionspot.training.fault_tolerance`)."""
+    (`regionspot.training.fault_tolerance`), each validation's scores printed (`ValidationScores`)."""
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 0)
@@ -84,7 +84,7 @@ class RegionSpotCLI(LightningCLI):
         plugins = _as_list(trainer_config.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        added = [PreemptionCheckpoint()]
+        added = [PreemptionCheckpoint(), ValidationScores()]
         if trainer_config.get("enable_progress_bar") is not False:
             added.append(StepProgressBar())
         kwargs["callbacks"] = [*_as_list(trainer_config.get("callbacks")), *added]
