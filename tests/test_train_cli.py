@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from safetensors.torch import load_file
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
 from regionspot.data.toy import write_colour_boxes
+from regionspot.training import ValidationScores
 from regionspot.training.cli import LoggingConfig, RegionSpotCLI, build_loggers, export_main
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -133,6 +137,26 @@ def test_fit_prints_each_validations_ap_as_a_table_and_shows_it_on_the_progress_
     header, row = tables[1].splitlines()[1:3]  # the last validation's table: its numbers are the logged ones
     scores = dict(zip(header.replace(" ", "").split("|"), row.replace(" ", "").split("|"), strict=True))
     assert {"AP", "AP50", "AP75"} <= scores.keys() and scores["AP"] == f"{100 * ap:.1f}", tables[1]
+
+
+@pytest.mark.parametrize(
+    ("rank", "fn", "printed"),
+    [(0, TrainerFn.FITTING, True), (1, TrainerFn.FITTING, False), (0, TrainerFn.VALIDATING, False)],
+)
+def test_the_scores_table_is_printed_by_rank_zero_in_fit_only_with_the_heads_losses(rank, fn, printed, capsys):
+    metrics = {"val/AP": torch.tensor(0.4125), "val/APr": torch.tensor(0.2), "val/caption_loss": torch.tensor(2.31)}
+    trainer = SimpleNamespace(
+        sanity_checking=False, is_global_zero=rank == 0, state=SimpleNamespace(fn=fn), global_step=7,
+        callback_metrics={**metrics, "val/vqa_loss": torch.tensor(1.2), "train/loss": torch.tensor(0.5)},
+    )  # fmt: skip
+    ValidationScores().on_validation_end(trainer, None)
+    out = capsys.readouterr().out
+    if not printed:  # `validate` prints Lightning's own table
+        assert out == ""
+        return
+    title, header, row, losses = out.splitlines()
+    assert title == "step 7: validation AP (%)" and header.split() == ["AP", "|", "APr"], out
+    assert row.split() == ["41.2", "|", "20.0"] and losses == "caption loss 2.310, vqa loss 1.200", out
 
 
 def test_export_explains_a_wrong_file(tmp_path):
