@@ -82,11 +82,11 @@ def test_paths_and_lengths_are_overridable_from_the_command_line(capsys):
     assert config["trainer"]["strategy"]["class_path"].endswith("FSDPStrategy")
 
 
-def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_path):
-    train_ann, images = write_colour_boxes(tmp_path / "data", num_images=12)
+def tiny_fit(tmp_path: Path, *, num_images: int, val_check_interval: int, options: list[str]) -> RegionSpotCLI:
+    """`train.py fit` on the tiny config for 2 steps, on toy colour boxes drawn into tmp_path, run in tmp_path/run."""
+    train_ann, images = write_colour_boxes(tmp_path / "data", num_images=num_images)
     val_ann, _ = write_colour_boxes(tmp_path / "data", num_images=4, seed=1, split="val")
-    run = tmp_path / "run"
-    RegionSpotCLI(
+    return RegionSpotCLI(
         args=[
             "fit",
             "--config=configs/tiny.yaml",
@@ -95,13 +95,18 @@ def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_pat
             f"--data.val.ann_file={val_ann}",
             f"--data.val.image_dir={images}",
             "--trainer.max_steps=2",
-            "--trainer.val_check_interval=2",
-            f"--trainer.default_root_dir={run}",
-            "--trainer.log_every_n_steps=1",
-            "--trainer.enable_progress_bar=false",
+            f"--trainer.val_check_interval={val_check_interval}",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
             "--trainer.enable_model_summary=false",
+            *options,
         ]
     )
+
+
+def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_path):
+    options = ["--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
+    tiny_fit(tmp_path, num_images=12, val_check_interval=2, options=options)
+    run = tmp_path / "run"
     adapter, model_yaml = run / "adapter.safetensors", run / "adapter.yaml"
     assert adapter.is_file() and RegionSpotConfig.from_yaml(model_yaml).adapter.checkpoint == str(adapter)
     log_dir = run / "logs" / "version_0"
@@ -113,23 +118,7 @@ def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_pat
 
 
 def test_fit_prints_each_validations_ap_as_a_table_and_shows_it_on_the_progress_bar(tmp_path, capsys):
-    train_ann, images = write_colour_boxes(tmp_path / "data", num_images=8)
-    val_ann, _ = write_colour_boxes(tmp_path / "data", num_images=4, seed=1, split="val")
-    cli = RegionSpotCLI(
-        args=[
-            "fit",
-            "--config=configs/tiny.yaml",
-            f"--data.train.toy.ann_file={train_ann}",
-            f"--data.train.toy.image_dir={images}",
-            f"--data.val.ann_file={val_ann}",
-            f"--data.val.image_dir={images}",
-            "--trainer.max_steps=2",
-            "--trainer.val_check_interval=1",
-            f"--trainer.default_root_dir={tmp_path / 'run'}",
-            "--trainer.logger=false",
-            "--trainer.enable_model_summary=false",
-        ]
-    )
+    cli = tiny_fit(tmp_path, num_images=8, val_check_interval=1, options=["--trainer.logger=false"])
     printed = capsys.readouterr()
     ap = cli.trainer.callback_metrics["val/AP"]
     assert "val/AP" in cli.trainer.progress_bar_metrics and f"val/AP={ap:.3g}" in printed.err, printed.err  # the bar
