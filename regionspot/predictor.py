@@ -5,10 +5,11 @@ Also `predict_everything` (SAM's automatic masks, each named) and `predict_image
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from segment_anything import SamAutomaticMaskGenerator
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures, ImageEmbeddings, RegionSpot
 from regionspot.modeling.sam import sam_everything
-from regionspot.transforms import prepare_prompts, to_rgb_uint8
+from regionspot.transforms import numbered, prepare_prompts, to_rgb_uint8
 
 
 @dataclass
@@ -117,7 +118,8 @@ class RegionSpotPredictor:
                 top_k that is not an integer, or prompts that are not numbers. ValueError: for an empty
                 vocabulary, a blank or repeated name, top_k < 1, an unknown activation, caption without a
                 captioner, or prompts `prepare_prompts` refuses (boxes are clipped to the image; one with no
-                area left inside it, inverted, or NaN/infinite is refused by index, never dropped).
+                area left inside it, inverted, or NaN/infinite is refused, never dropped, and named as the app
+                numbers boxes, from 1, with its index: "box 1 (index 0)").
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict(...)")
@@ -164,6 +166,7 @@ class RegionSpotPredictor:
         Raises:
             TypeError: if images or boxes are not lists (one per image), or batch_size is not an integer; and as
                 `predict`. ValueError: as `set_image` and `predict`, or for unequal counts of images and box sets.
+                A refused image, or box of an image, is named: "image 3 (index 2): box 1 (index 0) has no area ...".
         """
         for name, value in (("images", images), ("boxes", boxes)):
             if not isinstance(value, list | tuple):  # an array's rows would be taken for images
@@ -178,11 +181,12 @@ class RegionSpotPredictor:
         self._check_captioner(caption)
         results: list[RegionPredictions] = []
         for start in range(0, len(images), batch_size):
-            prepared = [self.model.preprocessor(to_rgb_uint8(image)) for image in images[start : start + batch_size]]
-            checked = [
-                prepare_prompts(self.model.sam, image_size=image.original_size, boxes=image_boxes)
-                for image, image_boxes in zip(prepared, boxes[start : start + batch_size], strict=True)
-            ]
+            prepared, checked = [], []
+            for i in range(start, min(start + batch_size, len(images))):
+                with _about_image(i):
+                    image = self.model.preprocessor(to_rgb_uint8(images[i]))
+                    checked.append(prepare_prompts(self.model.sam, image_size=image.original_size, boxes=boxes[i]))
+                prepared.append(image)
             frozen = self.model.frozen_features(prepared, [prompts for prompts, _ in checked], with_masks=True)
             features = self.model.region_features(frozen)
             captions = self.model.caption_regions(frozen, features) if caption else [None] * len(frozen)
@@ -352,6 +356,16 @@ def _check_request(vocabulary: Sequence[str], top_k: int, activation: str) -> li
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     _check_integer(top_k, name="top_k")
     return vocabulary
+
+
+@contextlib.contextmanager
+def _about_image(index: int) -> Iterator[None]:
+    """A refusal (ValueError, TypeError) of images[index] or its boxes says which image it is about."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        kind = TypeError if isinstance(err, TypeError) else ValueError
+        raise kind(f"{numbered([index], 'image', 'images')}: {err}") from err
 
 
 def _check_integer(value: int, *, name: str) -> None:

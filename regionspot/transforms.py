@@ -19,17 +19,19 @@ from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
 _MASK_PROB_CLAMP = 1e-4
 # PIL modes of more than 8 bits a sample (besides the I;16 family), which convert("RGB") would clip to 255.
 _WIDE_PIL_MODES = ("I", "F")
+_UINT16_MAX = 65535  # a 16-bit sample's white, mapped onto 8 bits' 255
 
 
 def to_rgb_uint8(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     """Any supported image -> (H, W, 3) uint8 RGB.
 
     Accepts PIL images; numpy arrays (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); tensors (H, W) or
-    (C, H, W) with C in 1, 3, 4. Integers must be uint8; floats must lie in [0, 1]; bools are black and
-    white; alpha is dropped. A PIL image is first turned upright by its EXIF orientation, as viewers (and
-    cv2.imread, which SAM's examples use) show it, so that prompts drawn on what one sees fit; one with more
-    than 8 bits a sample (modes I;16, I, F) is read as its array, under the rules for arrays, rather than
-    clipped to 255 by PIL's conversion.
+    (C, H, W) with C in 1, 3, 4. Integers must be uint8, or uint16 (16-bit samples, 65535 white, scaled to 8
+    bits); floats must lie in [0, 1]; bools are black and white; alpha is dropped. A PIL image is first turned
+    upright by its EXIF orientation, as viewers (and cv2.imread, which SAM's examples use) show it, so that
+    prompts drawn on what one sees fit; one with more than 8 bits a sample is read as its array, under the rules
+    for arrays, rather than clipped to 255 by PIL's conversion: modes I;16 (a 16-bit PNG) and I as 16-bit
+    samples (I must hold 0 to 65535), F as floats.
 
     Raises:
         ValueError: for anything else (another type, shape or dtype; no pixels; NaN, infinite or out-of-range
@@ -84,15 +86,30 @@ def _pil_to_rgb_uint8(image: Image.Image) -> np.ndarray:
     try:
         upright = ImageOps.exif_transpose(image)
         if image.mode in _WIDE_PIL_MODES or image.mode.startswith("I;16"):
-            return to_rgb_uint8(np.asarray(upright))
+            return to_rgb_uint8(_wide_samples(np.asarray(upright), mode=image.mode))
         return np.array(upright.convert("RGB"))
     except (OSError, SyntaxError) as err:  # a lazily opened file is decoded only now: truncated, corrupt
         raise ValueError(f"cannot decode the image: {err}") from err
 
 
+def _wide_samples(array: np.ndarray, *, mode: str) -> np.ndarray:
+    """A wide PIL image's samples under the rules for arrays: integers (I;16 family, I) as native uint16, floats as
+    they are."""
+    if array.dtype.kind == "f":
+        return array
+    if array.size and (array.min() < 0 or array.max() > _UINT16_MAX):
+        raise ValueError(
+            f"a PIL image of mode {mode} is read as 16-bit samples (0 to {_UINT16_MAX}), but it holds "
+            f"[{array.min()}, {array.max()}]: scale it into that range, or to 8 bits"
+        )
+    return array.astype(np.uint16)
+
+
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
+    if array.dtype == np.uint16:
+        return np.round(array * (255 / _UINT16_MAX)).astype(np.uint8)
     if array.dtype == np.bool_:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
@@ -104,7 +121,7 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
                 "divide by 255 or pass uint8"
             )
         return np.round(array * 255).astype(np.uint8)
-    raise ValueError(f"image dtype {array.dtype.name} is not supported: use uint8 or float in [0, 1]")
+    raise ValueError(f"image dtype {array.dtype.name} is not supported: use uint8, uint16 or float in [0, 1]")
 
 
 def clip_boxes(boxes: np.ndarray | torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
@@ -122,18 +139,31 @@ def clip_boxes(boxes: np.ndarray | torch.Tensor, image_size: tuple[int, int]) ->
         boxes = boxes[None]
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must have shape (N, 4) as x1, y1, x2, y2 in pixels, got {tuple(boxes.shape)}")
-    bad = (~torch.isfinite(boxes)).any(dim=1).nonzero().flatten()
-    if len(bad):
-        raise ValueError(f"boxes {bad.tolist()[:10]} contain NaN or infinite coordinates")
+    bad = (~torch.isfinite(boxes)).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"{numbered(bad, 'box', 'boxes')} {_has(bad)} NaN or infinite coordinates")
     height, width = image_size
     clipped = clip_to_image(boxes, image_size)
-    empty = (~has_area(clipped)).nonzero().flatten()
-    if len(empty):
+    empty = (~has_area(clipped)).nonzero().flatten().tolist()
+    if empty:
         raise ValueError(
-            f"boxes {empty.tolist()[:10]} have no area inside the {width}x{height} image "
+            f"{numbered(empty, 'box', 'boxes')} {_has(empty)} no area inside the {width}x{height} image "
             f"(first: {boxes[empty[0]].tolist()}); boxes are x1, y1, x2, y2 with x2 > x1 and y2 > y1"
         )
     return clipped
+
+
+def numbered(indices: list[int], one: str, many: str) -> str:
+    """Items as a user is told of them, counted from 1 as the app numbers boxes and as `<region1>` names the first,
+    with their Python index: "box 2 (index 1)", "boxes 1, 3 (indices 0, 2)" (the first ten)."""
+    shown, more = indices[:10], f" and {len(indices) - 10} more" if len(indices) > 10 else ""
+    if len(indices) == 1:
+        return f"{one} {indices[0] + 1} (index {indices[0]})"
+    return f"{many} {', '.join(str(i + 1) for i in shown)}{more} (indices {', '.join(map(str, shown))}{more})"
+
+
+def _has(indices: list[int]) -> str:
+    return "has" if len(indices) == 1 else "have"
 
 
 def prepare_prompts(
@@ -209,8 +239,8 @@ def _prepare_points(encoder, points, point_labels, image_size) -> tuple[torch.Te
     height, width = image_size
     outside = (points[..., 0] < 0) | (points[..., 0] > width) | (points[..., 1] < 0) | (points[..., 1] > height)
     if outside.any():
-        regions = outside.any(dim=1).nonzero().flatten().tolist()[:10]
-        raise ValueError(f"points of regions {regions} lie outside the {width}x{height} image")
+        regions = outside.any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"points of {numbered(regions, 'region', 'regions')} lie outside the {width}x{height} image")
     if point_labels is None:
         labels = torch.ones(points.shape[:2])
     else:

@@ -66,7 +66,7 @@ def draw_regions(
     """Draw N regions on an image: box, mask, and a label with name, score, true name and caption.
 
     Args:
-        image: PIL image, (H, W) / (H, W, 3|4) array or (H, W) / (C, H, W) tensor, uint8 or float in [0, 1].
+        image: any image `regionspot.transforms.to_rgb_uint8` takes (PIL, array or tensor).
         boxes: (N, 4) xyxy pixels of `image`; clipped to it.
         labels: N predicted names, or None.
         scores: N scores, written after the names with two decimals, or None.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import gradio as gr
@@ -220,14 +221,16 @@ def test_a_model_with_a_captioner_and_a_vqa_head_describes_and_answers(talking, 
     answer, picture = layout.ask(talking, image, "30, 20, 90, 60\n100, 50, 150, 90", "is <region1> left of <region2> ?")
     assert isinstance(answer, str) and picture.ndim == 3
     for question, message in [
-        ("", "the question is empty"),
-        ("what colour is it ?", "names no region"),
-        ("what colour is <region3> ?", r"names <region3> but 2 region\(s\)"),
+        ("", "the question is empty: ask about a box, e.g. what is <region1>?"),
+        ("what colour is it ?", "names no region: write <region1> for the first box, <region2> for the next"),
+        ("what colour is <region3> ?", "names <region3> but 2 region(s)"),
     ]:
-        with pytest.raises(gr.Error, match=message):
+        with pytest.raises(gr.Error) as refused:
             layout.ask(talking, image, "30, 20, 90, 60\n100, 50, 150, 90", question)
-    with pytest.raises(gr.Error, match="questions are about boxes"):
+        assert message in shown_text(refused.value), refused.value.message  # the tags survive the popup's HTML
+    with pytest.raises(gr.Error) as refused:
         layout.ask(talking, image, "", "what colour is <region1> ?")
+    assert "draw or type at least one box (<region1> is the first)" in shown_text(refused.value)
 
 
 def test_the_app_serves_tiny_backbones_without_a_demo_and_the_demo_when_it_has_run(tmp_path):
@@ -295,3 +298,20 @@ def test_the_page_builds_with_its_tabs_and_says_which_model_it_serves(recognizer
     assert {"upload", "canvas", "boxes", "points", "vocab", "recognise", "everything", "labels"} <= set(shown)
     assert "tiny random backbones" in shown["model-description"].value
     assert "no captioner" in shown["no-captioner"].value and "no VQA head" in shown["no-vqa"].value
+
+
+def shown_text(error: gr.Error) -> str:
+    """The text a browser shows for a popup's message, which Gradio renders as HTML (tags dropped, entities read)."""
+    parser = _TextOnly()
+    parser.feed(error.message)
+    parser.close()
+    return "".join(parser.text)
+
+
+class _TextOnly(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)

@@ -1,6 +1,6 @@
-"""The web app in a real browser: `python -m regionspot.app` started as a user starts it (no arguments, so tiny
-random backbones), driven in Debian's headless chromium by Playwright: load the page, upload a photo, draw a box
-by two clicks and type another, give a vocabulary, recognise, read the labels in the table, see the message for
+"""The web app as a user starts it, `python -m regionspot.app` (no arguments, so tiny random backbones): what it
+prints on starting; then driven in Debian's headless chromium by Playwright: load the page, upload a photo, draw a
+box by two clicks and type another, give a vocabulary, recognise, read the labels in the table, see the message for
 an empty vocabulary, and save a screenshot.
 
 Nothing downloads a browser: the test uses /usr/bin/chromium (`apt-get install chromium`; `.ci/run` installs it).
@@ -9,6 +9,7 @@ Without it the test skips, except where REGIONSPOT_REQUIRE_BROWSER=1 (CI), where
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -57,16 +58,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def served(sync_playwright, tmp_path):
-    """`python -m regionspot.app --port P` run (once a browser is known to be there) from an empty folder, so
-    with no demo outputs: its URL and log."""
-    port, log = _free_port(), tmp_path / "app.log"
+@contextlib.contextmanager
+def started_app(folder: Path):
+    """`python -m regionspot.app --port P` run from `folder` (empty: no demo outputs), as a user starts it: its URL
+    and log once it answers; stopped on leaving."""
+    port, log = _free_port(), folder / "app.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "GRADIO_ANALYTICS_ENABLED": "False"}
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "regionspot.app", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -89,6 +90,22 @@ def served(sync_playwright, tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def served(sync_playwright, tmp_path):
+    """The app started (once a browser is known to be there): its URL and log."""
+    with started_app(tmp_path) as (url, log):
+        yield url, log
+
+
+def test_the_app_says_where_it_listens_and_never_offers_to_share(tmp_path):
+    """It never shares (share=False): Gradio's start-up hint "set share=True" would only mislead."""
+    with started_app(tmp_path) as (url, log):
+        time.sleep(1)  # whatever the server prints after it first answers
+        printed = log.read_text()
+    assert "share=True" not in printed and "public link" not in printed, printed
+    assert f"regionspot app: open {url.rstrip('/')}" in printed and "serving tiny random backbones" in printed, printed
 
 
 def test_the_app_names_a_drawn_and_a_typed_box_in_a_real_browser(sync_playwright, served, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import importlib.metadata
 import logging
 import shutil
@@ -16,6 +17,7 @@ import torch
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 import regionspot
+import regionspot.config
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.checkpoint import CheckpointMismatchError
 from regionspot.configs import resolve_config
@@ -39,6 +41,12 @@ def test_import_is_light_and_every_public_name_loads():
         assert getattr(regionspot, name).__name__ == name
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         regionspot.Nope  # noqa: B018
+
+
+def test_every_model_config_dataclass_is_exported():
+    configs = {name for name, value in vars(regionspot.config).items() if dataclasses.is_dataclass(value)}
+    assert configs and configs <= set(regionspot.__all__), sorted(configs - set(regionspot.__all__))
+    assert regionspot.VqaConfig is regionspot.config.VqaConfig
 
 
 def test_lvis_leaves_the_root_logger_and_the_console_alone(caplog):

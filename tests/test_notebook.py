@@ -45,9 +45,16 @@ def check_quickstart(outputs: list[dict], probe: dict) -> None:
     assert "tiny RANDOM backbones" in _text(outputs) or "demo's trained model" in _text(outputs)
     losses = probe["losses"]
     assert len(losses) == 30 and sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses  # the loss falls
+    assert _text(outputs).count("validation AP (%)") == 2  # the AP table at steps 15 and 30
     assert len(probe["named"]) == len(probe["truths"]) == probe["val_boxes"] > 0  # every validation box named
     assert set(probe["named"]) | set(probe["truths"]) <= set(probe["names"])
     assert probe["right"] == sum(n == t for n, t in zip(probe["named"], probe["truths"], strict=True))
+    # Clearly above chance (1 in 4) and above always naming the commonest class; measured 16 of 16 (2026-12-07).
+    boxes, chance, majority = len(probe["truths"]), probe["chance"], probe["majority"]
+    assert chance == 0.25 and probe["right"] >= max(2 * chance * boxes, majority + 0.25 * boxes), probe
+    assert "chance is 1 in 4" in _text(outputs)
+    pictures = [out for out in outputs if "image/png" in out.get("data", {})]
+    assert len(pictures) == 2, "the photo and the trained model's validation boxes are not both shown"
 
 
 # What each notebook must leave behind: the values to print (name: expression in the notebook), and their check.
@@ -63,6 +70,8 @@ CHECKS = {
             "named": "named",
             "truths": "truths",
             "right": "right",
+            "chance": "chance",
+            "majority": "majority",
             "val_boxes": "len(val['annotations'])",
         },
         check_quickstart,

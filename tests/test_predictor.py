@@ -12,7 +12,7 @@ from segment_anything import SamPredictor
 from torch.testing import assert_close
 
 from regionspot import RegionSpotPredictor, build_regionspot
-from regionspot.transforms import prepare_prompts, to_rgb_uint8
+from regionspot.transforms import load_image, prepare_prompts, to_rgb_uint8
 
 VOCAB = ["red square", "blue square", "background", "cat"]
 BOXES = [[30, 20, 90, 60], [100, 50, 150, 90], [-20, -5, 400, 300]]
@@ -200,6 +200,57 @@ def test_a_list_of_images_in_one_call_gives_what_each_gives_alone(tiny_model, im
         assert (got.masks != alone.masks).float().mean() < 1e-3  # float rounding may flip a pixel at the threshold
     with pytest.raises(ValueError, match="one \\(N_i, 4\\) array per image"):
         predictor.predict_images(images, boxes=boxes[:2], vocabulary=VOCAB)
+
+
+def test_a_refusal_in_a_list_of_images_names_the_image_and_the_box(tiny_model, image):
+    predictor = RegionSpotPredictor(tiny_model)
+    images, boxes = [image, image, image], [BOXES, BOXES, BOXES]
+    with pytest.raises(ValueError, match=r"^image 3 \(index 2\): image dtype int64"):
+        predictor.predict_images([image, image, image.astype(np.int64)], boxes=boxes, vocabulary=VOCAB, batch_size=2)
+    outside = [[0, 0, 9, 9], [500, 500, 600, 600]]
+    with pytest.raises(ValueError, match=r"^image 2 \(index 1\): box 2 \(index 1\) has no area inside"):
+        predictor.predict_images(images, boxes=[BOXES, outside, BOXES], vocabulary=VOCAB)
+    with pytest.raises(TypeError, match=r"^image 1 \(index 0\): boxes must be numbers"):
+        predictor.predict_images(images[:1], boxes=[[["a", "b", "c", "d"]]], vocabulary=VOCAB)
+
+
+def test_boxes_and_regions_are_numbered_from_one_as_the_app_and_region_tags_number_them(predictor):
+    """The user sees box 1 where `<region1>` and the app's box 1 are: boxes[0], said as "box 1 (index 0)"."""
+    nan = [[0, 0, 9, 9], [0, 0, 9, 9], [0, float("nan"), 9, 9], [0, 0, float("inf"), 9]]
+    with pytest.raises(ValueError, match=r"^boxes 3, 4 \(indices 2, 3\) have NaN or infinite"):
+        predictor.predict(boxes=nan, vocabulary=VOCAB)
+    with pytest.raises(ValueError, match=r"^box 1 \(index 0\) has no area inside the 160x96 image"):
+        predictor.predict(boxes=[[500, 500, 600, 600], [0, 0, 9, 9]], vocabulary=VOCAB)
+    with pytest.raises(ValueError, match=r"^points of region 2 \(index 1\) lie outside"):
+        predictor.predict(points=[[[10, 10]], [[1000, 10]]], vocabulary=VOCAB)
+
+
+def test_sixteen_bit_and_wide_pil_images_are_read_as_load_image_reads_the_file(tiny_model, tmp_path):
+    """A 16-bit PNG opens as mode I;16: the predictor and `load_image` read it by one conversion, 65535 -> 255."""
+    samples = np.linspace(0, 65535, 96 * 160).round().astype(np.uint16).reshape(96, 160)
+    path = tmp_path / "sixteen_bits.png"
+    Image.fromarray(samples).save(path)
+    eight_bits = np.repeat(np.round(samples / 257).astype(np.uint8)[..., None], 3, axis=2)
+    assert np.array_equal(load_image(path), eight_bits)
+    wide = {
+        "opened 16-bit PNG": Image.open(path),
+        "I": Image.fromarray(samples.astype(np.int32)),
+        "I;16B": Image.frombytes("I;16B", (160, 96), samples.astype(">u2").tobytes()),
+        "F in [0, 1]": Image.fromarray((samples / 65535).astype(np.float32)),
+        "numpy uint16": samples,
+    }
+    assert Image.open(path).mode == "I;16" and wide["I"].mode == "I" and wide["F in [0, 1]"].mode == "F"
+    predictor = RegionSpotPredictor(tiny_model)
+    predictor.set_image(eight_bits)
+    expected = predictor.predict(boxes=BOXES, vocabulary=VOCAB, return_all_scores=True).all_scores
+    for name, image in wide.items():
+        assert np.abs(to_rgb_uint8(image).astype(int) - eight_bits).max() <= 1, name  # float rounding at most
+        predictor.set_image(image)
+        got = predictor.predict(boxes=BOXES, vocabulary=VOCAB, return_all_scores=True).all_scores
+        if name != "F in [0, 1]":
+            assert_close(got, expected, msg=name)
+    with pytest.raises(ValueError, match="mode I is read as 16-bit samples"):
+        predictor.set_image(Image.fromarray(np.array([[-1, 70000]], np.int32)))
 
 
 def test_segment_everything_and_name_it(predictor, image):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from safetensors.torch import load_file
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
@@ -15,6 +18,7 @@ from regionspot import RegionSpotConfig
 from regionspot.commands.train import export_main
 from regionspot.configs import KINDS
 from regionspot.data.toy import write_colour_boxes
+from regionspot.training import ValidationScores
 from regionspot.training.cli import LoggingConfig, RegionSpotCLI, build_loggers
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -80,11 +84,11 @@ def test_paths_and_lengths_are_overridable_from_the_command_line(capsys):
     assert config["trainer"]["strategy"]["class_path"].endswith("FSDPStrategy")
 
 
-def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_path):
-    train_ann, images = write_colour_boxes(tmp_path / "data", num_images=12)
+def tiny_fit(tmp_path: Path, *, num_images: int, val_check_interval: int, options: list[str]) -> RegionSpotCLI:
+    """`train.py fit` on the tiny config for 2 steps, on toy colour boxes drawn into tmp_path, run in tmp_path/run."""
+    train_ann, images = write_colour_boxes(tmp_path / "data", num_images=num_images)
     val_ann, _ = write_colour_boxes(tmp_path / "data", num_images=4, seed=1, split="val")
-    run = tmp_path / "run"
-    RegionSpotCLI(
+    return RegionSpotCLI(
         args=[
             "fit",
             "--config=tiny",
@@ -93,13 +97,18 @@ def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_pat
             f"--data.val.ann_file={val_ann}",
             f"--data.val.image_dir={images}",
             "--trainer.max_steps=2",
-            "--trainer.val_check_interval=2",
-            f"--trainer.default_root_dir={run}",
-            "--trainer.log_every_n_steps=1",
-            "--trainer.enable_progress_bar=false",
+            f"--trainer.val_check_interval={val_check_interval}",
+            f"--trainer.default_root_dir={tmp_path / 'run'}",
             "--trainer.enable_model_summary=false",
+            *options,
         ]
     )
+
+
+def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_path):
+    options = ["--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
+    tiny_fit(tmp_path, num_images=12, val_check_interval=2, options=options)
+    run = tmp_path / "run"
     adapter, model_yaml = run / "adapter.safetensors", run / "adapter.yaml"
     assert adapter.is_file() and RegionSpotConfig.from_yaml(model_yaml).adapter.checkpoint == str(adapter)
     log_dir = run / "logs" / "version_0"
@@ -108,6 +117,37 @@ def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_pat
     export_main(["--ckpt", str(log_dir / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "exported.safetensors")])
     at_end, exported = load_file(adapter), load_file(tmp_path / "exported.safetensors")
     assert at_end.keys() == exported.keys() and all((at_end[k] == exported[k]).all() for k in at_end)
+
+
+def test_fit_prints_each_validations_ap_as_a_table_and_shows_it_on_the_progress_bar(tmp_path, capsys):
+    cli = tiny_fit(tmp_path, num_images=8, val_check_interval=1, options=["--trainer.logger=false"])
+    printed = capsys.readouterr()
+    ap = cli.trainer.callback_metrics["val/AP"]
+    assert "val/AP" in cli.trainer.progress_bar_metrics and f"val/AP={ap:.3g}" in printed.err, printed.err  # the bar
+    tables = [printed.out[printed.out.index(f"step {step}: validation AP (%)") :] for step in (1, 2)]
+    header, row = tables[1].splitlines()[1:3]  # the last validation's table: its numbers are the logged ones
+    scores = dict(zip(header.replace(" ", "").split("|"), row.replace(" ", "").split("|"), strict=True))
+    assert {"AP", "AP50", "AP75"} <= scores.keys() and scores["AP"] == f"{100 * ap:.1f}", tables[1]
+
+
+@pytest.mark.parametrize(
+    ("rank", "fn", "printed"),
+    [(0, TrainerFn.FITTING, True), (1, TrainerFn.FITTING, False), (0, TrainerFn.VALIDATING, False)],
+)
+def test_the_scores_table_is_printed_by_rank_zero_in_fit_only_with_the_heads_losses(rank, fn, printed, capsys):
+    metrics = {"val/AP": torch.tensor(0.4125), "val/APr": torch.tensor(0.2), "val/caption_loss": torch.tensor(2.31)}
+    trainer = SimpleNamespace(
+        sanity_checking=False, is_global_zero=rank == 0, state=SimpleNamespace(fn=fn), global_step=7,
+        callback_metrics={**metrics, "val/vqa_loss": torch.tensor(1.2), "train/loss": torch.tensor(0.5)},
+    )  # fmt: skip
+    ValidationScores().on_validation_end(trainer, None)
+    out = capsys.readouterr().out
+    if not printed:  # `validate` prints Lightning's own table
+        assert out == ""
+        return
+    title, header, row, losses = out.splitlines()
+    assert title == "step 7: validation AP (%)" and header.split() == ["AP", "|", "APr"], out
+    assert row.split() == ["41.2", "|", "20.0"] and losses == "caption loss 2.310, vqa loss 1.200", out
 
 
 def test_export_explains_a_wrong_file(tmp_path):

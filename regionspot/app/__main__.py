@@ -53,7 +53,14 @@ def main(argv: list[str] | None = None) -> None:
         samples=samples(choice),
     )
     app.queue(default_concurrency_limit=1)  # one predictor: requests take turns
-    app.launch(server_name=args.host, server_port=args.port, theme=THEME, ssr_mode=False, share=False)
+    # quiet: Gradio's start-up lines include "To create a public link, set `share=True`", advice for an app that
+    # never shares; its only switch also hides the URL line, which is printed here instead.
+    app.launch(
+        server_name=args.host, server_port=args.port, theme=THEME, ssr_mode=False, share=False, quiet=True,
+        prevent_thread_lock=True,
+    )  # fmt: skip
+    print(f"regionspot app: open {app.local_url} in a browser (Ctrl+C stops it)", flush=True)
+    app.block_thread()
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 
 Each handler is a module-level function over plain values, so that tests call it as the page does; a refused
 input (`InputError`, or the predictor's ValueError/TypeError) becomes a `gr.Error` the page shows, and a note
-(SAM found nothing) a `gr.Warning`.
+(SAM found nothing) a `gr.Warning`; both popups render HTML, so their text is escaped (`<region1>` stays readable).
 """
 
 from __future__ import annotations
 
 import functools
+import html
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,11 @@ HOW_TO = (
 )
 
 
+def as_page_text(message: str) -> str:
+    """A message as Gradio's popups show it: they render HTML, which would swallow `<region1>` as a tag."""
+    return html.escape(message, quote=False)
+
+
 def refusals_shown(function: Callable) -> Callable:
     """Run a handler; show a refused input as the page's error message instead of a server traceback."""
 
@@ -48,14 +54,14 @@ def refusals_shown(function: Callable) -> Callable:
             return function(*args, **kwargs)
         except (ValueError, TypeError, FileNotFoundError) as err:  # InputError is a ValueError
             # The app's own refusals need no traceback in the log; the predictor's are kept there, for the record.
-            raise gr.Error(str(err), print_exception=not isinstance(err, InputError)) from err
+            raise gr.Error(as_page_text(str(err)), print_exception=not isinstance(err, InputError)) from err
 
     return shown
 
 
 def _with_notes(shown: Shown, headers: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
     for note in shown.notes:
-        gr.Warning(note)
+        gr.Warning(as_page_text(note))
     return np.asarray(shown.picture), pd.DataFrame(shown.rows, columns=headers)
 
 

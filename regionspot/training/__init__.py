@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from regionspot.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond
+    from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, ValidationScores
     from regionspot.training.datamodule import RegionDataModule
     from regionspot.training.export import export_adapter, read_training_checkpoint, save_adapter
     from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint
@@ -24,6 +24,7 @@ __all__ = [
     "PreemptionCheckpoint",
     "RegionDataModule",
     "RegionSpotModule",
+    "ValidationScores",
     "export_adapter",
     "read_training_checkpoint",
     "save_adapter",
@@ -31,7 +32,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        "regionspot.training.callbacks": ["ExportAdapter", "ImagesPerSecond"],
+        "regionspot.training.callbacks": ["ExportAdapter", "ImagesPerSecond", "ValidationScores"],
         "regionspot.training.datamodule": ["RegionDataModule"],
         "regionspot.training.export": ["export_adapter", "read_training_checkpoint", "save_adapter"],
         "regionspot.training.fault_tolerance": ["AtomicCheckpointIO", "PreemptionCheckpoint"],

@@ -1,4 +1,5 @@
-"""Training callbacks: a progress bar over steps, images/s on it, and the adapter exported when `fit` ends."""
+"""Training callbacks: a progress bar over steps, images/s on it, the validation scores printed as a table, and the
+adapter exported when `fit` ends."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm.auto import tqdm
 
+from regionspot.evaluation.lvis_eval import LVIS_METRICS, format_metrics
 from regionspot.training.export import save_adapter
 
 
@@ -38,8 +41,35 @@ class ImagesPerSecond(L.Callback):
         pl_module.log("train/images_per_sec", self._rate, prog_bar=True, batch_size=1)
 
 
+class ValidationScores(L.Callback):
+    """Prints each validation's scores during `fit` as a small table, on rank zero: box AP by the validation set's
+    protocol (in %, as `evaluate.py` prints it), and the caption and VQA losses when those heads train.
+
+    `trainer.validate` is left to Lightning, which prints its own table of the same numbers.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != TrainerFn.FITTING:
+            return
+        scores = {k.removeprefix("val/"): float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if scores:
+            tqdm.write(validation_table(scores, step=trainer.global_step))  # above a progress bar, not through it
+
+
+def validation_table(scores: dict[str, float], *, step: int) -> str:
+    """`scores` (AP, AP50, ... as fractions; losses by name) as a few lines of text: AP's table, then the rest."""
+    ap = {k: v for k, v in scores.items() if k in LVIS_METRICS}
+    rest = {k: v for k, v in scores.items() if k not in LVIS_METRICS}
+    lines = [f"step {step}: validation" + (" AP (%)" if ap else "")]
+    if ap:
+        lines.append(format_metrics(ap))
+    if rest:
+        lines.append(", ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in sorted(rest.items())))
+    return "\n".join(lines)
+
+
 class StepProgressBar(ProgressBar):
-    """One bar over the run's optimizer steps, with the rate, the time left and the loss.
+    """One bar over the run's optimizer steps, with the rate, the time left, the loss and the last validation AP.
 
     RegionSpot's runs are bounded by `max_steps`, not epochs; Lightning's own bar counts epochs
     (and reads "Epoch 26/-2" when there is no epoch limit).
@@ -68,12 +98,20 @@ class StepProgressBar(ProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: Any, batch_idx: int) -> None:
         self._bar.update(trainer.global_step - self._bar.n)
         if trainer.global_step % self.refresh_every == 0:
-            shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith("train/")}
-            self._bar.set_postfix({k.removeprefix("train/"): v for k, v in shown.items()}, refresh=False)
+            self._show_metrics(trainer, pl_module, refresh=False)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is not None and not trainer.sanity_checking:
             self._bar.write(f"step {trainer.global_step}: validating on {sum(trainer.num_val_batches)} batch(es)")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bar is not None and not trainer.sanity_checking:
+            self._show_metrics(trainer, pl_module, refresh=True)
+
+    def _show_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule, *, refresh: bool) -> None:
+        """The metrics logged with prog_bar=True: train/loss as `loss`, ..., and val/AP as it is."""
+        shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith(("train/", "val/"))}
+        self._bar.set_postfix({k.removeprefix("train/"): v for k, v in shown.items()}, refresh=refresh)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._bar is not None:

@@ -15,7 +15,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
 from regionspot.configs import resolve_config
-from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar
+from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar, ValidationScores
 from regionspot.training.datamodule import RegionDataModule, reads_images
 from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint
 from regionspot.training.module import RegionSpotModule
@@ -54,7 +54,7 @@ def build_loggers(save_dir: str | Path, config: LoggingConfig) -> list[Logger]:
 class RegionSpotCLI(LightningCLI):
     """LightningCLI with RegionSpot's defaults: no Lightning-injected sampler, seeded, loggers from `logging`,
     checkpoints written atomically (unless `trainer.plugins` names another CheckpointIO) and one saved on SIGTERM
-    (`regionspot.training.fault_tolerance`)."""
+    (`regionspot.training.fault_tolerance`), each validation's scores printed (`ValidationScores`)."""
 
     def __init__(self, *, args: list[str] | None = None, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 0)
@@ -87,7 +87,7 @@ class RegionSpotCLI(LightningCLI):
         plugins = _as_list(trainer_config.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        added = [PreemptionCheckpoint()]
+        added = [PreemptionCheckpoint(), ValidationScores()]
         if trainer_config.get("enable_progress_bar") is not False:
             added.append(StepProgressBar())
         kwargs["callbacks"] = [*_as_list(trainer_config.get("callbacks")), *added]

@@ -72,8 +72,8 @@ class RegionSpotModule(L.LightningModule):
     `clip.class_names` says.
 
     Args:
-        model_config: the model (a model YAML or a packaged config's name on the command line; a `RegionSpotConfig` in Python).
-            Its fields can be set one by one: `--model.model_config.adapter.dropout 0.0`; stage 2 starts
+        model_config: the model (a model YAML or a packaged config's name on the command line; a
+            `RegionSpotConfig` in Python). Its fields can be set one by one: `--model.model_config.adapter.dropout 0.0`; stage 2 starts
             from a stage-1 adapter through `adapter.checkpoint`.
         lr, weight_decay: AdamW settings (RegionSpot: 2.5e-5, 1e-4).
         vqa_lr: the VQA head's learning rate (its projector, and the LLM's weights that train); None: `lr`. An
@@ -573,7 +573,11 @@ class RegionSpotModule(L.LightningModule):
         metrics = self.val_ap.compute()  # every rank's detections, the same numbers on every rank
         self.val_ap.reset()
         # -1 marks a metric without ground truth; the values are equal on every rank, so syncing changes nothing
-        self.log_dict({f"val/{k}": v for k, v in metrics.items() if v >= 0}, sync_dist=True)
+        scores = {f"val/{k}": v for k, v in metrics.items() if v >= 0}
+        ap = scores.pop("val/AP", None)
+        self.log_dict(scores, sync_dist=True)
+        if ap is not None:  # the headline number, on the progress bar too
+            self.log("val/AP", ap, prog_bar=True, sync_dist=True)
 
     # ----- checkpoints: trainable weights and the model config only ----------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
