@@ -73,8 +73,9 @@ class RegionSpotModule(L.LightningModule):
 
     Args:
         model_config: the model (a model YAML or a packaged config's name on the command line; a
-            `RegionSpotConfig` in Python). Its fields can be set one by one: `--model.model_config.adapter.dropout 0.0`; stage 2 starts
-            from a stage-1 adapter through `adapter.checkpoint`.
+            `RegionSpotConfig` in Python). Its fields can be set one by one:
+            `--model.model_config.adapter.dropout 0.0`; stage 2 starts from a stage-1 adapter through
+            `adapter.checkpoint`.
         lr, weight_decay: AdamW settings (RegionSpot: 2.5e-5, 1e-4).
         vqa_lr: the VQA head's learning rate (its projector, and the LLM's weights that train); None: `lr`. An
             LLM's LoRA weights or projector usually want another rate than the recogniser's adapter.
