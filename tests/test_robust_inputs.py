@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
+import regionspot
 from regionspot import RegionSpotPredictor, recognize
 from regionspot.boxes import clip_to_image, has_area
 
@@ -454,7 +455,8 @@ def test_recognize_prints_one_line_per_box_or_exits_with_a_message(tiny_model, p
     argv = ["--config", "unused.yaml", "--image", str(photo), "--boxes", boxes, "--vocabulary", vocabulary]
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        patch.setattr(recognize, "build_regionspot", lambda config: tiny_model)  # one tiny model for every example
+        # One tiny model for every example; the command imports the package's factory after parsing its arguments.
+        patch.setattr(regionspot, "build_regionspot", lambda config: tiny_model)
         try:
             recognize.main([*argv, "--top-k", str(top_k)])
         except SystemExit as exit_info:
@@ -470,7 +472,7 @@ def test_recognize_prints_one_line_per_box_or_exits_with_a_message(tiny_model, p
 
 
 def test_recognize_refuses_missing_corrupt_and_exif_images(tiny_model, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(recognize, "build_regionspot", lambda config: tiny_model)
+    monkeypatch.setattr(regionspot, "build_regionspot", lambda config: tiny_model)
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     for name, message in (("missing.jpg", "image not found"), ("broken.jpg", r"cannot read image .*broken\.jpg")):
         with pytest.raises(SystemExit, match=f"^error: {message}"):
