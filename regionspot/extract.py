@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 from collections import Counter
 from contextlib import nullcontext
@@ -45,16 +44,19 @@ from regionspot.data.feature_cache import (
     dataset_digest,
     encode_entry,
     entry_key,
-    file_sha256,
     finished_shard,
     member_offsets,
     shard_name,
-    write_json_atomic,
 )
+from regionspot.files import atomic_path, file_sha256, write_json_atomic
+from regionspot.run_identity import listing_digest
 
 log = logging.getLogger(__name__)
 # What a rerun must agree on with the manifest already in the folder (else its shards would mix two extractions).
-_PLAN_KEYS = ("backbone_digest", "dataset_digest", "dtype", "backbone_precision", "clip_maps", "flips", "shard_size")
+# The backbones' weights by content (a checkpoint replaced behind the same name), the images by a listing of names and
+# sizes (`regionspot.run_identity.listing_digest`).
+_PLAN_KEYS = ("backbone_digest", "checkpoint_sha256", "dataset_digest", "images_digest", "dtype", "backbone_precision",
+              "clip_maps", "flips", "shard_size")  # fmt: skip
 
 
 def plan(
@@ -71,13 +73,17 @@ def plan(
     """The manifest of an extraction before any shard is written (`complete` false, no counts)."""
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    checkpoints = checkpoint_files(model_config)
+    image_files = [record.source for record in dataset.records if isinstance(record.source, str)]
     return {
         "format": FORMAT,
         "backbone_digest": backbone_digest(model_config),
         "backbones": backbone_fields(model_config),
         "model_config": {"sam": vars(model_config.sam), "clip": vars(model_config.clip)},
-        "checkpoints": checkpoint_files(model_config),
+        "checkpoints": checkpoints,
+        "checkpoint_sha256": {section: file and file["sha256"] for section, file in checkpoints.items()},
         "dataset_digest": dataset_digest(data),
+        "images_digest": listing_digest(image_files, data.image_dir or ".")["sha256"],
         "dataset": {
             "name": dataset.name,
             "source": vars(data),
@@ -96,17 +102,21 @@ def plan(
     }
 
 
-def prepare(out: Path, manifest: dict[str, Any]) -> None:
-    """Write the plan to `out`, or check that the one there is the same extraction (a rerun resumes it)."""
+def prepare(out: Path, manifest: dict[str, Any], *, restart: bool = False) -> None:
+    """Write the plan to `out`, or check that the one there is the same extraction (a rerun resumes it). With
+    `restart`, the shards and manifest of an earlier extraction in `out` are deleted first."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / MANIFEST
+    if restart:
+        for old in [*out.glob("shard-*.tar"), *out.glob("shard-*.json"), path]:
+            old.unlink(missing_ok=True)
     if path.is_file():
         existing = json.loads(path.read_text())
         differ = [k for k in _PLAN_KEYS if existing.get(k) != manifest[k]]
         if differ:
             raise ValueError(
-                f"{out} holds another extraction (its {', '.join(differ)} differ from this command's): "
-                "give another --out, or delete that folder"
+                f"{out} holds another extraction (its {', '.join(differ)} differ from this command's): its shards "
+                "cannot be mixed with this one's. Add --restart to discard them and start afresh, or give another --out"
             )
         if existing.get("complete"):
             return
@@ -165,10 +175,9 @@ def write_shard(out: Path, index: int, entries) -> dict[str, Any]:
     import webdataset
 
     path = out / shard_name(index)
-    partial = out / f".{path.name}.partial"
     counts: Counter = Counter()
     keys: list[str] = []
-    with open(partial, "wb") as stream:
+    with atomic_path(path) as partial, open(partial, "wb") as stream:
         writer = webdataset.TarWriter(stream, encoder=False, mtime=0.0)
         for sample, meta in entries:
             writer.write(sample)
@@ -179,8 +188,6 @@ def write_shard(out: Path, index: int, entries) -> dict[str, Any]:
                 counts["boxes"] += len(meta.get("boxes", ()))
         writer.close()
         stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(partial, path)
     record = {
         "shard": index,
         "bytes": path.stat().st_size,
@@ -301,7 +308,7 @@ def _run_ranks(fabric, args: argparse.Namespace) -> None:
     )
     out = Path(args.out)
     if fabric.global_rank == 0:
-        prepare(out, manifest)
+        prepare(out, manifest, restart=args.restart)
     fabric.barrier()
     module = build_extraction_module(model_config, backbone_precision=precision).to(fabric.device)
     extract_rank(
@@ -357,6 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", default="1", help="processes (GPUs) on this node: a number or 'auto'")
     parser.add_argument("--num-nodes", type=int, default=1)
     parser.add_argument("--strategy", default="auto", help="Lightning strategy (auto: DDP with several devices)")
+    parser.add_argument("--restart", action="store_true", help="discard an earlier extraction in --out first")
     args = parser.parse_args(argv)
     if args.shard_size < 1 or args.batch_size < 1:
         parser.error("--shard-size and --batch-size must be positive")

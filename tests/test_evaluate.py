@@ -175,7 +175,7 @@ def test_resume_recomputes_nothing_and_equals_an_uninterrupted_run(data, tmp_pat
     computed.clear()
     evaluate(_settings(data, tmp_path))
     assert computed == []
-    with pytest.raises(ValueError, match="different top_k"):
+    with pytest.raises(ValueError, match=r"settings\.top_k 300 -> 3"):
         evaluate(_settings(data, tmp_path, top_k=3))
 
 

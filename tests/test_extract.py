@@ -154,6 +154,40 @@ def test_a_folder_of_another_extraction_is_refused(reference, toy):
         prepare(reference, _manifest(toy, dtype="bf16"))
 
 
+def test_a_rerun_after_a_backbone_checkpoint_or_an_image_changes_is_refused(toy, tmp_path):
+    config = RegionSpotConfig.from_yaml(TINY)
+    weights = tmp_path / "sam_tiny.pth"  # only its bytes matter to the manifest: nothing is loaded here
+    weights.write_bytes(b"weights one")
+    config.sam.checkpoint = str(weights)
+
+    def manifest() -> dict:
+        return plan(model_config=config, data=toy["config"], dataset=toy["dataset"], clip_maps=True, flips=True,
+                    dtype="fp32", backbone_precision="float32", shard_size=SHARD_SIZE)  # fmt: skip
+
+    out = tmp_path / "cache"
+    prepare(out, manifest())
+    weights.write_bytes(b"weights two")  # retrained behind the same file name
+    with pytest.raises(ValueError, match=r"checkpoint_sha256.*Add --restart.*another --out"):
+        prepare(out, manifest())
+    weights.write_bytes(b"weights one")
+    image = Path(toy["dataset"].records[0].source)
+    original = image.read_bytes()
+    image.write_bytes(original + b"\0")
+    try:
+        with pytest.raises(ValueError, match="images_digest"):
+            prepare(out, manifest())
+    finally:
+        image.write_bytes(original)
+    prepare(out, manifest())  # the same extraction again: it resumes
+    weights.write_bytes(b"weights two")
+    (out / shard_name(0)).write_bytes(b"a shard of the old extraction")
+    prepare(out, manifest(), restart=True)
+    assert (
+        not (out / shard_name(0)).exists()
+        and read_manifest(out)["checkpoint_sha256"]["sam"] == manifest()["checkpoint_sha256"]["sam"]
+    )
+
+
 def _killable_extraction(out: str, toy, module, pause: float) -> None:
     """The extraction, pausing after each batch so that a kill lands in the middle of a shard."""
     import regionspot.extract as extraction

@@ -11,7 +11,6 @@ captions, or score a results file.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from regionspot.data.coco import read_json
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K
 from regionspot.evaluation.lvis_eval import format_metrics, score_results
 from regionspot.evaluation.sources import SOURCES
+from regionspot.files import write_json_atomic
 from regionspot.modeling.regionspot import ACTIVATIONS
 
 
@@ -87,6 +87,7 @@ def _run(argv: list[str]) -> dict:
     parser.add_argument("--sam-pred-iou-thresh", type=float, default=0.88)
     parser.add_argument("--sam-stability-score-thresh", type=float, default=0.95)
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
     args = vars(parser.parse_args(argv))
     args["devices"] = int(args["devices"]) if args["devices"].isdigit() else args["devices"]
     return evaluate(EvalSettings(**args))
@@ -112,6 +113,7 @@ def _captions(argv: list[str]) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="draws the weights of parts without a checkpoint")
     parser.add_argument("--spice", action="store_true", help="also SPICE (downloads Stanford CoreNLP on first use)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
     return evaluate_captions(CaptionEvalSettings(**vars(parser.parse_args(argv))))
 
 
@@ -137,6 +139,7 @@ def _vqa(argv: list[str]) -> dict:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     parser.add_argument("--seed", type=int, default=0, help="draws the weights of parts without a checkpoint")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
     return evaluate_vqa(VqaEvalSettings(**vars(parser.parse_args(argv))))
 
 
@@ -149,8 +152,7 @@ def _score(argv: list[str]) -> dict:
     args = parser.parse_args(argv)
     detections = _read_detections(Path(args.detections))
     metrics = score_results(args.gt, detections, fixed_ap=args.fixed_ap)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(args.out, metrics, indent=2)
     print(format_metrics(metrics))
     if "segm" in metrics:
         print("mask:\n" + format_metrics(metrics["segm"]))

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-PARTIAL_SUFFIX = ".partial"  # a checkpoint being written; never ends in .ckpt, so "last" never picks one
+from regionspot.files import PARTIAL, atomic_path
+
+PARTIAL_SUFFIX = PARTIAL  # a checkpoint being written; never ends in .ckpt, so "last" never picks one
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -43,19 +44,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-        try:
-            with partial.open("wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
+        with atomic_path(path) as partial, partial.open("wb") as file:
+            torch.save(checkpoint, file)
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
@@ -63,19 +53,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # A checkpoint of this package holds tensors and plain data only: nothing in it needs to run code.
         weights_only = True if weights_only is None else weights_only
         return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # a file system without directory handles: the rename is as durable as it gets
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
