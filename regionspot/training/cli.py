@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar
 from regionspot.training.datamodule import RegionDataModule, reads_images
 from regionspot.training.export import export_adapter
-from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint
+from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint, pin_checkpoint_folder
 from regionspot.training.module import RegionSpotModule
 
 
@@ -59,7 +59,8 @@ def build_loggers(save_dir: str | Path, config: LoggingConfig) -> list[Logger]:
 
 class RegionSpotCLI(LightningCLI):
     """LightningCLI with RegionSpot's defaults: no Lightning-injected sampler, seeded, loggers from `logging`,
-    checkpoints written atomically (unless `trainer.plugins` names another CheckpointIO) and one saved on SIGTERM
+    checkpoints written atomically (unless `trainer.plugins` names another CheckpointIO) to
+    `<default_root_dir>/checkpoints` (unless a ModelCheckpoint names its `dirpath`), and one saved on SIGTERM
     (`regionspot.training.fault_tolerance`)."""
 
     def __init__(self, **kwargs) -> None:
@@ -78,9 +79,11 @@ class RegionSpotCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
+        root = trainer_config.get("default_root_dir") or os.getcwd()
         if trainer_config.get("logger") in (None, True):
-            root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = build_loggers(root, self._get(self.config_init, "logging"))
+        for callback in _as_list(trainer_config.get("callbacks")):
+            pin_checkpoint_folder(callback, root)  # where the same command plus --ckpt_path last looks
         plugins = _as_list(trainer_config.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]

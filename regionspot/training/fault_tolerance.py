@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
@@ -62,6 +64,19 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
         return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def pin_checkpoint_folder(callback: L.Callback, root: str | Path) -> None:
+    """Give a ModelCheckpoint without a `dirpath` the folder `<root>/checkpoints`, the same in every run of a command.
+
+    Lightning's default is the logger's version folder (`logs/version_N/checkpoints`), a new one for every run:
+    a rerun with `--ckpt_path last` looked there, found nothing and trained from step 0 without a word.
+    """
+    if not isinstance(callback, ModelCheckpoint) or callback.dirpath is not None:
+        return
+    folder = f"{str(root).rstrip('/')}/checkpoints"
+    callback._fs = get_filesystem(folder)  # as ModelCheckpoint.__init__ sets it for a dirpath given there
+    callback.dirpath = folder if "://" in folder else os.path.realpath(os.path.expanduser(folder))
 
 
 def requeues_on_slurm(trainer: L.Trainer) -> bool:
