@@ -80,6 +80,40 @@ def test_nan_loss_and_inf_gradient_steps_are_skipped_counted_and_training_goes_o
     assert [float(r["train/skipped_steps"]) for r in rows if r.get("train/skipped_steps")] == [0, 0, 1, 1, 1, 2, 2, 2]
 
 
+def test_the_nan_stop_advice_works_a_lower_lr_on_resume_applies_and_the_message_names_the_setting(
+    toy_data, tmp_path, monkeypatch
+):
+    """The stop message says to rerun with a lower --model.lr and --ckpt_path: done so, the run continues at the
+    lower rate with the whole allowance of bad steps (it went on at the checkpoint's rate before, and stopped at
+    its first bad step saying max_bad_steps_in_a_row=4 where the setting was 3)."""
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1000, save_last=True)
+    module = poisoned_module(monkeypatch, nan_steps=set(range(3, 6)), max_bad_steps_in_a_row=3)
+    trainer = make_trainer(tmp_path, max_steps=20, enable_checkpointing=True, callbacks=[checkpoints])
+    with pytest.raises(RuntimeError, match=r"max_bad_steps_in_a_row=3\)") as error:
+        trainer.fit(module, make_data(toy_data))
+    assert "--model.lr=0.0003" in str(error.value) and "--ckpt_path" in str(error.value)
+    resumed = poisoned_module(monkeypatch, nan_steps={6, 7}, max_bad_steps_in_a_row=3, lr=3e-4, weight_decay=0.05)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1000, save_last=True)
+    trainer = make_trainer(tmp_path, max_steps=9, enable_checkpointing=True, callbacks=[checkpoints])
+    trainer.fit(resumed, make_data(toy_data), ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    (group,) = scheduler.optimizer.param_groups
+    assert scheduler.base_lrs == [3e-4] and group["weight_decay"] == 0.05
+    assert group["lr"] == pytest.approx(3e-4 * scheduler.lr_lambdas[0](scheduler.last_epoch))
+    assert trainer.global_step == 9 and resumed._bad_steps.skipped == 5
+
+
+def test_the_schedule_given_on_resume_replaces_the_checkpoints(toy_data, tmp_path):
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1000, save_last=True)
+    trainer = make_trainer(tmp_path, max_steps=2, enable_checkpointing=True, callbacks=[checkpoints])
+    trainer.fit(make_module(lr_milestones=[100]), make_data(toy_data))
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1000, save_last=True)
+    trainer = make_trainer(tmp_path, max_steps=4, enable_checkpointing=True, callbacks=[checkpoints])
+    module = make_module(lr_milestones=[3], lr_gamma=0.5, warmup_steps=0)
+    trainer.fit(module, make_data(toy_data), ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(3e-3 * 0.5)  # step 4: past milestone 3
+
+
 def test_too_many_bad_steps_in_a_row_stop_with_a_clear_message_and_a_checkpoint(toy_data, tmp_path, monkeypatch):
     module = poisoned_module(monkeypatch, nan_steps=set(range(3, 100)), max_bad_steps_in_a_row=3)
     poison = Poison(inf_grad=set())

@@ -40,7 +40,7 @@ from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures
 from regionspot.training.datamodule import RegionDataModule, reads_images
 from regionspot.training.fault_tolerance import NonFiniteSteps, last_checkpoint_path
-from regionspot.training.schedule import WarmupMultiStep
+from regionspot.training.schedule import apply_settings, changed_settings, schedule_of
 from regionspot.transforms import prepare_prompts
 from regionspot.vocabulary import read_class_names
 
@@ -196,6 +196,7 @@ class RegionSpotModule(L.LightningModule):
         self._images_read = 0  # on this rank, kept or skipped
         self._frozen_cache: OrderedDict[bytes, FrozenFeatures] = OrderedDict()
         self._bad_steps = NonFiniteSteps(max_bad_steps_in_a_row)
+        self._resumed_settings: dict[str, Any] | None = None  # the checkpoint's hyperparameters, on resume
         self._step_loss: torch.Tensor | None = None
         self._step_parts: set[str] = set()  # the HEAD_PARTS a loss reached since the last optimizer step
         self._step_images: tuple[str, list] = ("", [])  # the step's data set and image ids, for the log
@@ -487,12 +488,13 @@ class RegionSpotModule(L.LightningModule):
         """Save the run where a resume finds it (its weights are those before the bad steps), then stop."""
         path = last_checkpoint_path(self.trainer)
         self.trainer.save_checkpoint(path)
-        count, step = self._bad_steps.in_a_row, self.global_step
+        count, step, lr = self._bad_steps.in_a_row, self.global_step, self.hparams.lr
         raise RuntimeError(
             f"the {count} optimizer steps before step {step} all had a NaN or infinite loss or gradient and were "
-            f"skipped (model.max_bad_steps_in_a_row={count}): stopping. The weights are those before them; the "
-            f"run is saved in {path}. Check the data those steps read and lower model.lr, then resume with "
-            f"--ckpt_path {path}"
+            f"skipped (model.max_bad_steps_in_a_row={self.hparams.max_bad_steps_in_a_row}): stopping. The weights "
+            f"are those before them; the run is saved in {path}. Check the data those steps read (the warnings name "
+            f"their images), then rerun the same command with a lower rate and --ckpt_path {path} (e.g. "
+            f"--model.lr={lr / 10:g}): a resumed run takes the rate, schedule and weight decay it is given"
         )
 
     def on_train_epoch_end(self) -> None:
@@ -518,13 +520,7 @@ class RegionSpotModule(L.LightningModule):
             groups.append({"params": vqa_params, "lr": self.hparams.vqa_lr or self.hparams.lr})
         # foreach: one kernel per step for all tensors; the per-tensor loop costs ~10 ms a step on CPU
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, foreach=True)
-        schedule = WarmupMultiStep(
-            warmup_steps=self.hparams.warmup_steps,
-            warmup_start_factor=self.hparams.warmup_start_factor,
-            milestones=self.hparams.lr_milestones,
-            gamma=self.hparams.lr_gamma,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_of(self.hparams))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----- validation: ground-truth boxes as regions, scored exactly as evaluate.py scores them -------------------
@@ -596,6 +592,16 @@ class RegionSpotModule(L.LightningModule):
         checkpoint["state_dict"] = {**frozen, **state}  # the frozen backbones come from the model config's files
         if BAD_STEPS_KEY in checkpoint:
             self._bad_steps.load_state_dict(checkpoint[BAD_STEPS_KEY])
+            self._bad_steps.in_a_row = 0  # a resumed run (a lower lr, mended data) gets the whole allowance again
+        self._resumed_settings = checkpoint.get("hyper_parameters") or {}
+
+    def on_train_start(self) -> None:
+        """Settings given on resume apply: Lightning restored the checkpoint's optimizer and scheduler, rates and
+        schedule included, which would otherwise win without a word."""
+        changed = [] if self._resumed_settings is None else changed_settings(self._resumed_settings, self.hparams)
+        if changed:
+            apply_settings(self.lr_schedulers(), self.hparams)
+            rank_zero_info(f"resumed at step {self.global_step} with {', '.join(changed)}: applied from this step")
 
 
 def _check_loss_settings(*, weights: tuple[float, ...], captioned: int | None) -> None:
