@@ -28,7 +28,7 @@ from regionspot.build import build_regionspot
 from regionspot.checkpoint import require_file
 from regionspot.config import RegionSpotConfig
 from regionspot.data.augment import resize_short_edge
-from regionspot.data.coco import load_annotations, load_proposals, subset_images
+from regionspot.data.coco import clean_ground_truth, load_annotations, load_proposals, subset_images
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
 from regionspot.evaluation.lvis_eval import format_metrics, score_results
 from regionspot.evaluation.sources import (
@@ -152,6 +152,7 @@ class RunPlan:
     category_ids: list[int]
     jobs: list[ImageJob]
     max_dets: int | None  # detections kept per image
+    gt_boxes_dropped: dict[str, int]  # ground-truth boxes left out by `clean_ground_truth`, by reason
 
 
 def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
@@ -161,7 +162,15 @@ def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
         The ground truth (for scoring, on rank 0 only) and the plan the ranks share.
     """
     config = _check_model_files(settings)
-    gt = load_annotations(settings.ann)
+    gt, dropped = clean_ground_truth(load_annotations(settings.ann))
+    if dropped:
+        log.warning(
+            "%s: %d ground-truth boxes can be neither recognised nor scored and are left out (%s), as validation "
+            "during training leaves them out",
+            settings.ann,
+            sum(dropped.values()),
+            dict(dropped),
+        )
     categories = sorted(gt["categories"], key=lambda cat: cat["id"])
     # The names read as the model reads them (clip.class_names), as training read its data's.
     vocabulary = vocabulary_from_categories(categories, style=config.clip.class_names)
@@ -180,7 +189,8 @@ def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
             missing[:5],
         )
     max_dets = settings.max_dets_per_image or protocol_max_dets(gt, fixed_ap=settings.fixed_ap)
-    return gt, RunPlan(vocabulary=vocabulary, category_ids=category_ids, jobs=jobs, max_dets=max_dets)
+    return gt, RunPlan(vocabulary=vocabulary, category_ids=category_ids, jobs=jobs, max_dets=max_dets,
+                       gt_boxes_dropped=dict(dropped))  # fmt: skip
 
 
 def _check_model_files(settings: EvalSettings) -> RegionSpotConfig:
@@ -481,19 +491,19 @@ def merge_and_score(settings: EvalSettings, plan: RunPlan, gt: dict[str, Any]) -
     write_json_atomic(out / SKIPPED_FILE, skipped_list, indent=1)
     if skipped_list:
         log.warning(
-            "%d images were skipped (see %s); they count as images with no detections, so this AP is "
-            "not comparable with published numbers",
+            "%d images could not be read (see %s); they and their ground truth are left out of the scoring, as "
+            "validation during training leaves them out, so this AP is not comparable with published numbers",
             len(skipped_list),
             out / SKIPPED_FILE,
         )
-    if settings.max_images is not None:
-        gt = subset_images(gt, set(job_ids))
+    gt = subset_images(gt, {record["image_id"] for record in records})  # the images read, as validation scores
     metrics = score_results(gt, detections, fixed_ap=settings.fixed_ap)
     metrics["images"] = {
         "total": len(jobs),
         "evaluated": len(records),
         "skipped": len(skipped_list),
         "regions_dropped": sum(record["dropped_regions"] for record in records),  # no area inside the image
+        "gt_boxes_dropped": plan.gt_boxes_dropped,
     }
     write_json_atomic(out / METRICS_FILE, metrics, indent=2)
     exact = " (ground-truth boxes: every box is exact, so AP = AP50 = AP75)" if settings.source == "gt" else ""

@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from regionspot.build import build_regionspot
@@ -527,9 +527,10 @@ class RegionSpotModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.val_set is None:
             raise ValueError("validation needs a validation set: data.val, or use_data(val_set=...)")
+        skipped = sum((batch.get("skipped") or {}).values())  # unreadable: left out of val AP, as in evaluate.py
         if not batch["images"]:
             if self.val_ap is not None:
-                self.val_ap.update([], batch["image_ids"])
+                self.val_ap.update([], batch["image_ids"], skipped=skipped)
             return
         frozen = self._batch_frozen(batch)
         features = self.model.region_features(frozen)
@@ -558,7 +559,7 @@ class RegionSpotModule(L.LightningModule):
                 activation=self.hparams.val_activation,
                 max_per_image=protocol_max_dets(self.val_set.ground_truth),
             )
-        self.val_ap.update(detections, batch["image_ids"])
+        self.val_ap.update(detections, batch["image_ids"], skipped=skipped)
 
     def on_validation_epoch_end(self) -> None:
         if self.val_ap is None:
@@ -568,6 +569,11 @@ class RegionSpotModule(L.LightningModule):
             return
         metrics = self.val_ap.compute()  # every rank's detections, the same numbers on every rank
         self.val_ap.reset()
+        if metrics["skipped_images"] or metrics["gt_boxes_dropped"]:
+            rank_zero_warn(
+                f"validation left out {metrics['skipped_images']:.0f} unreadable images with their ground truth and "
+                f"{self.val_ap.gt_boxes_dropped} ground-truth boxes no detector can be scored on (evaluate.py's rule)"
+            )
         # -1 marks a metric without ground truth; the values are equal on every rank, so syncing changes nothing
         self.log_dict({f"val/{k}": v for k, v in metrics.items() if v >= 0}, sync_dist=True)
 
