@@ -254,3 +254,24 @@ def test_old_step_checkpoints_are_pruned_as_configured_across_a_resume(toy, tmp_
     main([*args, "--ckpt_path=last"])
     steps = sorted(p.relative_to(run).as_posix() for p in run.rglob("*step=*.ckpt"))
     assert steps == ["checkpoints/epoch=0-step=6.ckpt"]
+
+
+@pytest.mark.parametrize("resume_from", ["last", "path"])
+def test_optimizer_settings_given_on_resume_apply_through_train_py(resume_from, toy, tmp_path, caplog):
+    """`--model.lr` and `--model.weight_decay` on resume: LightningCLI put the checkpoint's back over them and
+    Lightning restored the checkpoint's optimizer, so the run went on at the old rate; now the rate at the resumed
+    step is the new base rate times the schedule, and the log says so."""
+    run = tmp_path / "run"
+    (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(run, toy)))
+    args = ["fit", "--config=configs/tiny.yaml", f"--config={tmp_path / 'swap.yaml'}"]
+    with pytest.raises(SystemExit):
+        main([*args, signal_at(2)])
+    # "last", or the path the NaN stop names (with a path LightningCLI also put the checkpoint's settings back)
+    ckpt = "last" if resume_from == "last" else str(run / "checkpoints" / "last.ckpt")
+    with caplog.at_level("INFO"):
+        resumed = RegionSpotCLI(args=[*args, "--model.lr=1e-4", "--model.weight_decay=0.05", f"--ckpt_path={ckpt}"])
+    scheduler = resumed.trainer.lr_scheduler_configs[0].scheduler
+    (group,) = scheduler.optimizer.param_groups
+    assert resumed.model.hparams.lr == 1e-4 and scheduler.base_lrs == [1e-4] and group["weight_decay"] == 0.05
+    assert group["lr"] == pytest.approx(1e-4 * scheduler.lr_lambdas[0](scheduler.last_epoch))
+    assert "resumed at step 2 with model.lr 0.002 -> 0.0001, model.weight_decay 0.0001 -> 0.05" in caplog.text

@@ -21,7 +21,8 @@ from test_training import adapter_state, make_data, make_module, make_trainer
 from regionspot import RegionSpotPredictor
 from regionspot.data.toy import write_colour_boxes
 from regionspot.modeling.adapter import RegionFusionAdapter, RegionSelfAttention
-from regionspot.training.fault_tolerance import PARTIAL_SUFFIX, AtomicCheckpointIO
+from regionspot.training.cli import main
+from regionspot.training.fault_tolerance import PARTIAL_SUFFIX, AtomicCheckpointIO, UnreadableCheckpointError
 from regionspot.training.module import BAD_STEPS_KEY
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -164,8 +165,35 @@ def test_resuming_reads_checkpoints_with_weights_only(tmp_path):
 
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "payload": RunsCode()}, path)
-    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+    with pytest.raises(UnreadableCheckpointError, match=r"it pickles print, which could run code") as error:
         AtomicCheckpointIO().load_checkpoint(path)
+    assert isinstance(error.value.__cause__, pickle.UnpicklingError)
+
+
+@pytest.mark.parametrize("content", ["pickle", "garbage", "truncated"])
+def test_resuming_from_an_unreadable_or_pickle_bearing_checkpoint_is_one_line(content, toy_data, tmp_path):
+    """train.py fit --ckpt_path <bad file>: one line naming the file and what to do, no traceback (a bare
+    UnpicklingError traceback before)."""
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this checkpoint ran code",))
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "payload": RunsCode() if content == "pickle" else 1}, path)
+    if content == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif content == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    train_ann, images = toy_data["train"]
+    data = [f"--data.train.toy.ann_file={train_ann}", f"--data.train.toy.image_dir={images}",
+            f"--data.val.ann_file={train_ann}", f"--data.val.image_dir={images}"]  # fmt: skip
+    args = ["fit", "--config=configs/tiny.yaml", *data, f"--trainer.default_root_dir={tmp_path / 'run'}",
+            "--trainer.max_steps=2", f"--ckpt_path={path}"]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    message = str(stopped.value)
+    assert message.startswith(f"error: cannot resume from {path}: ") and "\n" not in message, message
 
 
 def test_adapter_attention_runs_in_linear_memory_without_a_global_switch(tiny_model, image, monkeypatch):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import signal
 import sys
 from dataclasses import dataclass
@@ -23,8 +24,15 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar
 from regionspot.training.datamodule import RegionDataModule, reads_images
 from regionspot.training.export import export_adapter
-from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint, pin_checkpoint_folder
+from regionspot.training.fault_tolerance import (
+    AtomicCheckpointIO,
+    PreemptionCheckpoint,
+    UnreadableCheckpointError,
+    pin_checkpoint_folder,
+    why_unreadable,
+)
 from regionspot.training.module import RegionSpotModule
+from regionspot.training.schedule import OPTIMIZER_SETTINGS
 
 
 @dataclass
@@ -76,6 +84,22 @@ class RegionSpotCLI(LightningCLI):
         parser.link_arguments(
             ("data.train", "data.val"), "model.image_encoders", compute_fn=_needs_image_encoders, apply_on="parse"
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (it puts the checkpoint's hyperparameters over the command's), with two changes: the command's
+        optimizer settings win (RegionSpotModule applies them to the restored optimizer; they were silently
+        replaced by the checkpoint's), and a checkpoint that cannot be read is a one-line error."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or not Path(path).is_file():
+            return super()._parse_ckpt_path()
+        given = {name: self.config[subcommand]["model"].get(name) for name in OPTIMIZER_SETTINGS}
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+            raise UnreadableCheckpointError(why_unreadable(Path(path), err)) from err
+        for name, value in given.items():
+            self.config[subcommand]["model"][name] = value
 
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -133,3 +157,5 @@ def main(argv: list[str] | None = None) -> None:
         RegionSpotCLI(args=argv)  # None: LightningCLI reads sys.argv itself
     except SIGTERMException as stopped:  # pre-empted, checkpoint saved: exit as a terminated process, not as done
         raise SystemExit(128 + signal.SIGTERM) from stopped
+    except UnreadableCheckpointError as err:  # a one-line message says which file and what to do
+        raise SystemExit(f"error: {err}") from err

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         # A checkpoint of this package holds tensors and plain data only: nothing in it needs to run code.
         weights_only = True if weights_only is None else weights_only
-        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        if "://" in str(path) or not Path(path).is_file():  # remote, or missing: Lightning's own message
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+            raise UnreadableCheckpointError(why_unreadable(Path(path), err)) from err
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint to resume from that cannot be read, or pickles more than tensors and plain data; its message is
+    one line, which `train.py` prints without a traceback."""
+
+
+def why_unreadable(path: Path, err: BaseException) -> str:
+    """One line: why the checkpoint `path` cannot be resumed from (`err`, what reading it raised) and what to do."""
+    pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if pickled is not None:
+        return (
+            f"cannot resume from {path}: it pickles {pickled.group(1)}, which could run code, and a checkpoint of "
+            "train.py holds tensors and plain data only (refused unrun); resume from a checkpoint train.py wrote"
+        )
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return (
+        f"cannot resume from {path}: it is not a readable checkpoint ({reason[:200]}); give another --ckpt_path "
+        "(the step checkpoints beside it), or leave it out to start afresh"
+    )
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
