@@ -16,14 +16,17 @@ PARTIAL = ".partial"  # the suffix of a file being written (`.<name>.partial` be
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, per_process: bool = False) -> Iterator[Path]:
     """A temporary path beside `path` to write; once the block ends without error, it is fsynced and renamed over
     `path` (os.replace: atomic on one file system). On an error the temporary file is removed and `path` untouched.
+
+    Args:
+        per_process: name the temporary file by the process too, for a file several processes may write at once (a
+            cache); else one fixed name, so that what a killed write left is overwritten by the next.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A fixed name: what a killed write left is overwritten by the next (only one process writes an artifact).
-    partial = path.with_name(f".{path.name}{PARTIAL}")
+    partial = path.with_name(f".{path.name}{f'.{os.getpid()}' if per_process else ''}{PARTIAL}")
     try:
         yield partial
         with open(partial, "rb") as written:
@@ -60,6 +63,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 1) -> None:
     """Write JSON to a temporary file, fsync it, rename it over `path`: a reader sees the old file or the new one."""
     write_atomic(path, lambda file: json.dump(data, file, indent=indent))
+
+
+def save_picture(picture: Any, path: str | Path) -> None:
+    """Save a PIL image atomically, in the format its file name's extension names (PNG, JPEG, ...)."""
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in Image.registered_extensions():
+        raise ValueError(f"cannot tell an image format from {path}: give a name ending in .png, .jpg, ...")
+    with atomic_path(path) as partial:
+        picture.save(partial, format=Image.registered_extensions()[suffix])
 
 
 def file_sha256(path: str | Path) -> str:

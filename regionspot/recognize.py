@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 from regionspot import RegionSpotPredictor, build_regionspot
+from regionspot.files import save_picture
 from regionspot.predictor import RegionPredictions
 from regionspot.transforms import load_image
 from regionspot.visualize import draw_named_regions
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 def _draw(image: np.ndarray, result: RegionPredictions, out_file: str, *, vocabulary_size: int) -> None:
     """Write the picture `--draw` asks for: each box with SAM's mask, its top name, score and caption."""
     picture = draw_named_regions(image, result, vocabulary_size=vocabulary_size, mask_source="SAM's mask from the box")
-    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out_file)
+    save_picture(picture, out_file)
     print(f"picture: {out_file}")
 
 

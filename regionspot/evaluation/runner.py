@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -427,7 +428,7 @@ def _drop_partial_last_line(path: Path) -> None:
         return
     data = path.read_bytes()
     if not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+        os.truncate(path, data.rfind(b"\n") + 1)  # in place, one call: a rewrite killed half-way lost the file
 
 
 def read_parts(out: str | Path) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
