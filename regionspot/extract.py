@@ -13,10 +13,14 @@ or whose bytes differ from it is done again. Unreadable images are skipped and c
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import json
 import logging
 import math
 import os
+import signal
+import sys
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,16 +44,20 @@ from regionspot.data.feature_cache import (
     dataset_digest,
     encode_entry,
     entry_key,
-    file_sha256,
     finished_shard,
     member_offsets,
     shard_name,
-    write_json_atomic,
 )
+from regionspot.files import atomic_path, file_sha256, write_json_atomic
+from regionspot.run_identity import listing_digest
 
 log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # What a rerun must agree on with the manifest already in the folder (else its shards would mix two extractions).
-_PLAN_KEYS = ("backbone_digest", "dataset_digest", "dtype", "backbone_precision", "clip_maps", "flips", "shard_size")
+# The backbones' weights by content (a checkpoint replaced behind the same name), the images by a listing of names and
+# sizes (`regionspot.run_identity.listing_digest`).
+_PLAN_KEYS = ("backbone_digest", "checkpoint_sha256", "dataset_digest", "images_digest", "dtype", "backbone_precision",
+              "clip_maps", "flips", "shard_size")  # fmt: skip
 
 
 def plan(
@@ -66,13 +74,17 @@ def plan(
     """The manifest of an extraction before any shard is written (`complete` false, no counts)."""
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype!r}")
+    checkpoints = checkpoint_files(model_config)
+    image_files = [record.source for record in dataset.records if isinstance(record.source, str)]
     return {
         "format": FORMAT,
         "backbone_digest": backbone_digest(model_config),
         "backbones": backbone_fields(model_config),
         "model_config": {"sam": vars(model_config.sam), "clip": vars(model_config.clip)},
-        "checkpoints": checkpoint_files(model_config),
+        "checkpoints": checkpoints,
+        "checkpoint_sha256": {section: file and file["sha256"] for section, file in checkpoints.items()},
         "dataset_digest": dataset_digest(data),
+        "images_digest": listing_digest(image_files, data.image_dir or ".")["sha256"],
         "dataset": {
             "name": dataset.name,
             "source": vars(data),
@@ -91,17 +103,21 @@ def plan(
     }
 
 
-def prepare(out: Path, manifest: dict[str, Any]) -> None:
-    """Write the plan to `out`, or check that the one there is the same extraction (a rerun resumes it)."""
+def prepare(out: Path, manifest: dict[str, Any], *, restart: bool = False) -> None:
+    """Write the plan to `out`, or check that the one there is the same extraction (a rerun resumes it). With
+    `restart`, the shards and manifest of an earlier extraction in `out` are deleted first."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / MANIFEST
+    if restart:
+        for old in [*out.glob("shard-*.tar"), *out.glob("shard-*.json"), path]:
+            old.unlink(missing_ok=True)
     if path.is_file():
         existing = json.loads(path.read_text())
         differ = [k for k in _PLAN_KEYS if existing.get(k) != manifest[k]]
         if differ:
             raise ValueError(
-                f"{out} holds another extraction (its {', '.join(differ)} differ from this command's): "
-                "give another --out, or delete that folder"
+                f"{out} holds another extraction (its {', '.join(differ)} differ from this command's): its shards "
+                "cannot be mixed with this one's. Add --restart to discard them and start afresh, or give another --out"
             )
         if existing.get("complete"):
             return
@@ -149,10 +165,26 @@ def extract_rank(
         log.info("rank %d: extracting shard %d of %d", rank, index + 1, manifest["shards"])
         size = manifest["shard_size"]
         indices = range(index * size, min((index + 1) * size, len(dataset)))
-        loader = DataLoader(_Indexed(dataset, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+        loader = DataLoader(
+            _Indexed(dataset, indices), batch_size=batch_size, num_workers=num_workers, collate_fn=list,
+            worker_init_fn=functools.partial(die_with_parent, os.getpid()),
+        )  # fmt: skip
         write_shard(out, index, (e for batch in loader for e in _entries(module, dataset, batch, manifest)))
         written.append(index)
     return written
+
+
+def die_with_parent(parent: int, worker_id: int = 0) -> None:
+    """A DataLoader worker's `worker_init_fn`: the kernel kills the worker when its parent dies (Linux's
+    PR_SET_PDEATHSIG), so that a kill -9 of the extractor leaves no worker behind, holding its memory and /dev/shm.
+    PyTorch's own check notices a dead parent only between two items, and a worker can spend minutes in one (a huge
+    image, a stalled network file system). If the parent died before this ran, the worker exits at once."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("worker %d: prctl(PR_SET_PDEATHSIG) failed (errno %d)", worker_id, ctypes.get_errno())
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def write_shard(out: Path, index: int, entries) -> dict[str, Any]:
@@ -160,10 +192,9 @@ def write_shard(out: Path, index: int, entries) -> dict[str, Any]:
     import webdataset
 
     path = out / shard_name(index)
-    partial = out / f".{path.name}.partial"
     counts: Counter = Counter()
     keys: list[str] = []
-    with open(partial, "wb") as stream:
+    with atomic_path(path) as partial, open(partial, "wb") as stream:
         writer = webdataset.TarWriter(stream, encoder=False, mtime=0.0)
         for sample, meta in entries:
             writer.write(sample)
@@ -174,8 +205,6 @@ def write_shard(out: Path, index: int, entries) -> dict[str, Any]:
                 counts["boxes"] += len(meta.get("boxes", ()))
         writer.close()
         stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(partial, path)
     record = {
         "shard": index,
         "bytes": path.stat().st_size,
@@ -296,7 +325,7 @@ def run_ranks(fabric, args: argparse.Namespace) -> None:
     )
     out = Path(args.out)
     if fabric.global_rank == 0:
-        prepare(out, manifest)
+        prepare(out, manifest, restart=args.restart)
     fabric.barrier()
     module = build_extraction_module(model_config, backbone_precision=precision).to(fabric.device)
     extract_rank(

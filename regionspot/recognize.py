@@ -8,7 +8,6 @@ Without --image it uses scikit-image's astronaut photo; without --boxes, a few b
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from regionspot.commands import argument_parser
@@ -71,11 +70,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def _draw(image: np.ndarray, result: RegionPredictions, out_file: str, *, vocabulary_size: int) -> None:
     """Write the picture `--draw` asks for: each box with SAM's mask, its top name, score and caption."""
+    from regionspot.files import save_picture
     from regionspot.visualize import draw_named_regions
 
     picture = draw_named_regions(image, result, vocabulary_size=vocabulary_size, mask_source="SAM's mask from the box")
-    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
-    picture.save(out_file)
+    save_picture(picture, out_file)
     print(f"picture: {out_file}")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL.Image import open as open_image
 from synthetic_boxes import extraction_args, one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
@@ -155,6 +156,40 @@ def test_a_folder_of_another_extraction_is_refused(reference, toy):
         prepare(reference, _manifest(toy, dtype="bf16"))
 
 
+def test_a_rerun_after_a_backbone_checkpoint_or_an_image_changes_is_refused(toy, tmp_path):
+    config = RegionSpotConfig.from_yaml(TINY)
+    weights = tmp_path / "sam_tiny.pth"  # only its bytes matter to the manifest: nothing is loaded here
+    weights.write_bytes(b"weights one")
+    config.sam.checkpoint = str(weights)
+
+    def manifest() -> dict:
+        return plan(model_config=config, data=toy["config"], dataset=toy["dataset"], clip_maps=True, flips=True,
+                    dtype="fp32", backbone_precision="float32", shard_size=SHARD_SIZE)  # fmt: skip
+
+    out = tmp_path / "cache"
+    prepare(out, manifest())
+    weights.write_bytes(b"weights two")  # retrained behind the same file name
+    with pytest.raises(ValueError, match=r"checkpoint_sha256.*Add --restart.*another --out"):
+        prepare(out, manifest())
+    weights.write_bytes(b"weights one")
+    image = Path(toy["dataset"].records[0].source)
+    original = image.read_bytes()
+    image.write_bytes(original + b"\0")
+    try:
+        with pytest.raises(ValueError, match="images_digest"):
+            prepare(out, manifest())
+    finally:
+        image.write_bytes(original)
+    prepare(out, manifest())  # the same extraction again: it resumes
+    weights.write_bytes(b"weights two")
+    (out / shard_name(0)).write_bytes(b"a shard of the old extraction")
+    prepare(out, manifest(), restart=True)
+    assert (
+        not (out / shard_name(0)).exists()
+        and read_manifest(out)["checkpoint_sha256"]["sam"] == manifest()["checkpoint_sha256"]["sam"]
+    )
+
+
 def _killable_extraction(out: str, toy, module, pause: float) -> None:
     """The extraction, pausing after each batch so that a kill lands in the middle of a shard."""
     import regionspot.extract as extraction
@@ -190,6 +225,68 @@ def test_kill_9_mid_extraction_then_rerun_equals_an_uninterrupted_run(reference,
     assert _extract(tmp_path, toy, module) == sorted(set(range(4)) - finished)
     assert contents(tmp_path) == contents(reference)
     assert json.loads((tmp_path / "manifest.json").read_text())["counts"] == read_manifest(reference)["counts"]
+
+
+def _extraction_with_slow_workers(out: str, toy, module, reading: str) -> None:
+    """The extraction with 2 loader workers, each stuck for a minute in its first image (a huge file, a stalled
+    network file system)."""
+    torch.set_num_threads(1)
+    dataset = toy["dataset"]
+
+    def stuck(source):
+        Path(reading, str(os.getpid())).touch()
+        time.sleep(60)
+        return open_image(source)
+
+    dataset.read_image = stuck
+    extract_rank(module=module, dataset=dataset, out=Path(out), manifest=_manifest(toy), batch_size=1, num_workers=2)
+
+
+def _children(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is `pid`."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while listed
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_kill_9_of_the_extractor_leaves_no_loader_worker_behind(toy, module, tmp_path):
+    reading = tmp_path / "reading"
+    reading.mkdir()
+    prepare(tmp_path / "out", _manifest(toy))
+    process = multiprocessing.get_context("fork").Process(  # not a daemon: a daemon may not have children
+        target=_extraction_with_slow_workers, args=(str(tmp_path / "out"), toy, module, str(reading))
+    )
+    process.start()
+    deadline = time.monotonic() + 60
+    while len(list(reading.iterdir())) < 2:  # both workers are in the middle of an image
+        if not process.is_alive() or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("the workers did not start")
+        time.sleep(0.01)
+    workers = _children(process.pid)
+    assert {int(p.name) for p in reading.iterdir()} <= workers
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(30)
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [pid for pid in workers if _alive(pid)]
+    for pid in survivors:  # not to leave them to the rest of the session
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"{len(survivors)} of {len(workers)} loader workers outlived the extractor"
 
 
 @pytest.mark.slow

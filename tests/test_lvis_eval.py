@@ -177,13 +177,14 @@ def test_detection_metric_scores_what_it_was_given_on_the_images_seen():
     gt, boxes = _gt()
     detections = [_det(1, 1, boxes[1], 0.9), _det(1, 2, [0, 0, 30, 30], 0.95), _det(2, 2, boxes[2], 0.8)]
     metric = DetectionAP(ground_truth=gt)
+    no_counts = {"skipped_images": 0.0, "gt_boxes_dropped": 0.0}
     metric.update(detections[:2], [1])
-    metric.update([], [])  # a batch of unreadable images
+    metric.update([], [], skipped=2)  # a batch of unreadable images
     metric.update(detections[2:], [2])
-    assert metric.compute() == score_detections(gt, detections)
+    assert metric.compute() == {**score_detections(gt, detections), **no_counts, "skipped_images": 2.0}
 
     metric.reset()
     metric.update(detections[:1], [1])  # a partial validation: image 2's ground truth is not counted
-    assert metric.compute() == score_detections(subset_images(gt, {1}), detections[:1])
+    assert metric.compute() == {**score_detections(subset_images(gt, {1}), detections[:1]), **no_counts}
     metric.reset()
-    assert metric.compute() == score_detections(subset_images(gt, set()), [])  # a rank that saw nothing
+    assert metric.compute() == {**score_detections(subset_images(gt, set()), []), **no_counts}  # a rank saw nothing

@@ -109,8 +109,44 @@ def test_validation_defaults_give_evaluate_defaults_ap(val_data, evaluated):
     validated = trainer.validate(_module(), _datamodule(val_data), verbose=False)[0]
     assert 0 < metrics["AP"] < 1  # a real score, not a degenerate one
     scored = {key for key in LVIS_METRICS if metrics[key] >= 0}  # -1: no such classes; validation logs none
-    assert {key.removeprefix("val/") for key in validated} == scored
+    assert {key.removeprefix("val/") for key in validated} == scored | set(COUNTS)
+    assert {key: validated[f"val/{key}"] for key in COUNTS} == {key: 0 for key in COUNTS}
     for key in scored:  # equal up to Lightning logging them as float32
+        assert validated[f"val/{key}"] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+COUNTS = ("skipped_images", "gt_boxes_dropped")  # logged beside val AP
+
+
+def test_dirty_data_gives_validation_and_evaluate_the_same_ap_and_counts(tmp_path, caplog):
+    """Unreadable images, and ground-truth boxes of an unknown category or of no usable area (negative, zero, outside
+    the image, NaN), under one rule: the images and those boxes are left out of the scoring, counted and logged."""
+    clean, images = write_colour_boxes(tmp_path, num_images=12, seed=4, size=(60, 90), split="val")
+    data = json.loads(clean.read_text())
+    for image in data["images"][:2]:
+        (images / image["file_name"]).write_bytes(b"not an image")
+    image = data["images"][2]
+    bad_boxes = [[1, 1, 10, 10], [5, 5, -4, 6], [5, 5, 0, 6], [image["width"] + 10, 5, 5, 5], [float("nan"), 5, 5, 5]]
+    for k, bbox in enumerate(bad_boxes):
+        category = 999 if k == 0 else data["categories"][0]["id"]  # the first: a category the file does not list
+        data["annotations"].append({"id": 9000 + k, "image_id": image["id"], "category_id": category, "bbox": bbox,
+                                    "area": 1.0})  # fmt: skip
+    ann = tmp_path / "dirty.json"
+    ann.write_text(json.dumps(data))  # NaN as JSON's NaN, which Python and the official loaders read
+    dirty = {"ann": ann, "images": images}
+    settings = EvalSettings(config=TINY, ann=str(ann), images=str(images), out=str(tmp_path / "eval"), progress=False)
+    metrics = evaluate(settings)
+    assert "5 ground-truth boxes can be neither recognised nor scored" in caplog.text
+    dropped = {"box_of_unknown_category": 1, "zero_area_box": 2, "box_outside_image": 1, "non_finite_box": 1}
+    on_disk = json.loads((tmp_path / "eval" / runner.METRICS_FILE).read_text())["images"]
+    assert on_disk["skipped"] == 2 and on_disk["gt_boxes_dropped"] == dropped
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.warns(UserWarning, match="validation left out 2 unreadable images"):
+        validated = trainer.validate(_module(), _datamodule(dirty), verbose=False)[0]
+    assert validated["val/skipped_images"] == 2 and validated["val/gt_boxes_dropped"] == 5
+    scored = [key for key in LVIS_METRICS if metrics[key] >= 0]
+    assert 0 < metrics["AP"] < 1 and {f"val/{key}" for key in scored} <= set(validated)
+    for key in scored:
         assert validated[f"val/{key}"] == pytest.approx(metrics[key], abs=1e-6), key
 
 

@@ -415,4 +415,4 @@ def test_the_protocol_flags_reach_evaluate(tiny_lvis, tmp_path):
     evaluate_main([*args, "--out", str(out), "--no-masks", "--no-progress", "--max-candidates", "2"])
     per_image = Counter(d["image_id"] for d in json.loads((out / "detections.json").read_text()))
     assert set(per_image.values()) == {2}  # 4 classes x every box, cut to the 2 most probable pairs
-    assert json.loads((out / "run.json").read_text())["regionspot_protocol"] == [2, None, 1333, False]
+    assert json.loads((out / "run.json").read_text())["settings"]["regionspot_protocol"] == [2, None, 1333, False]

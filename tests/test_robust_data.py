@@ -115,7 +115,7 @@ def test_malformed_annotation_entries_are_skipped_and_counted(tmp_path):
         "malformed_category": 4,
         "malformed_annotation": 5,
         "malformed_box": 3,
-        "zero_area_box": 2,
+        "non_finite_box": 2,  # NaN and infinity: not counted as a zero-area box
     }
     assert len(dataset) == 1 and dataset[0]["boxes"].tolist() == [[2, 2, 22, 17]]
     check_annotations(dataset.ground_truth)  # what is kept is valid ground truth to score against

@@ -19,10 +19,12 @@ from pathlib import Path
 import killable
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot.commands.train import main
+from regionspot.configs import config_names, resolve_config
 from regionspot.data.toy import write_colour_boxes
 from regionspot.training.cli import RegionSpotCLI
 from regionspot.training.fault_tolerance import AtomicCheckpointIO
@@ -138,10 +140,8 @@ def adapter_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value for name, value in tensors.items() if not name.startswith("adamw.")}
 
 
-def test_slurm_requeue_through_lightnings_plugin_saves_requeues_and_resumes(toy, tmp_path, monkeypatch):
-    """The packaged slurm config, under SLURM's variables, with a stand-in for `scontrol`: SIGUSR1 reaches
-    Lightning's own handler, which writes hpc_ckpt_1.ckpt (through AtomicCheckpointIO) and asks for the requeue; the
-    requeued job, the same command, starts from that checkpoint by itself."""
+def slurm_job(tmp_path: Path, monkeypatch) -> Path:
+    """SLURM's variables of job 4242, and a stand-in for `scontrol` that appends its arguments to the file returned."""
     bin_dir, requests = tmp_path / "bin", tmp_path / "scontrol.txt"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {requests}\n')
@@ -151,6 +151,14 @@ def test_slurm_requeue_through_lightnings_plugin_saves_requeues_and_resumes(toy,
              "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}  # fmt: skip
     for name, value in slurm.items():
         monkeypatch.setenv(name, value)
+    return requests
+
+
+def test_slurm_requeue_through_lightnings_plugin_saves_requeues_and_resumes(toy, tmp_path, monkeypatch):
+    """The packaged slurm config under SLURM's variables, with a stand-in for `scontrol`: SIGUSR1 reaches Lightning's own
+    handler, which writes hpc_ckpt_1.ckpt (through AtomicCheckpointIO) and asks for the requeue; the requeued
+    job, the same command, starts from that checkpoint by itself."""
+    requests = slurm_job(tmp_path, monkeypatch)
     run = tmp_path / "slurm"
     args = [*fit_args(run, toy, checkpoints=EVERY_STEP, max_steps=5)[:-1], "--config=slurm"]  # no ckpt
 
@@ -169,3 +177,103 @@ def test_slurm_requeue_through_lightnings_plugin_saves_requeues_and_resumes(toy,
     requeued = fit(signal_at=-1)
     restarted = next(c for c in requeued.trainer.callbacks if isinstance(c, killable.SignalAt))
     assert restarted.started_at == [3] and requeued.trainer.global_step == 5
+
+
+TRAINING_CONFIGS = sorted(name for name in config_names("training") if name.startswith(("tiny", "stage")))
+
+
+def swapped_in(run: Path, toy: dict[str, str]) -> dict:
+    """What a shipped training config reads, but its checkpoints folder: tiny backbones, the toy set, one CPU."""
+    model_config = yaml.safe_load(resolve_config("tiny").read_text())
+    model_config["adapter"]["checkpoint"] = None  # stage 2 starts from stage 1's adapter: a config merges into it
+    return {
+        "model": {"model_config": model_config, "frozen_cache_size": 0},
+        "data": {
+            "train": {"toy": {"ann_file": toy["train"], "image_dir": toy["images"]}},
+            "val": {"ann_file": toy["val"], "image_dir": toy["images"]},
+            "val_name": "toy_val", "batch_size": 2, "val_batch_size": 2, "num_workers": 0, "max_regions": 8,
+            "augment": {"short_edges": [], "max_size": 160},
+        },
+        "trainer": {
+            "accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": "32-true",
+            "max_steps": 4, "limit_val_batches": 0, "log_every_n_steps": 1, "default_root_dir": str(run),
+            "enable_progress_bar": False, "enable_model_summary": False,
+        },
+        "logging": {"wandb": False},
+    }  # fmt: skip
+
+
+def signal_at(step: int, signum: int = int(signal.SIGTERM)) -> str:
+    return "--trainer.callbacks+=" + json.dumps(
+        {"class_path": "killable.SignalAt", "init_args": {"step": step, "signum": signum}}
+    )
+
+
+def started_at(cli: RegionSpotCLI) -> list[int]:
+    return next(c for c in cli.trainer.callbacks if isinstance(c, killable.SignalAt)).started_at
+
+
+@pytest.mark.parametrize("config", TRAINING_CONFIGS)
+def test_every_shipped_training_config_continues_from_its_checkpoint_with_the_same_command(config, toy, tmp_path):
+    """Pre-empted at step 2 (SIGTERM: a `last` checkpoint of step 2), then the same command plus --ckpt_path last,
+    with the config's own ModelCheckpoint and logger: the run starts at step 2, not 0, and ends at max_steps."""
+    run = tmp_path / "run"
+    (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(run, toy)))
+    args = ["fit", f"--config={config}", f"--config={tmp_path / 'swap.yaml'}"]
+    with pytest.raises(SystemExit) as stopped:
+        main([*args, signal_at(2)])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    resumed = RegionSpotCLI(args=[*args, signal_at(-1), "--ckpt_path=last"])
+    assert started_at(resumed) == [2] and resumed.trainer.global_step == 4
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("config", TRAINING_CONFIGS)
+def test_every_shipped_training_config_under_slurm_continues_after_a_requeue(config, toy, tmp_path, monkeypatch):
+    """The config plus the packaged slurm config as a SLURM job: SIGUSR1 at step 2 saves hpc_ckpt_1.ckpt and asks for the
+    requeue; the requeued job, the same command, starts at step 2."""
+    requests = slurm_job(tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(run, toy)))
+    args = ["fit", f"--config={config}", f"--config={tmp_path / 'swap.yaml'}", "--config=slurm"]
+    RegionSpotCLI(args=[*args, signal_at(2, int(signal.SIGUSR1))])
+    assert requests.read_text().split() == ["requeue", "4242"]
+    requeued = RegionSpotCLI(args=[*args, signal_at(-1)])
+    assert started_at(requeued) == [2] and requeued.trainer.global_step == 4
+
+
+def test_old_step_checkpoints_are_pruned_as_configured_across_a_resume(toy, tmp_path):
+    """ModelCheckpoint(every_n_train_steps=1), save_top_k at its default 1: one step checkpoint stays, resumed or
+    not (each run kept its own folder before, so the pruning never saw the earlier run's files)."""
+    run = tmp_path / "run"
+    swap = swapped_in(run, toy)
+    swap["trainer"] |= {"max_steps": 6, "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                        "init_args": {"every_n_train_steps": 1, "save_last": True}}]}  # fmt: skip
+    (tmp_path / "swap.yaml").write_text(json.dumps(swap))
+    args = ["fit", "--config=tiny", f"--config={tmp_path / 'swap.yaml'}"]
+    with pytest.raises(SystemExit):
+        main([*args, signal_at(3)])
+    main([*args, "--ckpt_path=last"])
+    steps = sorted(p.relative_to(run).as_posix() for p in run.rglob("*step=*.ckpt"))
+    assert steps == ["checkpoints/epoch=0-step=6.ckpt"]
+
+
+@pytest.mark.parametrize("resume_from", ["last", "path"])
+def test_optimizer_settings_given_on_resume_apply_through_train_py(resume_from, toy, tmp_path, caplog):
+    """`--model.lr` and `--model.weight_decay` on resume: LightningCLI put the checkpoint's back over them and
+    Lightning restored the checkpoint's optimizer, so the run went on at the old rate; now the rate at the resumed
+    step is the new base rate times the schedule, and the log says so."""
+    run = tmp_path / "run"
+    (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(run, toy)))
+    args = ["fit", "--config=tiny", f"--config={tmp_path / 'swap.yaml'}"]
+    with pytest.raises(SystemExit):
+        main([*args, signal_at(2)])
+    # "last", or the path the NaN stop names (with a path LightningCLI also put the checkpoint's settings back)
+    ckpt = "last" if resume_from == "last" else str(run / "checkpoints" / "last.ckpt")
+    with caplog.at_level("INFO"):
+        resumed = RegionSpotCLI(args=[*args, "--model.lr=1e-4", "--model.weight_decay=0.05", f"--ckpt_path={ckpt}"])
+    scheduler = resumed.trainer.lr_scheduler_configs[0].scheduler
+    (group,) = scheduler.optimizer.param_groups
+    assert resumed.model.hparams.lr == 1e-4 and scheduler.base_lrs == [1e-4] and group["weight_decay"] == 0.05
+    assert group["lr"] == pytest.approx(1e-4 * scheduler.lr_lambdas[0](scheduler.last_epoch))
+    assert "resumed at step 2 with model.lr 0.002 -> 0.0001, model.weight_decay 0.0001 -> 0.05" in caplog.text

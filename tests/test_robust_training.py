@@ -21,7 +21,8 @@ from test_training import adapter_state, make_data, make_module, make_trainer
 from regionspot import RegionSpotPredictor
 from regionspot.data.toy import write_colour_boxes
 from regionspot.modeling.adapter import RegionFusionAdapter, RegionSelfAttention
-from regionspot.training.fault_tolerance import PARTIAL_SUFFIX, AtomicCheckpointIO
+from regionspot.training.cli import main
+from regionspot.training.fault_tolerance import PARTIAL_SUFFIX, AtomicCheckpointIO, UnreadableCheckpointError
 from regionspot.training.module import BAD_STEPS_KEY
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -80,6 +81,40 @@ def test_nan_loss_and_inf_gradient_steps_are_skipped_counted_and_training_goes_o
     assert [float(r["train/skipped_steps"]) for r in rows if r.get("train/skipped_steps")] == [0, 0, 1, 1, 1, 2, 2, 2]
 
 
+def test_the_nan_stop_advice_works_a_lower_lr_on_resume_applies_and_the_message_names_the_setting(
+    toy_data, tmp_path, monkeypatch
+):
+    """The stop message says to rerun with a lower --model.lr and --ckpt_path: done so, the run continues at the
+    lower rate with the whole allowance of bad steps (it went on at the checkpoint's rate before, and stopped at
+    its first bad step saying max_bad_steps_in_a_row=4 where the setting was 3)."""
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1000, save_last=True)
+    module = poisoned_module(monkeypatch, nan_steps=set(range(3, 6)), max_bad_steps_in_a_row=3)
+    trainer = make_trainer(tmp_path, max_steps=20, enable_checkpointing=True, callbacks=[checkpoints])
+    with pytest.raises(RuntimeError, match=r"max_bad_steps_in_a_row=3\)") as error:
+        trainer.fit(module, make_data(toy_data))
+    assert "--model.lr=0.0003" in str(error.value) and "--ckpt_path" in str(error.value)
+    resumed = poisoned_module(monkeypatch, nan_steps={6, 7}, max_bad_steps_in_a_row=3, lr=3e-4, weight_decay=0.05)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1000, save_last=True)
+    trainer = make_trainer(tmp_path, max_steps=9, enable_checkpointing=True, callbacks=[checkpoints])
+    trainer.fit(resumed, make_data(toy_data), ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    (group,) = scheduler.optimizer.param_groups
+    assert scheduler.base_lrs == [3e-4] and group["weight_decay"] == 0.05
+    assert group["lr"] == pytest.approx(3e-4 * scheduler.lr_lambdas[0](scheduler.last_epoch))
+    assert trainer.global_step == 9 and resumed._bad_steps.skipped == 5
+
+
+def test_the_schedule_given_on_resume_replaces_the_checkpoints(toy_data, tmp_path):
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1000, save_last=True)
+    trainer = make_trainer(tmp_path, max_steps=2, enable_checkpointing=True, callbacks=[checkpoints])
+    trainer.fit(make_module(lr_milestones=[100]), make_data(toy_data))
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "checkpoints", every_n_train_steps=1000, save_last=True)
+    trainer = make_trainer(tmp_path, max_steps=4, enable_checkpointing=True, callbacks=[checkpoints])
+    module = make_module(lr_milestones=[3], lr_gamma=0.5, warmup_steps=0)
+    trainer.fit(module, make_data(toy_data), ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(3e-3 * 0.5)  # step 4: past milestone 3
+
+
 def test_too_many_bad_steps_in_a_row_stop_with_a_clear_message_and_a_checkpoint(toy_data, tmp_path, monkeypatch):
     module = poisoned_module(monkeypatch, nan_steps=set(range(3, 100)), max_bad_steps_in_a_row=3)
     poison = Poison(inf_grad=set())
@@ -130,8 +165,35 @@ def test_resuming_reads_checkpoints_with_weights_only(tmp_path):
 
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "payload": RunsCode()}, path)
-    with pytest.raises(pickle.UnpicklingError, match="weights_only"):
+    with pytest.raises(UnreadableCheckpointError, match=r"it pickles print, which could run code") as error:
         AtomicCheckpointIO().load_checkpoint(path)
+    assert isinstance(error.value.__cause__, pickle.UnpicklingError)
+
+
+@pytest.mark.parametrize("content", ["pickle", "garbage", "truncated"])
+def test_resuming_from_an_unreadable_or_pickle_bearing_checkpoint_is_one_line(content, toy_data, tmp_path):
+    """train.py fit --ckpt_path <bad file>: one line naming the file and what to do, no traceback (a bare
+    UnpicklingError traceback before)."""
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this checkpoint ran code",))
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "payload": RunsCode() if content == "pickle" else 1}, path)
+    if content == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif content == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    train_ann, images = toy_data["train"]
+    data = [f"--data.train.toy.ann_file={train_ann}", f"--data.train.toy.image_dir={images}",
+            f"--data.val.ann_file={train_ann}", f"--data.val.image_dir={images}"]  # fmt: skip
+    args = ["fit", "--config=tiny", *data, f"--trainer.default_root_dir={tmp_path / 'run'}",
+            "--trainer.max_steps=2", f"--ckpt_path={path}"]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        main(args)
+    message = str(stopped.value)
+    assert message.startswith(f"error: cannot resume from {path}: ") and "\n" not in message, message
 
 
 def test_adapter_attention_runs_in_linear_memory_without_a_global_switch(tiny_model, image, monkeypatch):

@@ -114,7 +114,7 @@ def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_pat
     log_dir = run / "logs" / "version_0"
     rows = list(csv.DictReader((log_dir / "metrics.csv").open()))
     assert any(r.get("val/AP") for r in rows) and any(r.get("train/images_per_sec") for r in rows)
-    export_main(["--ckpt", str(log_dir / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "exported.safetensors")])
+    export_main(["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "exported.safetensors")])
     at_end, exported = load_file(adapter), load_file(tmp_path / "exported.safetensors")
     assert at_end.keys() == exported.keys() and all((at_end[k] == exported[k]).all() for k in at_end)
 

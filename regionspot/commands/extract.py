@@ -44,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", default="1", help="processes (GPUs) on this node: a number or 'auto'")
     parser.add_argument("--num-nodes", type=int, default=1)
     parser.add_argument("--strategy", default="auto", help="Lightning strategy (auto: DDP with several devices)")
+    parser.add_argument("--restart", action="store_true", help="discard an earlier extraction in --out first")
     args = parser.parse_args(argv)
     if args.shard_size < 1 or args.batch_size < 1:
         parser.error("--shard-size and --batch-size must be positive")

@@ -42,11 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from regionspot.training.cli import RegionSpotCLI
+    from regionspot.training.fault_tolerance import UnreadableCheckpointError
 
     try:
         RegionSpotCLI(args=argv)
     except SIGTERMException as stopped:  # pre-empted, checkpoint saved: exit as a terminated process, not as done
         raise SystemExit(128 + signal.SIGTERM) from stopped
+    except UnreadableCheckpointError as err:  # a one-line message says which file and what to do
+        raise SystemExit(f"error: {err}") from err
 
 
 def export_main(argv: list[str] | None = None) -> None:

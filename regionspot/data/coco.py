@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from regionspot.boxes import clip_to_image, has_area, xywh_to_xyxy
+
 
 def read_json(path: str | Path, *, what: str) -> Any:
     """The parsed JSON of `path`; `what` ("annotation file", ...) names it in the errors.
@@ -112,6 +114,49 @@ def _entry_problem(key: str, entry: Any) -> str | None:
         if any(v is not None and (isinstance(v, bool) or not isinstance(v, int | float)) for v in sizes):
             return f"has width/height {sizes}, not numbers"
     return None
+
+
+def box_problem(bbox: Any, width: Any = None, height: Any = None) -> str | None:
+    """Why a ground-truth [x, y, w, h] box can be neither recognised nor scored, or None if it can be:
+    "malformed_box" (not 4 numbers), "non_finite_box" (NaN or infinite), "zero_area_box" (w or h <= 0: a negative
+    or empty size), "box_outside_image" (no area inside the image's declared width and height, when it has them).
+    Training, validation during training and evaluate.py judge every box by this one rule."""
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return "malformed_box"
+    if not np.isfinite([x, y, w, h]).all():
+        return "non_finite_box"
+    if w <= 0 or h <= 0:  # the given w and h decide, even where float32 would round a tiny one away
+        return "zero_area_box"
+    if width and height:
+        box = xywh_to_xyxy(np.array([x, y, w, h])).astype(np.float32)  # summed in float64, stored as float32
+        if not has_area(clip_to_image(box, (height, width))):
+            return "box_outside_image"
+    return None
+
+
+def clean_ground_truth(gt: dict[str, Any]) -> tuple[dict[str, Any], Counter]:
+    """`gt` without the annotations no detector can be scored on, and their counts by reason: a box of an image or
+    category the file does not list ("box_of_unknown_image", "box_of_unknown_category") or one `box_problem`
+    refuses. Validation during training and evaluate.py score against this same ground truth, and evaluate.py
+    recognises only its boxes (an unknown category's box was scored as a region, a box of no area as a miss)."""
+    images = {image["id"]: image for image in gt["images"]}
+    categories = {category["id"] for category in gt["categories"]}
+    kept, dropped = [], Counter()
+    for ann in gt["annotations"]:
+        image = images.get(ann["image_id"])
+        if image is None:
+            problem = "box_of_unknown_image"
+        elif ann["category_id"] not in categories:
+            problem = "box_of_unknown_category"
+        else:
+            problem = box_problem(ann.get("bbox"), image.get("width"), image.get("height"))
+        if problem is None:
+            kept.append(ann)
+        else:
+            dropped[problem] += 1
+    return {**gt, "annotations": kept}, dropped
 
 
 def is_lvis(data: dict[str, Any]) -> bool:

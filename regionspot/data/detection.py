@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from regionspot.boxes import clip_to_image, has_area, xywh_to_xyxy
 from regionspot.data.augment import AugmentConfig, augment, augment_keeping_boxes
-from regionspot.data.coco import check_annotation_lists, drop_malformed, image_file_name, read_json
+from regionspot.data.coco import box_problem, check_annotation_lists, drop_malformed, image_file_name, read_json
 from regionspot.vocabulary import category_names
 
 log = logging.getLogger(__name__)
@@ -466,22 +466,12 @@ def _coco_region(
 
 def xywh_box(bbox: Any, width: float | None, height: float | None, skipped: Counter) -> np.ndarray | None:
     """A COCO [x, y, w, h] -> x1, y1, x2, y2 clipped to the image, or None (counted in `skipped`) if unusable."""
-    try:
-        x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        skipped["malformed_box"] += 1
+    problem = box_problem(bbox, width, height)  # the rule evaluate.py and validation's ground truth follow too
+    if problem is not None:
+        skipped[problem] += 1
         return None
-    box = xywh_to_xyxy(np.array([x, y, w, h])).astype(np.float32)  # summed in float64, then stored as float32
-    # Not `has_area`: the skip reason follows the given w and h, even where float32 rounds a tiny one away.
-    if not np.isfinite(box).all() or w <= 0 or h <= 0:
-        skipped["zero_area_box"] += 1
-        return None
-    if width and height:
-        box = clip_to_image(box, (height, width))
-        if not has_area(box):
-            skipped["box_outside_image"] += 1
-            return None
-    return box
+    box = xywh_to_xyxy(np.array([float(v) for v in bbox])).astype(np.float32)  # summed in float64, stored as float32
+    return clip_to_image(box, (height, width)) if width and height else box
 
 
 def load_hf_detection(

@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tarfile
 from collections import Counter
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from torch.utils.data import Dataset
 from regionspot.config import RegionSpotConfig
 from regionspot.data.augment import AugmentConfig, mirror_left_right
 from regionspot.data.coco import check_annotation_lists, drop_malformed, read_json
+from regionspot.files import file_sha256
 from regionspot.modeling.regionspot import FrozenFeatures
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,6 @@ def backbone_digest(config: RegionSpotConfig) -> str:
     return hashlib.sha256(json.dumps(backbone_fields(config), sort_keys=True).encode()).hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dataset_digest(config: Any) -> str:
     """SHA-256 of what a data set is: its annotation file's bytes and image folder, or its Hugging Face table
     (`config`: a `DatasetConfig`, or anything with its fields)."""
@@ -132,16 +124,6 @@ def check_backbones(manifest: dict[str, Any], config: RegionSpotConfig, *, where
         "its region tokens and CLIP maps are not this model's. Extract again with this config "
         "(python -m regionspot.extract --config ...), or train from the images"
     )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file, fsync it, rename it over `path`: a reader sees the old file or the new one."""
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w") as file:
-        json.dump(data, file, indent=1)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial, path)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from regionspot.data.coco import load_annotations
 from regionspot.demo.parallel import in_order, run_side_by_side
 from regionspot.demo.synthetic import AnnotatedImage, load_split
+from regionspot.files import atomic_path
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
 from regionspot.modeling.preprocess import resize_for_clip, resize_for_sam
 from regionspot.modeling.sam import SamPrompts, SamRegionEncoder, build_sam
@@ -123,7 +124,8 @@ def _fit_and_save_sam(
     start = time.perf_counter()
     _, examples = _pretraining_examples(ann_file)
     sam, losses = fit_sam(examples, seed=seed, steps=steps, batch_size=batch_size, lr=lr, bar_position=bar_position)
-    torch.save(sam.state_dict(), out_file)
+    with atomic_path(out_file) as partial:
+        torch.save(sam.state_dict(), partial)
     return losses, time.perf_counter() - start
 
 
@@ -136,7 +138,8 @@ def _fit_and_save_clip(
     clip, losses = fit_clip(
         examples, attributes, seed=seed, steps=steps, batch_size=batch_size, lr=lr, bar_position=bar_position
     )
-    torch.save(clip.state_dict(), out_file)
+    with atomic_path(out_file) as partial:
+        torch.save(clip.state_dict(), partial)
     return losses, time.perf_counter() - start
 
 

@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 
 from regionspot.boxes import xywh_to_xyxy
 from regionspot.evaluation.top1 import best_label_per_box, box_key
+from regionspot.files import save_picture
 from regionspot.visualize import CAPTION_TEXT, PAPER, RIGHT, WRONG, draw_legend, draw_regions, stack_vertically
 
 TILE_GAP = 8  # pixels of paper between the images of the sheet
@@ -65,8 +66,7 @@ def draw_predictions(
     sheet = _grid(tiles, columns)
     sheet = stack_vertically([sheet, draw_legend(legend, width=sheet.width, font_size=15)])
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out_file)
+    save_picture(sheet, out_file)
     return out_file
 
 

@@ -35,6 +35,7 @@ from regionspot.evaluation.runner import DETECTIONS_FILE, METRICS_FILE
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
 from regionspot.evaluation.top1 import top1_accuracy
 from regionspot.evaluation.vqa_eval import accuracy_by_type
+from regionspot.files import write_json_atomic, write_text_atomic
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.training.cli import RegionSpotCLI
 
@@ -137,7 +138,7 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
     # the novel ones, so its vocabulary names the seen classes alone and no held-out object is ever a target.
     adapter_train = out / "data" / "pretrain_seen.json"
     adapter_gt = restrict_to_categories(load_annotations(data.annotation_files["pretrain"]), [], seen_ids)[0]
-    adapter_train.write_text(json.dumps(adapter_gt))
+    write_json_atomic(adapter_train, adapter_gt, indent=None)
     timings["generate data"] = time.perf_counter() - start
 
     _say(
@@ -208,7 +209,7 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
         "metrics": metrics, "caption_metrics": caption_metrics, "vqa_metrics": vqa_metrics, "timings_s": timings,
         "picture": str(picture),
     }  # fmt: skip
-    (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "demo_metrics.json", summary, indent=2)
     return summary
 
 
@@ -249,7 +250,7 @@ def _fit_stand_in_backbones(
         max_new_tokens=3,
     )
     model_yaml = out / "model.yaml"
-    model_yaml.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomic(model_yaml, yaml.safe_dump(config.to_dict(), sort_keys=False))
     return model_yaml, blind_answers
 
 

@@ -12,7 +12,6 @@ and `metrics.json` (CIDEr-D, BLEU-4, METEOR, ROUGE-L by pycocoevalcap itself) ar
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,15 +25,10 @@ from regionspot.config import RegionSpotConfig
 from regionspot.data.captions import caption_references
 from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
 from regionspot.evaluation.caption_metrics import require_java, score_captions
-from regionspot.evaluation.runner import (
-    METRICS_FILE,
-    RUN_FILE,
-    PartWriter,
-    check_or_write_run_file,
-    file_sha256,
-    read_part_records,
-)
+from regionspot.evaluation.runner import METRICS_FILE, PartWriter, read_part_records
+from regionspot.files import write_json_atomic
 from regionspot.modeling.regionspot import FrozenFeatures, RegionSpot
+from regionspot.run_identity import RUN_FILE, check_or_record, dataset_digests, run_identity
 from regionspot.transforms import prepare_prompts
 
 log = logging.getLogger(__name__)
@@ -60,6 +54,7 @@ class CaptionEvalSettings:
     seed: int = 0  # draws the weights of parts without a checkpoint: the same in every run, so a rerun resumes alike
     spice: bool = False  # SPICE downloads Stanford CoreNLP on first use: off unless asked
     progress: bool = True
+    restart: bool = False  # discard the records of an earlier run in `out` (one that differs refuses to resume)
 
     def __post_init__(self) -> None:
         if (self.ann is None) == (self.hf_path is None):
@@ -88,7 +83,7 @@ def evaluate_captions(settings: CaptionEvalSettings) -> dict[str, Any]:
     indices = list(range(len(dataset)))[: settings.max_images]
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_or_write_run_file(out, _fingerprint(settings, config), parts=CAPTION_PARTS)
+    check_or_record(out, _identity(settings, config, dataset), parts=CAPTION_PARTS, restart=settings.restart)
     part = out / "captions.rank0.jsonl"
     done = read_caption_parts(out)
     remaining = [i for i in indices if dataset.records[i].image_id not in done]
@@ -119,17 +114,25 @@ def _build_model(config: RegionSpotConfig, *, device: str) -> RegionSpot:
     return build_regionspot(config).to(device).eval()
 
 
-def _fingerprint(settings: CaptionEvalSettings, config: RegionSpotConfig) -> dict[str, Any]:
-    """The settings that decide the captions: a resumed run must share them all."""
-    caption = config.caption.checkpoint if config.caption else None
-    return {
-        "config": {"path": str(Path(settings.config).resolve()), "sha256": file_sha256(settings.config)},
-        "adapter": file_sha256(config.adapter.checkpoint) if config.adapter.checkpoint else None,
-        "caption_decoder": file_sha256(caption) if caption else None,
-        "data": str(Path(settings.ann).resolve()) if settings.ann else [settings.hf_path, settings.hf_split],
-        "num_beams": settings.num_beams or (config.caption.num_beams if config.caption else None),
-        "seed": settings.seed,
-    }
+def _identity(settings: CaptionEvalSettings, config: RegionSpotConfig, dataset: DetectionDataset) -> dict[str, Any]:
+    """Everything the captions depend on: a resumed run must share it all."""
+    return run_identity(
+        config_path=settings.config,
+        config=config,
+        data=data_identity(settings, dataset),
+        settings={"num_beams": config.caption.num_beams, "seed": settings.seed},
+    )
+
+
+def data_identity(settings: CaptionEvalSettings, dataset: DetectionDataset) -> dict[str, Any]:
+    """The digests of an evaluation's data (`settings` with ann, images, hf_path, hf_split)."""
+    return dataset_digests(
+        ann=settings.ann,
+        images=settings.images,
+        hf_path=settings.hf_path,
+        hf_split=settings.hf_split,
+        sources=(record.source for record in dataset.records),
+    )
 
 
 @torch.no_grad()
@@ -209,14 +212,14 @@ def _merge_and_score(
     if missing:  # an unreadable image or a box with no area inside it: an empty caption, scored as such
         log.warning("%d regions have no caption (unreadable images, empty boxes); they score 0", len(missing))
     predictions = {key: predictions.get(key, "") for key in references}
-    (out / CAPTIONS_FILE).write_text(json.dumps(predictions, indent=0))
+    write_json_atomic(out / CAPTIONS_FILE, predictions, indent=0)
     metrics = score_captions(predictions, references, spice=settings.spice)
     metrics["images"] = {
         "total": len(indices),
         "skipped": sum("skipped" in done.get(i, {}) for i in evaluated),
         "regions_without_caption": len(missing),
     }
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(out / METRICS_FILE, metrics, indent=2)
     print(format_caption_metrics(metrics))
     log.info("captions: %s; metrics: %s; run settings: %s", out / CAPTIONS_FILE, out / METRICS_FILE, out / RUN_FILE)
     return metrics

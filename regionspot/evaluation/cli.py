@@ -14,12 +14,11 @@ Arguments are parsed before torch, open_clip or Lightning are imported, so `--he
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from pathlib import Path
 
 from regionspot.commands import argument_parser
+from regionspot.files import write_json_atomic
 
 MODULE = "regionspot.evaluation"  # `python -m regionspot.evaluation` runs this command too
 
@@ -78,6 +77,7 @@ def _run(argv: list[str]) -> dict:
     parser.add_argument("--sam-pred-iou-thresh", type=float, help="--source sam: its mask-quality filter")
     parser.add_argument("--sam-stability-score-thresh", type=float, help="--source sam: its stability filter")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
     args = _given(parser.parse_args(argv))
     if isinstance(args.get("devices"), str) and args["devices"].isdigit():
         args["devices"] = int(args["devices"])
@@ -114,6 +114,7 @@ def _captions(argv: list[str]) -> dict:
     parser.add_argument("--seed", type=int, help="draws the weights of parts without a checkpoint (default 0)")
     parser.add_argument("--spice", action="store_true", help="also SPICE (downloads Stanford CoreNLP on first use)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
     args = _given(parser.parse_args(argv))
 
     from regionspot.evaluation.caption_eval import CaptionEvalSettings, evaluate_captions
@@ -143,7 +144,7 @@ def _score_captions(argv: list[str]) -> dict:
 
     metrics = score_caption_files(args.gt, args.results, images=args.images, spice=args.spice)
     if args.out:
-        _write_json(Path(args.out), metrics)
+        write_json_atomic(args.out, metrics, indent=2)
     print(format_caption_metrics(metrics))
     return metrics
 
@@ -169,6 +170,7 @@ def _vqa(argv: list[str]) -> dict:
     parser.add_argument("--device", help="auto (the default), cpu, cuda, ...")
     parser.add_argument("--seed", type=int, help="draws the weights of parts without a checkpoint (default 0)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
     args = _given(parser.parse_args(argv))
 
     from regionspot.evaluation.vqa_eval import VqaEvalSettings, evaluate_vqa
@@ -191,13 +193,8 @@ def _score(argv: list[str]) -> dict:
     if not isinstance(detections, list):
         raise ValueError(f"detections file {args.detections} must hold a JSON list (COCO results format)")
     metrics = score_results(args.gt, detections, fixed_ap=args.fixed_ap)
-    _write_json(Path(args.out), metrics)
+    write_json_atomic(args.out, metrics, indent=2)
     print(format_metrics(metrics))
     if "segm" in metrics:
         print("mask:\n" + format_metrics(metrics["segm"]))
     return metrics
-
-
-def _write_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2))

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from regionspot.build import build_regionspot
 from regionspot.checkpoint import require_file
 from regionspot.config import RegionSpotConfig
 from regionspot.data.augment import resize_short_edge
-from regionspot.data.coco import load_annotations, load_proposals, subset_images
+from regionspot.data.coco import clean_ground_truth, load_annotations, load_proposals, subset_images
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
 from regionspot.evaluation.lvis_eval import format_metrics, score_results
 from regionspot.evaluation.sources import (
@@ -37,8 +39,10 @@ from regionspot.evaluation.sources import (
     image_jobs,
     keep_boxes_inside,
 )
+from regionspot.files import file_sha256, write_json_atomic
 from regionspot.modeling.regionspot import ACTIVATIONS
 from regionspot.modeling.sam import sam_everything
+from regionspot.run_identity import check_or_record, path_digest, run_identity
 from regionspot.transforms import clip_boxes, prepare_prompts
 from regionspot.vocabulary import vocabulary_from_categories
 
@@ -47,7 +51,6 @@ log = logging.getLogger(__name__)
 DETECTIONS_FILE = "detections.json"  # all detections, COCO/LVIS results format
 METRICS_FILE = "metrics.json"  # box metrics at the top level, mask metrics under "segm", image counts
 SKIPPED_FILE = "skipped.json"  # images that could not be read: [{"image_id", "reason"}]
-RUN_FILE = "run.json"  # the settings that shape the results, checked when a run resumes
 PART_GLOB = "detections.rank*.jsonl"  # one JSON line per finished image, per rank
 # Mixed precision autocasts the frozen encoders; "-true" precisions would need the model converted, which the
 # frozen fp32 heads (decoder, adapter, scores) are meant to avoid.
@@ -89,6 +92,7 @@ class EvalSettings:
     test_max_size: int = 1333  # ... with its longest edge at most this (detectron2's test resize)
     autocast_heads: bool = False  # also run SAM's decoder, the adapter and the scores in the run's mixed precision
     progress: bool = True
+    restart: bool = False  # discard the records of an earlier run in `out` (one that differs refuses to resume)
 
     def __post_init__(self) -> None:
         if self.source is None:
@@ -133,7 +137,8 @@ def evaluate(settings: EvalSettings) -> dict[str, Any]:
     out = Path(settings.out)
     if fabric.global_rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        check_or_write_run_file(out, _fingerprint(settings, precision=precision, max_dets=plan.max_dets))
+        check_or_record(out, _identity(settings, plan, precision=precision), parts=PART_GLOB, restart=settings.restart)
+        check_finished_images(out, plan.jobs, Path(settings.images))
     fabric.launch(recognise_shard, settings, plan)
     if fabric.global_rank != 0:
         return {}
@@ -148,6 +153,7 @@ class RunPlan:
     category_ids: list[int]
     jobs: list[ImageJob]
     max_dets: int | None  # detections kept per image
+    gt_boxes_dropped: dict[str, int]  # ground-truth boxes left out by `clean_ground_truth`, by reason
 
 
 def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
@@ -157,7 +163,15 @@ def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
         The ground truth (for scoring, on rank 0 only) and the plan the ranks share.
     """
     config = _check_model_files(settings)
-    gt = load_annotations(settings.ann)
+    gt, dropped = clean_ground_truth(load_annotations(settings.ann))
+    if dropped:
+        log.warning(
+            "%s: %d ground-truth boxes can be neither recognised nor scored and are left out (%s), as validation "
+            "during training leaves them out",
+            settings.ann,
+            sum(dropped.values()),
+            dict(dropped),
+        )
     categories = sorted(gt["categories"], key=lambda cat: cat["id"])
     # The names read as the model reads them (clip.class_names), as training read its data's.
     vocabulary = vocabulary_from_categories(categories, style=config.clip.class_names)
@@ -176,7 +190,8 @@ def plan_run(settings: EvalSettings) -> tuple[dict[str, Any], RunPlan]:
             missing[:5],
         )
     max_dets = settings.max_dets_per_image or protocol_max_dets(gt, fixed_ap=settings.fixed_ap)
-    return gt, RunPlan(vocabulary=vocabulary, category_ids=category_ids, jobs=jobs, max_dets=max_dets)
+    return gt, RunPlan(vocabulary=vocabulary, category_ids=category_ids, jobs=jobs, max_dets=max_dets,
+                       gt_boxes_dropped=dict(dropped))  # fmt: skip
 
 
 def _check_model_files(settings: EvalSettings) -> RegionSpotConfig:
@@ -196,16 +211,41 @@ def _uses_gpu(accelerator: str) -> bool:
     return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
 
 
-def _fingerprint(settings: EvalSettings, *, precision: str, max_dets: int | None) -> dict[str, Any]:
-    """The settings that decide the detections: a resumed run must share them all."""
+def _identity(settings: EvalSettings, plan: RunPlan, *, precision: str) -> dict[str, Any]:
+    """Everything the detections depend on: a resumed run must share it all (`check_or_record`)."""
+    config = RegionSpotConfig.from_yaml(settings.config)
+    if settings.adapter is not None:
+        config.adapter.checkpoint = settings.adapter
+    # Each image by the digest of the bytes its record was made from (`check_finished_images`): an image skipped
+    # as unreadable may be mended and retried, but one already recognised may not change.
+    data = {"ann": path_digest(settings.ann), "proposals": path_digest(settings.proposals),
+            "images": str(Path(settings.images).resolve())}  # fmt: skip
+    return run_identity(config_path=settings.config, config=config, data=data, settings=_result_settings(settings,
+                        precision=precision, max_dets=plan.max_dets))  # fmt: skip
+
+
+def check_finished_images(out: Path, jobs: list[ImageJob], images: Path) -> None:
+    """Refuse to resume if an image recognised by the earlier run has other bytes now (its record's sha256)."""
+    done = read_parts(out)[0]
+    changed = []
+    for job in jobs:
+        recorded = done.get(job.image_id, {}).get("sha256")
+        if recorded is not None:
+            path = next((p for p in job.candidate_paths(images) if p.is_file()), None)
+            if path is None or file_sha256(path) != recorded:
+                changed.append(f"{job.file_name} (image {job.image_id})")
+    if changed:
+        raise ValueError(
+            f"{out} holds part of another run: {len(changed)} images it recognised have changed or gone since "
+            f"(first {', '.join(changed[:3])}); its records cannot be mixed with this run's. Add --restart to "
+            "discard them and start afresh, or give another --out"
+        )
+
+
+def _result_settings(settings: EvalSettings, *, precision: str, max_dets: int | None) -> dict[str, Any]:
+    """The settings that decide the detections (not where they go, nor how the work is spread)."""
     return {
-        "config": {"path": str(Path(settings.config).resolve()), "sha256": file_sha256(settings.config)},
-        "adapter": None
-        if settings.adapter is None
-        else {"path": str(Path(settings.adapter).resolve()), "sha256": file_sha256(settings.adapter)},
-        "ann": str(Path(settings.ann).resolve()),
         "source": settings.source,
-        "proposals": None if settings.proposals is None else str(Path(settings.proposals).resolve()),
         "masks": settings.masks,
         "top_k": settings.top_k,
         "activation": settings.activation,
@@ -222,24 +262,6 @@ def _fingerprint(settings: EvalSettings, *, precision: str, max_dets: int | None
         if settings.source == "sam"
         else None,
     }
-
-
-def file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else ""
-
-
-def check_or_write_run_file(out: Path, fingerprint: dict[str, Any], *, parts: str = PART_GLOB) -> None:
-    """Refuse to resume the run in `out` (whose part files match `parts`) with other settings; record these."""
-    run_file = out / RUN_FILE
-    if run_file.is_file() and any(out.glob(parts)):
-        previous = json.loads(run_file.read_text())
-        changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
-        if changed:
-            raise ValueError(
-                f"{out} holds an earlier run with different {', '.join(changed)} (see {run_file}); its results "
-                "cannot be mixed with these. Use another --out folder, or delete that one to start afresh."
-            )
-    run_file.write_text(json.dumps(fingerprint, indent=2))
 
 
 def recognise_shard(fabric: Any, settings: EvalSettings, plan: RunPlan) -> None:
@@ -295,7 +317,7 @@ class _ImageRecogniser:
 
     @torch.no_grad()
     def __call__(self, job: ImageJob) -> dict[str, Any]:
-        rgb, problem = _read_image(job, self.images)
+        rgb, problem, digest = _read_image(job, self.images)
         if rgb is None:
             log.warning("skipping image %s: %s", job.image_id, problem)
             return {"image_id": job.image_id, "skipped": problem}
@@ -308,7 +330,8 @@ class _ImageRecogniser:
             )
         boxes, box_scores, masks, sam_embedding = self._regions(job, rgb)
         keep = keep_boxes_inside(boxes, rgb.shape[:2])
-        record: dict[str, Any] = {"image_id": job.image_id, "detections": [], "dropped_regions": int((~keep).sum())}
+        record: dict[str, Any] = {"image_id": job.image_id, "sha256": digest, "detections": [],
+                                  "dropped_regions": int((~keep).sum())}  # fmt: skip
         if not keep.any():
             return record
         given_masks = masks[keep] if self.settings.masks and masks is not None else None
@@ -364,18 +387,20 @@ class _ImageRecogniser:
         return boxes, scores, masks, self.generator.predictor.features
 
 
-def _read_image(job: ImageJob, images: Path) -> tuple[np.ndarray | None, str]:
+def _read_image(job: ImageJob, images: Path) -> tuple[np.ndarray | None, str, str]:
+    """(the image as (H, W, 3) uint8 RGB, "", the sha256 of its file), or (None, why it cannot be read, "")."""
     path = next((p for p in job.candidate_paths(images) if p.is_file()), None)
     if path is None:
-        return None, f"file not found (looked for {' and '.join(str(p) for p in job.candidate_paths(images))})"
+        return None, f"file not found (looked for {' and '.join(str(p) for p in job.candidate_paths(images))})", ""
     try:
-        with Image.open(path) as image:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
             rgb = np.array(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        return None, f"cannot read {path}: {err}"
+        return None, f"cannot read {path}: {err}", ""
     if rgb.ndim != 3 or 0 in rgb.shape:
-        return None, f"{path} has no pixels"
-    return rgb, ""
+        return None, f"{path} has no pixels", ""
+    return rgb, "", hashlib.sha256(data).hexdigest()
 
 
 class PartWriter:
@@ -403,7 +428,7 @@ def _drop_partial_last_line(path: Path) -> None:
         return
     data = path.read_bytes()
     if not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
+        os.truncate(path, data.rfind(b"\n") + 1)  # in place, one call: a rewrite killed half-way lost the file
 
 
 def read_parts(out: str | Path) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
@@ -462,26 +487,26 @@ def merge_and_score(settings: EvalSettings, plan: RunPlan, gt: dict[str, Any]) -
     job_ids = [job.image_id for job in jobs]
     records = [done[i] for i in job_ids if i in done]
     detections = [det for record in records for det in record["detections"]]
-    (out / DETECTIONS_FILE).write_text(json.dumps(detections))
+    write_json_atomic(out / DETECTIONS_FILE, detections, indent=None)
     skipped_list = [{"image_id": i, "reason": skipped[i]} for i in job_ids if i in skipped]
-    (out / SKIPPED_FILE).write_text(json.dumps(skipped_list, indent=1))
+    write_json_atomic(out / SKIPPED_FILE, skipped_list, indent=1)
     if skipped_list:
         log.warning(
-            "%d images were skipped (see %s); they count as images with no detections, so this AP is "
-            "not comparable with published numbers",
+            "%d images could not be read (see %s); they and their ground truth are left out of the scoring, as "
+            "validation during training leaves them out, so this AP is not comparable with published numbers",
             len(skipped_list),
             out / SKIPPED_FILE,
         )
-    if settings.max_images is not None:
-        gt = subset_images(gt, set(job_ids))
+    gt = subset_images(gt, {record["image_id"] for record in records})  # the images read, as validation scores
     metrics = score_results(gt, detections, fixed_ap=settings.fixed_ap)
     metrics["images"] = {
         "total": len(jobs),
         "evaluated": len(records),
         "skipped": len(skipped_list),
         "regions_dropped": sum(record["dropped_regions"] for record in records),  # no area inside the image
+        "gt_boxes_dropped": plan.gt_boxes_dropped,
     }
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(out / METRICS_FILE, metrics, indent=2)
     exact = " (ground-truth boxes: every box is exact, so AP = AP50 = AP75)" if settings.source == "gt" else ""
     print(f"box AP (%){exact}:\n" + format_metrics(metrics))
     if "segm" in metrics:

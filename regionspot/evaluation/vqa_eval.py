@@ -11,7 +11,6 @@ batch finishes, so a rerun with the same `out` resumes; `answers.json` and `metr
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import defaultdict
@@ -26,11 +25,13 @@ from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
 from regionspot.data.captions import caption_references
 from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
-from regionspot.evaluation.caption_eval import frozen_of, usable_items, write_records
+from regionspot.evaluation.caption_eval import data_identity, frozen_of, usable_items, write_records
 from regionspot.evaluation.caption_metrics import require_java, score_captions
-from regionspot.evaluation.runner import METRICS_FILE, check_or_write_run_file, file_sha256, read_part_records
+from regionspot.evaluation.runner import METRICS_FILE, read_part_records
+from regionspot.files import write_json_atomic
 from regionspot.modeling.region_lm import Turn
 from regionspot.modeling.regionspot import RegionSpot
+from regionspot.run_identity import check_or_record, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class VqaEvalSettings:
     device: str = "auto"
     seed: int = 0  # draws the weights of parts without a checkpoint: the same in every run, so a rerun resumes alike
     progress: bool = True
+    restart: bool = False  # discard the records of an earlier run in `out` (one that differs refuses to resume)
 
     def __post_init__(self) -> None:
         if (self.ann is None) == (self.hf_path is None):
@@ -101,7 +103,7 @@ def evaluate_vqa(settings: VqaEvalSettings) -> dict[str, Any]:
     indices = list(range(len(dataset)))[: settings.max_images]
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_or_write_run_file(out, _fingerprint(settings, config), parts=ANSWER_PARTS)
+    check_or_record(out, _identity(settings, config, dataset), parts=ANSWER_PARTS, restart=settings.restart)
     done = read_part_records(out, ANSWER_PARTS)
     remaining = [i for i in indices if dataset.records[i].image_id not in done]
     if done:
@@ -115,22 +117,23 @@ def evaluate_vqa(settings: VqaEvalSettings) -> dict[str, Any]:
         metrics = _score_captions(dataset, indices, done, out)
     else:
         metrics = score_answers(dataset, indices, done)
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(out / METRICS_FILE, metrics, indent=2)
     print(format_vqa_metrics(metrics))
     return metrics
 
 
-def _fingerprint(settings: VqaEvalSettings, config: RegionSpotConfig) -> dict[str, Any]:
-    return {
-        "config": {"path": str(Path(settings.config).resolve()), "sha256": file_sha256(settings.config)},
-        "adapter": file_sha256(config.adapter.checkpoint) if config.adapter.checkpoint else None,
-        "vqa": file_sha256(config.vqa.checkpoint) if config.vqa.checkpoint else None,
-        "llm": str(Path(config.vqa.llm).resolve()),
-        "data": str(Path(settings.ann).resolve()) if settings.ann else [settings.hf_path, settings.hf_split],
-        "captions": settings.caption_prompt if settings.captions else None,
-        "max_new_tokens": settings.max_new_tokens,
-        "seed": settings.seed,
-    }
+def _identity(settings: VqaEvalSettings, config: RegionSpotConfig, dataset: DetectionDataset) -> dict[str, Any]:
+    """Everything the answers depend on (the LLM folder by its content): a resumed run must share it all."""
+    return run_identity(
+        config_path=settings.config,
+        config=config,
+        data=data_identity(settings, dataset),
+        settings={
+            "captions": settings.caption_prompt if settings.captions else None,
+            "max_new_tokens": settings.max_new_tokens,
+            "seed": settings.seed,
+        },
+    )
 
 
 def answer_batch(
@@ -220,7 +223,7 @@ def _score_captions(
     references = {key: refs for key, refs in caption_references(dataset).items() if key in keys}
     predictions = {key: text for record in done.values() for key, text in record.get("captions", {}).items()}
     predictions = {key: predictions.get(key, "") for key in references}
-    (out / ANSWERS_FILE).write_text(json.dumps(predictions, indent=0))
+    write_json_atomic(out / ANSWERS_FILE, predictions, indent=0)
     return score_captions(predictions, references)
 
 

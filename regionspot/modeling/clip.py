@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -22,6 +21,7 @@ from torch import nn
 
 from regionspot.checkpoint import check_release_digest, load_weights, model_part, read_state_dict, require_file
 from regionspot.config import CLIP_PRECISIONS, CLIP_RESIZES, PROMPT_MEANS
+from regionspot.files import atomic_path
 from regionspot.modeling.left_out import LeftOutImageEncoder, allocate_meta_tensors
 
 # Tiny open_clip configs shipped with the package (e.g. "RegionSpot-Tiny-CLIP"), registered with open_clip.
@@ -381,14 +381,11 @@ def _read_text_cache(path: Path, metadata: dict[str, str], *, rows: int) -> torc
 def _write_text_cache(path: Path, embeddings: torch.Tensor, metadata: dict[str, str]) -> None:
     """Write `embeddings` (C, E) float32 to `path` atomically (a reader never sees half a file); a cache that
     cannot be written is warned about, not fatal."""
-    staging = path.with_name(f"{path.name}.{os.getpid()}.partial")  # one per process: ranks may write at once
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"embeddings": embeddings}, staging, metadata={**metadata, "sha256": _tensor_sha256(embeddings)})
-        os.replace(staging, path)
+        with atomic_path(path, per_process=True) as staging:  # one per process: ranks may write at once
+            save_file({"embeddings": embeddings}, staging, metadata={**metadata, "sha256": _tensor_sha256(embeddings)})
     except OSError as error:
         log.warning("could not write the text-embedding cache %s (%s); continuing without it", path, error)
-        staging.unlink(missing_ok=True)
 
 
 def _tensor_sha256(tensor: torch.Tensor) -> str:

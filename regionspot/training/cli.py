@@ -5,6 +5,7 @@ packaged config (regionspot.configs)."""
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 from regionspot.configs import resolve_config
 from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar, ValidationScores
 from regionspot.training.datamodule import RegionDataModule, reads_images
-from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint
+from regionspot.training.fault_tolerance import (
+    AtomicCheckpointIO,
+    PreemptionCheckpoint,
+    UnreadableCheckpointError,
+    pin_checkpoint_folder,
+    why_unreadable,
+)
 from regionspot.training.module import RegionSpotModule
+from regionspot.training.schedule import OPTIMIZER_SETTINGS
 
 
 @dataclass
@@ -53,8 +61,9 @@ def build_loggers(save_dir: str | Path, config: LoggingConfig) -> list[Logger]:
 
 class RegionSpotCLI(LightningCLI):
     """LightningCLI with RegionSpot's defaults: no Lightning-injected sampler, seeded, loggers from `logging`,
-    checkpoints written atomically (unless `trainer.plugins` names another CheckpointIO) and one saved on SIGTERM
-    (`regionspot.training.fault_tolerance`), each validation's scores printed (`ValidationScores`)."""
+    checkpoints written atomically (unless `trainer.plugins` names another CheckpointIO) to
+    `<default_root_dir>/checkpoints` (unless a ModelCheckpoint names its `dirpath`), one saved on SIGTERM
+    (`regionspot.training.fault_tolerance`), and each validation's scores printed (`ValidationScores`)."""
 
     def __init__(self, *, args: list[str] | None = None, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 0)
@@ -79,11 +88,29 @@ class RegionSpotCLI(LightningCLI):
             ("data.train", "data.val"), "model.image_encoders", compute_fn=_needs_image_encoders, apply_on="parse"
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (it puts the checkpoint's hyperparameters over the command's), with two changes: the command's
+        optimizer settings win (RegionSpotModule applies them to the restored optimizer; they were silently
+        replaced by the checkpoint's), and a checkpoint that cannot be read is a one-line error."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not path or not Path(path).is_file():
+            return super()._parse_ckpt_path()
+        given = {name: self.config[subcommand]["model"].get(name) for name in OPTIMIZER_SETTINGS}
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+            raise UnreadableCheckpointError(why_unreadable(Path(path), err)) from err
+        for name, value in given.items():
+            self.config[subcommand]["model"][name] = value
+
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
+        root = trainer_config.get("default_root_dir") or os.getcwd()
         if trainer_config.get("logger") in (None, True):
-            root = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = build_loggers(root, self._get(self.config_init, "logging"))
+        for callback in _as_list(trainer_config.get("callbacks")):
+            pin_checkpoint_folder(callback, root)  # where the same command plus --ckpt_path last looks
         plugins = _as_list(trainer_config.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]

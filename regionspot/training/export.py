@@ -29,6 +29,7 @@ from regionspot.checkpoint import (
     require_file,
 )
 from regionspot.config import RegionSpotConfig
+from regionspot.files import atomic_path, write_text_atomic
 from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.training.module import CONFIG_KEY, HEAD_PARTS
 
@@ -80,13 +81,14 @@ def save_adapter(
         _save_tensors(vqa, out.parent / VQA_FILE, config)
     _save_tensors(state, out, config)
     config_path = out.with_suffix(".yaml")
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    write_text_atomic(config_path, yaml.safe_dump(config, sort_keys=False))
     return out, config_path
 
 
 def _save_tensors(state: dict[str, torch.Tensor], path: Path, config: dict[str, Any]) -> None:
     tensors = {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
-    save_file(tensors, str(path), metadata={"regionspot_model_config": json.dumps(config)})
+    with atomic_path(path) as partial:  # a reader (an evaluation, a resumed export) never sees half a file
+        save_file(tensors, str(partial), metadata={"regionspot_model_config": json.dumps(config)})
 
 
 def read_training_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], RegionSpotConfig]:

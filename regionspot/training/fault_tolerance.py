@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,16 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-PARTIAL_SUFFIX = ".partial"  # a checkpoint being written; never ends in .ckpt, so "last" never picks one
+from regionspot.files import PARTIAL, atomic_path
+
+PARTIAL_SUFFIX = PARTIAL  # a checkpoint being written; never ends in .ckpt, so "last" never picks one
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -43,39 +48,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-        try:
-            with partial.open("wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(partial, path)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        _fsync_folder(path.parent)
+        with atomic_path(path) as partial, partial.open("wb") as file:
+            torch.save(checkpoint, file)
 
     def load_checkpoint(
         self, path: str | Path, map_location: Any = "cpu", weights_only: bool | None = None
     ) -> dict[str, Any]:
         # A checkpoint of this package holds tensors and plain data only: nothing in it needs to run code.
         weights_only = True if weights_only is None else weights_only
-        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        if "://" in str(path) or not Path(path).is_file():  # remote, or missing: Lightning's own message
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+            raise UnreadableCheckpointError(why_unreadable(Path(path), err)) from err
 
 
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # a file system without directory handles: the rename is as durable as it gets
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint to resume from that cannot be read, or pickles more than tensors and plain data; its message is
+    one line, which `train.py` prints without a traceback."""
+
+
+def why_unreadable(path: Path, err: BaseException) -> str:
+    """One line: why the checkpoint `path` cannot be resumed from (`err`, what reading it raised) and what to do."""
+    pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+    if pickled is not None:
+        return (
+            f"cannot resume from {path}: it pickles {pickled.group(1)}, which could run code, and a checkpoint of "
+            "train.py holds tensors and plain data only (refused unrun); resume from a checkpoint train.py wrote"
+        )
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return (
+        f"cannot resume from {path}: it is not a readable checkpoint ({reason[:200]}); give another --ckpt_path "
+        "(the step checkpoints beside it), or leave it out to start afresh"
+    )
 
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
@@ -85,6 +91,19 @@ def last_checkpoint_path(trainer: L.Trainer) -> Path:
     if isinstance(callback, ModelCheckpoint) and callback.dirpath is not None:
         return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+
+
+def pin_checkpoint_folder(callback: L.Callback, root: str | Path) -> None:
+    """Give a ModelCheckpoint without a `dirpath` the folder `<root>/checkpoints`, the same in every run of a command.
+
+    Lightning's default is the logger's version folder (`logs/version_N/checkpoints`), a new one for every run:
+    a rerun with `--ckpt_path last` looked there, found nothing and trained from step 0 without a word.
+    """
+    if not isinstance(callback, ModelCheckpoint) or callback.dirpath is not None:
+        return
+    folder = f"{str(root).rstrip('/')}/checkpoints"
+    callback._fs = get_filesystem(folder)  # as ModelCheckpoint.__init__ sets it for a dirpath given there
+    callback.dirpath = folder if "://" in folder else os.path.realpath(os.path.expanduser(folder))
 
 
 def requeues_on_slurm(trainer: L.Trainer) -> bool:

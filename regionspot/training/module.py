@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from regionspot.build import build_regionspot
@@ -40,7 +40,7 @@ from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures
 from regionspot.training.datamodule import RegionDataModule, reads_images
 from regionspot.training.fault_tolerance import NonFiniteSteps, last_checkpoint_path
-from regionspot.training.schedule import WarmupMultiStep
+from regionspot.training.schedule import apply_settings, changed_settings, schedule_of
 from regionspot.transforms import prepare_prompts
 from regionspot.vocabulary import read_class_names
 
@@ -197,6 +197,7 @@ class RegionSpotModule(L.LightningModule):
         self._images_read = 0  # on this rank, kept or skipped
         self._frozen_cache: OrderedDict[bytes, FrozenFeatures] = OrderedDict()
         self._bad_steps = NonFiniteSteps(max_bad_steps_in_a_row)
+        self._resumed_settings: dict[str, Any] | None = None  # the checkpoint's hyperparameters, on resume
         self._step_loss: torch.Tensor | None = None
         self._step_parts: set[str] = set()  # the HEAD_PARTS a loss reached since the last optimizer step
         self._step_images: tuple[str, list] = ("", [])  # the step's data set and image ids, for the log
@@ -488,12 +489,13 @@ class RegionSpotModule(L.LightningModule):
         """Save the run where a resume finds it (its weights are those before the bad steps), then stop."""
         path = last_checkpoint_path(self.trainer)
         self.trainer.save_checkpoint(path)
-        count, step = self._bad_steps.in_a_row, self.global_step
+        count, step, lr = self._bad_steps.in_a_row, self.global_step, self.hparams.lr
         raise RuntimeError(
             f"the {count} optimizer steps before step {step} all had a NaN or infinite loss or gradient and were "
-            f"skipped (model.max_bad_steps_in_a_row={count}): stopping. The weights are those before them; the "
-            f"run is saved in {path}. Check the data those steps read and lower model.lr, then resume with "
-            f"--ckpt_path {path}"
+            f"skipped (model.max_bad_steps_in_a_row={self.hparams.max_bad_steps_in_a_row}): stopping. The weights "
+            f"are those before them; the run is saved in {path}. Check the data those steps read (the warnings name "
+            f"their images), then rerun the same command with a lower rate and --ckpt_path {path} (e.g. "
+            f"--model.lr={lr / 10:g}): a resumed run takes the rate, schedule and weight decay it is given"
         )
 
     def on_train_epoch_end(self) -> None:
@@ -519,22 +521,17 @@ class RegionSpotModule(L.LightningModule):
             groups.append({"params": vqa_params, "lr": self.hparams.vqa_lr or self.hparams.lr})
         # foreach: one kernel per step for all tensors; the per-tensor loop costs ~10 ms a step on CPU
         optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, foreach=True)
-        schedule = WarmupMultiStep(
-            warmup_steps=self.hparams.warmup_steps,
-            warmup_start_factor=self.hparams.warmup_start_factor,
-            milestones=self.hparams.lr_milestones,
-            gamma=self.hparams.lr_gamma,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule_of(self.hparams))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ----- validation: ground-truth boxes as regions, scored exactly as evaluate.py scores them -------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.val_set is None:
             raise ValueError("validation needs a validation set: data.val, or use_data(val_set=...)")
+        skipped = sum((batch.get("skipped") or {}).values())  # unreadable: left out of val AP, as in evaluate.py
         if not batch["images"]:
             if self.val_ap is not None:
-                self.val_ap.update([], batch["image_ids"])
+                self.val_ap.update([], batch["image_ids"], skipped=skipped)
             return
         frozen = self._batch_frozen(batch)
         features = self.model.region_features(frozen)
@@ -563,7 +560,7 @@ class RegionSpotModule(L.LightningModule):
                 activation=self.hparams.val_activation,
                 max_per_image=protocol_max_dets(self.val_set.ground_truth),
             )
-        self.val_ap.update(detections, batch["image_ids"])
+        self.val_ap.update(detections, batch["image_ids"], skipped=skipped)
 
     def on_validation_epoch_end(self) -> None:
         if self.val_ap is None:
@@ -573,6 +570,11 @@ class RegionSpotModule(L.LightningModule):
             return
         metrics = self.val_ap.compute()  # every rank's detections, the same numbers on every rank
         self.val_ap.reset()
+        if metrics["skipped_images"] or metrics["gt_boxes_dropped"]:
+            rank_zero_warn(
+                f"validation left out {metrics['skipped_images']:.0f} unreadable images with their ground truth and "
+                f"{self.val_ap.gt_boxes_dropped} ground-truth boxes no detector can be scored on (evaluate.py's rule)"
+            )
         # -1 marks a metric without ground truth; the values are equal on every rank, so syncing changes nothing
         scores = {f"val/{k}": v for k, v in metrics.items() if v >= 0}
         ap = scores.pop("val/AP", None)
@@ -601,6 +603,16 @@ class RegionSpotModule(L.LightningModule):
         checkpoint["state_dict"] = {**frozen, **state}  # the frozen backbones come from the model config's files
         if BAD_STEPS_KEY in checkpoint:
             self._bad_steps.load_state_dict(checkpoint[BAD_STEPS_KEY])
+            self._bad_steps.in_a_row = 0  # a resumed run (a lower lr, mended data) gets the whole allowance again
+        self._resumed_settings = checkpoint.get("hyper_parameters") or {}
+
+    def on_train_start(self) -> None:
+        """Settings given on resume apply: Lightning restored the checkpoint's optimizer and scheduler, rates and
+        schedule included, which would otherwise win without a word."""
+        changed = [] if self._resumed_settings is None else changed_settings(self._resumed_settings, self.hparams)
+        if changed:
+            apply_settings(self.lr_schedulers(), self.hparams)
+            rank_zero_info(f"resumed at step {self.global_step} with {', '.join(changed)}: applied from this step")
 
 
 def _check_loss_settings(*, weights: tuple[float, ...], captioned: int | None) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch.optim.lr_scheduler import LambdaLR
 
 
 class WarmupMultiStep:
@@ -32,3 +35,42 @@ class WarmupMultiStep:
             progress = step / self.warmup_steps
             factor *= self.warmup_start_factor + (1.0 - self.warmup_start_factor) * progress
         return factor
+
+
+# The settings a resumed run takes from its command line, not from the checkpoint (whose optimizer and scheduler
+# state Lightning restores, rates and schedule included).
+OPTIMIZER_SETTINGS = ("lr", "vqa_lr", "weight_decay", "warmup_steps", "warmup_start_factor", "lr_milestones",
+                      "lr_gamma")  # fmt: skip
+
+
+def schedule_of(hparams: Mapping[str, Any]) -> WarmupMultiStep:
+    """The schedule that a module's hyperparameters (`RegionSpotModule.hparams`) describe."""
+    return WarmupMultiStep(
+        warmup_steps=hparams["warmup_steps"],
+        warmup_start_factor=hparams["warmup_start_factor"],
+        milestones=hparams["lr_milestones"],
+        gamma=hparams["lr_gamma"],
+    )
+
+
+def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """ "lr 0.002 -> 0.001" for each optimizer setting in which `current` differs from the checkpoint's `saved`."""
+    changed = []
+    for name in OPTIMIZER_SETTINGS:
+        old, new = saved.get(name), current.get(name)
+        if (list(old) if isinstance(old, Sequence) else old) != (list(new) if isinstance(new, Sequence) else new):
+            changed.append(f"model.{name} {old} -> {new}")
+    return changed
+
+
+def apply_settings(scheduler: LambdaLR, hparams: Mapping[str, Any]) -> None:
+    """Give a restored AdamW and its LambdaLR the run's own rates, weight decay and schedule, at the restored step:
+    parameter group 0 gets `lr`, a second group (the VQA head's) `vqa_lr` or `lr`. AdamW's moments are kept."""
+    schedule = schedule_of(hparams)
+    groups = scheduler.optimizer.param_groups
+    base_lrs = [hparams["lr"], hparams["vqa_lr"] or hparams["lr"]][: len(groups)]
+    for group, lr in zip(groups, base_lrs, strict=True):
+        group.update(initial_lr=lr, weight_decay=hparams["weight_decay"], lr=lr * schedule(scheduler.last_epoch))
+    scheduler.base_lrs = base_lrs
+    scheduler.lr_lambdas = [schedule] * len(groups)
+    scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() (and the LR monitor) report
