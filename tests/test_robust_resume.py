@@ -155,8 +155,8 @@ def slurm_job(tmp_path: Path, monkeypatch) -> Path:
 
 
 def test_slurm_requeue_through_lightnings_plugin_saves_requeues_and_resumes(toy, tmp_path, monkeypatch):
-    """The packaged slurm config under SLURM's variables, with a stand-in for `scontrol`: SIGUSR1 reaches Lightning's own
-    handler, which writes hpc_ckpt_1.ckpt (through AtomicCheckpointIO) and asks for the requeue; the requeued
+    """The packaged slurm config under SLURM's variables, with a stand-in for `scontrol`: SIGUSR1 reaches Lightning's
+    own handler, which writes hpc_ckpt_1.ckpt (through AtomicCheckpointIO) and asks for the requeue; the requeued
     job, the same command, starts from that checkpoint by itself."""
     requests = slurm_job(tmp_path, monkeypatch)
     run = tmp_path / "slurm"
@@ -230,8 +230,8 @@ def test_every_shipped_training_config_continues_from_its_checkpoint_with_the_sa
 
 @pytest.mark.parametrize("config", TRAINING_CONFIGS)
 def test_every_shipped_training_config_under_slurm_continues_after_a_requeue(config, toy, tmp_path, monkeypatch):
-    """The config plus the packaged slurm config as a SLURM job: SIGUSR1 at step 2 saves hpc_ckpt_1.ckpt and asks for the
-    requeue; the requeued job, the same command, starts at step 2."""
+    """The config plus the packaged slurm config as a SLURM job: SIGUSR1 at step 2 saves hpc_ckpt_1.ckpt and asks for
+    the requeue; the requeued job, the same command, starts at step 2."""
     requests = slurm_job(tmp_path, monkeypatch)
     run = tmp_path / "run"
     (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(run, toy)))
