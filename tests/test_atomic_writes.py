@@ -18,7 +18,7 @@ from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
 from regionspot.build import build_regionspot
-from regionspot.evaluation.cli import main as evaluate_main
+from regionspot.evaluation.cli import run as evaluate_main
 from regionspot.training import export
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")

@@ -19,9 +19,9 @@ from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 from test_training import adapter_state, make_data, make_module, make_trainer
 
 from regionspot import RegionSpotPredictor
+from regionspot.commands.train import main
 from regionspot.data.toy import write_colour_boxes
 from regionspot.modeling.adapter import RegionFusionAdapter, RegionSelfAttention
-from regionspot.training.cli import main
 from regionspot.training.fault_tolerance import PARTIAL_SUFFIX, AtomicCheckpointIO, UnreadableCheckpointError
 from regionspot.training.module import BAD_STEPS_KEY
 

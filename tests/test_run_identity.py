@@ -23,7 +23,7 @@ from test_robust_eval import OUTPUTS, PARTS, exact_match_scores, outputs, world 
 from regionspot import RegionSpotConfig
 from regionspot.build import build_regionspot
 from regionspot.evaluation import caption_eval
-from regionspot.evaluation.cli import main as evaluate_main
+from regionspot.evaluation.cli import run as evaluate_main
 from regionspot.training.export import save_adapter
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
