@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +16,9 @@ import torch
 from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
 
+from regionspot.checks import check_integer, check_request
 from regionspot.modeling.preprocess import PreparedImage
-from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures, ImageEmbeddings, RegionSpot
+from regionspot.modeling.regionspot import FrozenFeatures, ImageEmbeddings, RegionSpot
 from regionspot.modeling.sam import sam_everything
 from regionspot.transforms import prepare_prompts, to_rgb_uint8
 
@@ -121,7 +121,7 @@ class RegionSpotPredictor:
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict(...)")
-        vocabulary = _check_request(vocabulary, top_k, activation)
+        vocabulary = check_request(vocabulary, top_k, activation)
         self._check_captioner(caption)
         image = self._image.images[0]
         prompts, clipped = prepare_prompts(
@@ -174,7 +174,7 @@ class RegionSpotPredictor:
             raise ValueError(f"{len(images)} images but {len(boxes)} box sets: give one (N_i, 4) array per image")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        vocabulary = _check_request(vocabulary, top_k, activation)
+        vocabulary = check_request(vocabulary, top_k, activation)
         self._check_captioner(caption)
         results: list[RegionPredictions] = []
         for start in range(0, len(images), batch_size):
@@ -224,8 +224,8 @@ class RegionSpotPredictor:
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict_everything(...)")
-        vocabulary = _check_request(vocabulary, top_k, activation)
-        _check_integer(points_per_side, name="points_per_side")
+        vocabulary = check_request(vocabulary, top_k, activation)
+        check_integer(points_per_side, name="points_per_side")
         self._check_captioner(caption)
         generator = SamAutomaticMaskGenerator(
             self.model.sam.sam,
@@ -327,39 +327,6 @@ class RegionSpotPredictor:
                 "caption=True needs a model with a captioner: build it from a model config with a caption: "
                 "section (a run trained with one writes it into adapter.yaml)"
             )
-
-
-def _check_request(vocabulary: Sequence[str], top_k: int, activation: str) -> list[str]:
-    if isinstance(vocabulary, str):
-        raise ValueError(
-            f"vocabulary must be a list of class names, got the string {vocabulary!r}; use [{vocabulary!r}]"
-        )
-    if isinstance(vocabulary, bytes) or not isinstance(vocabulary, Iterable):
-        raise TypeError(f"vocabulary must be a list of class names, got {type(vocabulary).__name__}")
-    vocabulary = list(vocabulary)
-    not_strings = [name for name in vocabulary if not isinstance(name, str)]
-    if not_strings:
-        raise TypeError(f"class names must be strings, got {not_strings[:5]!r}")
-    if not vocabulary:
-        raise ValueError("the vocabulary is empty: give at least one class name")
-    blank = [name for name in vocabulary if not name.strip()]
-    if blank:
-        raise ValueError(f"class names must be non-empty strings, got {blank[:5]!r}")
-    repeated = [name for name, count in Counter(vocabulary).items() if count > 1]
-    if repeated:  # a repeated name would split its class's softmax share between its copies
-        raise ValueError(f"the vocabulary names {repeated[:5]!r} more than once: give each class once")
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    _check_integer(top_k, name="top_k")
-    return vocabulary
-
-
-def _check_integer(value: int, *, name: str) -> None:
-    """TypeError unless `value` is an integer (not a bool), ValueError unless it is at least 1."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def _no_regions(
