@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,37 +18,8 @@ from regionspot.checks import check_integer, check_request
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import FrozenFeatures, ImageEmbeddings, RegionSpot
 from regionspot.modeling.sam import sam_everything
+from regionspot.predictions import RegionPredictions
 from regionspot.transforms import prepare_prompts, to_rgb_uint8
-
-
-@dataclass
-class RegionPredictions:
-    """What `RegionSpotPredictor.predict` returns for N regions and a vocabulary of C names."""
-
-    labels: list[list[str]]  # N lists of the top-k class names, best first
-    class_ids: torch.Tensor  # (N, k) indices into the vocabulary
-    scores: torch.Tensor  # (N, k) class probabilities (softmax over the vocabulary) or sigmoid scores
-    masks: torch.Tensor | None  # (N, H, W) bool, SAM's mask of each region; None when not asked for
-    mask_scores: torch.Tensor  # (N,) SAM's predicted IoU of that mask
-    boxes: torch.Tensor | None  # (N, 4) the input boxes clipped to the image, or None without boxes
-    all_scores: torch.Tensor | None = None  # (N, C), when asked for
-    captions: list[str] | None = None  # N captions (the model's captioner), when asked for
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def to_list(self) -> list[dict[str, Any]]:
-        """One plain dict per region (labels, scores, mask, box)."""
-        return [
-            {
-                "labels": self.labels[i],
-                "scores": self.scores[i].tolist(),
-                "mask": None if self.masks is None else self.masks[i],
-                "box": None if self.boxes is None else self.boxes[i].tolist(),
-                **({} if self.captions is None else {"caption": self.captions[i]}),
-            }
-            for i in range(len(self))
-        ]
 
 
 class RegionSpotPredictor:

@@ -109,4 +109,6 @@ def masks_in_sam_frame(encoder: SamRegionEncoder, masks: torch.Tensor, resized=N
         resized = encoder.transform.get_preprocess_shape(*masks.shape[1:], encoder.image_size)
     masks = F.interpolate(masks[:, None].float(), size=resized, mode="bilinear", align_corners=False)
     masks = F.pad(masks, (0, encoder.image_size - resized[1], 0, encoder.image_size - resized[0]))
-    return F.interpolate(masks, size=encoder.mask_input_size, mode="area")
+    # Area interpolation by SAM's whole factor (4), written as the average it is (bit-equal on the CPU): its ONNX
+    # export needs the input size, which a graph serving every image size cannot state.
+    return F.avg_pool2d(masks, kernel_size=encoder.image_size // encoder.mask_input_size[0])
