@@ -145,7 +145,7 @@ def test_bad_images_get_the_torch_predictors_errors(predictors, bad):
 def test_manifest_names_what_was_exported_and_catches_a_changed_file(tiny_onnx_export, tmp_path):
     folder, adapter = tiny_onnx_export
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["backbones"] == {"sam": "tiny", "clip": "RegionSpot-Tiny-CLIP"}
+    assert manifest["backbones"] == {"sam": "tiny", "clip": "RegionSpot-Tiny-CLIP", "clip_precision": "float32"}
     assert manifest["checkpoints"]["adapter"]["path"] == str(adapter)
     assert manifest["preprocessing"]["sam_size"] == 128 and manifest["text"]["templates"] == ["{}."]
     decoder = manifest["graphs"]["decoder"]

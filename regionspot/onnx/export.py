@@ -73,7 +73,8 @@ _EXAMPLE_NAMES = ["cat", "a dog", "traffic light", "teddy bear"]
 
 def export_onnx(config: RegionSpotConfig | str | Path, out: str | Path, *, adapter: str | None = None) -> Path:
     """Build the model of `config` (its checkpoints from local files; `adapter` overrides `adapter.checkpoint`) and
-    write its ONNX graphs, tokenizer and manifest into `out`. Returns the manifest's path.
+    write its ONNX graphs, tokenizer and manifest into `out`. Returns the manifest's path. Everything is exported in
+    float32 (a config's float16 CLIP included; the config object is changed to say so).
 
     Raises:
         ValueError: for a model the graphs cannot express (a box-attention adapter, whose region boxes the torch
@@ -85,6 +86,13 @@ def export_onnx(config: RegionSpotConfig | str | Path, out: str | Path, *, adapt
         config.adapter.checkpoint = adapter
     if config.adapter.box_attention:
         raise ValueError("adapter.box_attention is not exportable yet: export a model with box_attention: false")
+    if config.clip.precision in ("float16", "bfloat16"):
+        log.warning(
+            "clip.precision %s: exporting CLIP in float32 (onnxruntime's CPU kernels are float32; the "
+            "torch predictor matches it with clip.precision float32)",
+            config.clip.precision,
+        )
+        config.clip.precision = "float32"
     if config.adapter.checkpoint is None:
         log.warning(
             "adapter.checkpoint is null: exporting an untrained adapter, whose random weights differ at every "
@@ -331,7 +339,7 @@ def _manifest(config: RegionSpotConfig, model: RegionSpot, files: dict, out: Pat
         "opset": {name: OPSET_DYNAMO if name == "adapter" else OPSET for name in files},
         "onnx_version": onnx.__version__,
         "torch_version": torch.__version__,
-        "backbones": {"sam": config.sam.variant, "clip": config.clip.model_name},
+        "backbones": {"sam": config.sam.variant, "clip": config.clip.model_name, "clip_precision": "float32"},
         "checkpoints": {
             part: None if path is None else {"path": str(path), "sha256": _sha256(Path(path))}
             for part, path in (

@@ -66,6 +66,11 @@ class OnnxRegionPredictor:
         self._image: dict[str, Any] | None = None
 
     @property
+    def providers(self) -> list[str]:
+        """The execution providers onnxruntime runs the image graph on (the first that took it first)."""
+        return self._sessions["image"].get_providers()
+
+    @property
     def sam_size(self) -> int:
         return self.manifest["preprocessing"]["sam_size"]
 

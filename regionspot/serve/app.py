@@ -81,14 +81,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def load_predictor(*, onnx: str | None, config: str | None, adapter: str | None, threads: int | None) -> Any:
+def load_predictor(
+    *,
+    onnx: str | None,
+    config: str | None,
+    adapter: str | None,
+    threads: int | None,
+    providers: list[str] | None = None,
+) -> Any:
     """The ONNX predictor of an export folder, or the torch predictor of a model config (torch imported only then)."""
     if (onnx is None) == (config is None):
         raise ValueError("give exactly one of --onnx EXPORT_DIR and --config MODEL_YAML")
     if onnx is not None:
         from regionspot.onnx import OnnxRegionPredictor
 
-        return OnnxRegionPredictor(onnx, threads=threads)
+        return OnnxRegionPredictor(onnx, threads=threads, providers=providers)
     import torch
 
     from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
@@ -109,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--onnx", help="a folder regionspot-export onnx wrote (serves without torch)")
     source.add_argument("--config", help="a model config YAML (serves the torch predictor)")
     parser.add_argument("--adapter", help="with --config: trained adapter weights")
+    parser.add_argument("--providers", nargs="+", help="with --onnx: onnxruntime's execution providers (default CPU)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--cache-size", type=int, default=32, help="image embeddings kept (default 32)")
@@ -120,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        predictor = load_predictor(onnx=args.onnx, config=args.config, adapter=args.adapter, threads=args.threads)
+        predictor = load_predictor(
+            onnx=args.onnx, config=args.config, adapter=args.adapter, threads=args.threads, providers=args.providers
+        )
         engine = Engine(predictor, cache_size=args.cache_size)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"regionspot-serve: error: {err}\n")

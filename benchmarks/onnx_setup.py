@@ -1,0 +1,51 @@
+"""What bench_onnx.py, bench_serve.py and onnx_parity.py share: a model held as files, its export, both predictors.
+
+`--random-weights` builds SAM, CLIP and the adapter of a config with random weights and saves each to a file in the
+work folder, as a user holds real checkpoints, so that the torch predictor and the export load the very same
+files. The export is made once per work folder and reused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
+from regionspot.onnx import OnnxRegionPredictor
+from regionspot.onnx.export import export_onnx
+
+
+def held_config(config_path: str, work: Path, *, random_weights: bool) -> RegionSpotConfig:
+    """The config, in float32, its checkpoints pointing at files in `work` (random weights saved there first)."""
+    config = RegionSpotConfig.from_yaml(config_path)
+    config.clip.precision = "float32"  # the export's precision: parity and speed compare like with like
+    if not random_weights:
+        return config
+    work.mkdir(parents=True, exist_ok=True)
+    files = {part: work / f"random_{part}.safetensors" for part in ("sam", "clip", "adapter")}
+    if not all(f.is_file() for f in files.values()):
+        config.sam.checkpoint = config.clip.checkpoint = config.adapter.checkpoint = None
+        torch.manual_seed(0)
+        model = build_regionspot(config)
+        for part, module in (("sam", model.sam.sam), ("clip", model.clip.model), ("adapter", model.adapter)):
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, files[part])
+    config.sam.checkpoint, config.clip.checkpoint = str(files["sam"]), str(files["clip"])
+    config.adapter.checkpoint = str(files["adapter"])
+    return config
+
+
+def exported(config: RegionSpotConfig, work: Path) -> Path:
+    """The export of `config` in work/export (made unless already there)."""
+    folder = work / "export"
+    if not (folder / "manifest.json").is_file():
+        export_onnx(config, folder)
+    return folder
+
+
+def predictors(
+    config: RegionSpotConfig, folder: Path, *, threads: int
+) -> tuple[RegionSpotPredictor, OnnxRegionPredictor]:
+    torch.set_num_threads(threads)
+    return RegionSpotPredictor(build_regionspot(config)), OnnxRegionPredictor(folder, threads=threads)
