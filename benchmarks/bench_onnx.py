@@ -46,6 +46,7 @@ def random_boxes(count: int, height: int, width: int, seed: int = 0) -> np.ndarr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/model/tiny.yaml")
+    parser.add_argument("--one-template", action="store_true", help="names as '{}.' alone (see onnx_setup.py)")
     parser.add_argument("--random-weights", action="store_true", help="random SAM/CLIP/adapter saved to files")
     parser.add_argument("--work", help="folder for the weights and the export (default /tmp/regionspot-bench-NAME)")
     parser.add_argument("--regions", type=int, nargs="+", default=[1, 10, 100, 300])
@@ -54,8 +55,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="the torch predictor's device (cuda: on the GPU)")
     parser.add_argument("--providers", nargs="+", help="onnxruntime's, e.g. CUDAExecutionProvider CPUExecutionProvider")
     args = parser.parse_args()
-    work = Path(args.work or f"/tmp/regionspot-bench-{Path(args.config).stem}")
-    config = onnx_setup.held_config(args.config, work, random_weights=args.random_weights or "tiny" not in args.config)
+    work = Path(args.work) if args.work else onnx_setup.work_folder(args.config, one_template=args.one_template)
+    config = onnx_setup.held_config(
+        args.config,
+        work,
+        random_weights=args.random_weights or "tiny" not in args.config,
+        one_template=args.one_template,
+    )
     start = time.perf_counter()
     folder = onnx_setup.exported(config, work)
     print(f"# export ready in {time.perf_counter() - start:.0f} s: {folder}")

@@ -105,6 +105,7 @@ def load(url: str, bodies: list[dict], clients: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/model/tiny.yaml")
+    parser.add_argument("--one-template", action="store_true", help="names as '{}.' alone (see onnx_setup.py)")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
@@ -113,8 +114,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--providers", nargs="+", help="the ONNX server's onnxruntime providers (default CPU)")
     args = parser.parse_args()
-    work = Path(f"/tmp/regionspot-bench-{Path(args.config).stem}")
-    config = onnx_setup.held_config(args.config, work, random_weights=args.random_weights or "tiny" not in args.config)
+    work = onnx_setup.work_folder(args.config, one_template=args.one_template)
+    config = onnx_setup.held_config(
+        args.config,
+        work,
+        random_weights=args.random_weights or "tiny" not in args.config,
+        one_template=args.one_template,
+    )
     if args.backend == "onnx":
         source = [
             "--onnx",

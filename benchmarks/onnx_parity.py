@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx_setup
@@ -54,6 +53,7 @@ def prompt_sets(height: int, width: int, regions: int) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/model/tiny.yaml")
+    parser.add_argument("--one-template", action="store_true", help="names as '{}.' alone (see onnx_setup.py)")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--names", type=int, nargs="+", default=[80])
     parser.add_argument("--regions", type=int, default=8)
@@ -61,8 +61,13 @@ def main() -> None:
     parser.add_argument("--atol", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    work = Path(f"/tmp/regionspot-bench-{Path(args.config).stem}")
-    config = onnx_setup.held_config(args.config, work, random_weights=args.random_weights or "tiny" not in args.config)
+    work = onnx_setup.work_folder(args.config, one_template=args.one_template)
+    config = onnx_setup.held_config(
+        args.config,
+        work,
+        random_weights=args.random_weights or "tiny" not in args.config,
+        one_template=args.one_template,
+    )
     torch_predictor, onnx_predictor = onnx_setup.predictors(
         config, onnx_setup.exported(config, work), threads=args.threads
     )

@@ -17,10 +17,18 @@ from regionspot.onnx import OnnxRegionPredictor
 from regionspot.onnx.export import export_onnx
 
 
-def held_config(config_path: str, work: Path, *, random_weights: bool) -> RegionSpotConfig:
-    """The config, in float32, its checkpoints pointing at files in `work` (random weights saved there first)."""
+def work_folder(config_path: str, *, one_template: bool) -> Path:
+    return Path(f"/tmp/regionspot-bench-{Path(config_path).stem}{'-plain' if one_template else ''}")
+
+
+def held_config(config_path: str, work: Path, *, random_weights: bool, one_template: bool = False) -> RegionSpotConfig:
+    """The config, in float32, its checkpoints pointing at files in `work` (random weights saved there first).
+    `one_template`: names read as "{}." alone instead of the config's 81 prompts (CLIP-L's text tower costs ~13
+    GFLOP a prompt: real-size runs on a CPU wait minutes per vocabulary otherwise; queries cost the same)."""
     config = RegionSpotConfig.from_yaml(config_path)
     config.clip.precision = "float32"  # the export's precision: parity and speed compare like with like
+    if one_template:
+        config.clip.templates = "plain"
     if not random_weights:
         return config
     work.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,6 @@ Hugging Face LLM) are not exported: a model with either is exported without it, 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
 from regionspot.modeling.regionspot import RegionSpot
 from regionspot.onnx import graphs
+from regionspot.onnx.predictor import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def _export_graph(name: str, graph: _Graph, path: Path, *, check: dict[str, torc
     model = onnx.load(str(path))
     return {
         "file": path.name,
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         "inputs": [_value_info(v) for v in model.graph.input],
         "outputs": [_value_info(v) for v in model.graph.output],
     }
@@ -341,7 +341,7 @@ def _manifest(config: RegionSpotConfig, model: RegionSpot, files: dict, out: Pat
         "torch_version": torch.__version__,
         "backbones": {"sam": config.sam.variant, "clip": config.clip.model_name, "clip_precision": "float32"},
         "checkpoints": {
-            part: None if path is None else {"path": str(path), "sha256": _sha256(Path(path))}
+            part: None if path is None else {"path": str(path), "sha256": file_sha256(Path(path))}
             for part, path in (
                 ("sam", config.sam.checkpoint),
                 ("clip", config.clip.checkpoint),
@@ -363,7 +363,7 @@ def _manifest(config: RegionSpotConfig, model: RegionSpot, files: dict, out: Pat
         "regions": {"tokens_per_region": sam.tokens_per_region, "prompt_batch_size": sam.prompt_batch_size},
         "text": {
             "tokenizer": TOKENIZER,
-            "tokenizer_sha256": _sha256(out / TOKENIZER),
+            "tokenizer_sha256": file_sha256(out / TOKENIZER),
             "context_length": clip.tokenizer.context_length,
             "templates": [template("{}") for template in clip.templates],
             "prompt_mean": clip.prompt_mean,
@@ -371,14 +371,6 @@ def _manifest(config: RegionSpotConfig, model: RegionSpot, files: dict, out: Pat
         },
         "graphs": files,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:

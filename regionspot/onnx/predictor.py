@@ -250,12 +250,13 @@ def _read_manifest(folder: Path, *, verify: bool) -> dict[str, Any]:
             file = folder / name
             if not file.is_file():
                 raise FileNotFoundError(f"{file} is missing: the export in {folder} is incomplete; export it again")
-            if _sha256(file) != expected:
+            if file_sha256(file) != expected:
                 raise ValueError(f"{file} is not the file the manifest names (SHA-256 differs): export it again")
     return manifest
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (the manifest's digests)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
