@@ -82,7 +82,10 @@ def load(url: str, bodies: list[dict], clients: int) -> dict:
     def send(body: dict) -> tuple[float, int]:
         start = time.perf_counter()
         try:
-            status = httpx.post(f"{url}/predict", json=body, timeout=600).status_code
+            response = httpx.post(f"{url}/predict", json=body, timeout=600)
+            status = response.status_code
+            if status != 200:
+                print(f"# {status}: {response.text[:200]}", flush=True)
         except httpx.TransportError:
             status = 0  # dropped
         return time.perf_counter() - start, status
@@ -100,6 +103,11 @@ def load(url: str, bodies: list[dict], clients: int) -> dict:
         "errors": sum(s != 200 for s in statuses),
         "5xx": sum(s >= 500 or s == 0 for s in statuses),
     }
+
+
+def report(case: str, clients: int, row: dict) -> None:
+    print(f"| {case} | {clients} | {row['rps']:.2f} | {row['p50']:.0f} | {row['p95']:.0f} | {row['errors']} | "
+          f"{row['5xx']} |", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -137,21 +145,19 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     try:
         photo = skimage_data.astronaut()
-        boxes = [random_boxes(args.regions, *photo.shape[:2], seed=i).tolist() for i in range(args.requests)]
-        first = httpx.post(f"{url}/predict", json={"image": png64(photo), "boxes": boxes[0], "vocabulary": names},
-                           timeout=600).json()  # fmt: skip
+        # inside the smallest photo (chelsea, 300 x 451), so that every box fits every image
+        boxes = [random_boxes(args.regions, 300, 450, seed=i).tolist() for i in range(args.requests)]
+        photo64 = png64(photo)
         for clients in args.clients:
             images = [png64(p) for p in distinct_photos(args.requests, start=1 + 10_000 * clients)]
-            cases = {
-                "new image": [
-                    {"image": i, "boxes": b, "vocabulary": names} for i, b in zip(images, boxes, strict=True)
-                ],
-                "same image": [{"image_id": first["image_id"], "boxes": b, "vocabulary": names} for b in boxes],
-            }
-            for case, bodies in cases.items():
-                row = load(url, bodies, clients)
-                print(f"| {case} | {clients} | {row['rps']:.2f} | {row['p50']:.0f} | {row['p95']:.0f} | "
-                      f"{row['errors']} | {row['5xx']} |", flush=True)  # fmt: skip
+            new = [{"image": i, "boxes": b, "vocabulary": names} for i, b in zip(images, boxes, strict=True)]
+            report("new image", clients, load(url, new, clients))
+            # sent once (again: the new-image run has pushed it out of the cache), then asked by its id
+            first = httpx.post(
+                f"{url}/predict", json={"image": photo64, "boxes": boxes[0], "vocabulary": names}, timeout=600
+            ).json()
+            same = [{"image_id": first["image_id"], "boxes": b, "vocabulary": names} for b in boxes]
+            report("same image", clients, load(url, same, clients))
         print(f"\nserver peak memory (VmHWM): {peak_rss_mib(process.pid):.0f} MiB")
     finally:
         process.send_signal(signal.SIGINT)

@@ -258,12 +258,11 @@ def _export_graph(name: str, graph: _Graph, path: Path, *, check: dict[str, torc
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for inputs in (graph.inputs, check):
         _compare(name, graph, session, inputs)
-    model = onnx.load(str(path))
-    return {
+    return {  # read from the session: loading the graph again would hold a second copy of its weights
         "file": path.name,
         "sha256": file_sha256(path),
-        "inputs": [_value_info(v) for v in model.graph.input],
-        "outputs": [_value_info(v) for v in model.graph.output],
+        "inputs": [_value_info(v) for v in session.get_inputs()],
+        "outputs": [_value_info(v) for v in session.get_outputs()],
     }
 
 
@@ -283,10 +282,13 @@ def _compare(name: str, graph: _Graph, session: onnxruntime.InferenceSession, in
             raise RuntimeError(f"the exported {name} graph's {output} differs from torch by up to {gap:.3g}")
 
 
-def _value_info(value: onnx.ValueInfoProto) -> dict:
-    tensor = value.type.tensor_type
-    shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-    return {"name": value.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name, "shape": shape}
+_NUMPY_DTYPES = {"float": "float32", "double": "float64"}  # onnxruntime's element type names that numpy spells apart
+
+
+def _value_info(value: onnxruntime.NodeArg) -> dict:
+    """An input or output: its name, numpy dtype and shape (dynamic axes by name)."""
+    element = value.type.removeprefix("tensor(").removesuffix(")")
+    return {"name": value.name, "dtype": _NUMPY_DTYPES.get(element, element), "shape": list(value.shape)}
 
 
 def _write_tokenizer(model: RegionSpot, path: Path) -> SimpleTokenizer:
