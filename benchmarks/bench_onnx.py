@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--work", help="folder for the weights and the export (default /tmp/regionspot-bench-NAME)")
     parser.add_argument("--regions", type=int, nargs="+", default=[1, 10, 100, 300])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--names", type=int, default=80, help="vocabulary size (its text is embedded before timing)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="the torch predictor's device (cuda: on the GPU)")
     parser.add_argument("--providers", nargs="+", help="onnxruntime's, e.g. CUDAExecutionProvider CPUExecutionProvider")
@@ -69,10 +70,10 @@ def main() -> None:
         config, folder, threads=args.threads, device=args.device, providers=args.providers
     )
     rgb = skimage_data.astronaut()
-    names = [f"object number {i}" for i in range(80)]
+    names = [f"object number {i}" for i in range(args.names)]
     print(f"# {args.config}, {platform.processor() or platform.machine()}, {args.threads} threads, torch on "
           f"{args.device}, onnxruntime on {onnx_predictor.providers}, "
-          f"repeats {args.repeats}, image {rgb.shape[1]}x{rgb.shape[0]}, 80 names")  # fmt: skip
+          f"repeats {args.repeats}, image {rgb.shape[1]}x{rgb.shape[0]}, {args.names} names")  # fmt: skip
     rows = []
     for name, predictor in (("torch eager", torch_predictor), ("onnxruntime", onnx_predictor)):
         embed = median_s(lambda p=predictor: p.set_image(rgb), args.repeats)
@@ -81,6 +82,7 @@ def main() -> None:
             boxes = random_boxes(count, *rgb.shape[:2])
             query = median_s(lambda p=predictor, b=boxes: p.predict(vocabulary=names, boxes=b), args.repeats)
             rows.append((name, count, embed, query))
+            print(f"# {name}: set_image {embed:.2f} s, {count} regions {query:.2f} s", flush=True)
     print("\n| backend | regions | set_image (ms) | predict (ms) | ms / region | first query (ms) | first / repeat |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, count, embed, query in rows:

@@ -53,7 +53,11 @@ def exported(config: RegionSpotConfig, work: Path) -> Path:
 
 
 def predictors(
-    config: RegionSpotConfig, folder: Path, *, threads: int
+    config: RegionSpotConfig, folder: Path, *, threads: int, device: str = "cpu", providers: list[str] | None = None
 ) -> tuple[RegionSpotPredictor, OnnxRegionPredictor]:
+    """The torch predictor (on `device`) and the ONNX one (on onnxruntime's `providers`, default the CPU), on the
+    same weights, each with `threads` compute threads."""
     torch.set_num_threads(threads)
-    return RegionSpotPredictor(build_regionspot(config)), OnnxRegionPredictor(folder, threads=threads)
+    with torch.device(device):
+        model = build_regionspot(config)
+    return RegionSpotPredictor(model), OnnxRegionPredictor(folder, threads=threads, providers=providers)
