@@ -20,6 +20,7 @@ COMMANDS = [
     [sys.executable, "-c", "import lightning"],
     *[[str(BIN / name), "--help"] for name in ("regionspot-train", "regionspot-evaluate", "regionspot-recognize")],
     *[[str(BIN / name), "--help"] for name in ("regionspot-app", "regionspot-extract", "regionspot-demo")],
+    *[[str(BIN / name), "--help"] for name in ("regionspot-configs", "regionspot-export", "regionspot-serve")],
     [str(BIN / "regionspot-evaluate"), "captions", "score", "--help"],
 ]
 

@@ -37,3 +37,13 @@ run benchmarks/bench_training_cache.py "${REAL[@]}" --accelerator gpu --precisio
     --images 32 --batch-size 8 --warmup 2 --steps 10 --image-size 480 640
 # The data loader on this machine's cores: how many workers keep the GPU above fed at the batch's images/s.
 run benchmarks/bench_data_loading.py --workers 0 4 8 16 --batches 16
+# ONNX (benchmarks/bench_onnx.py): onnxruntime's CUDA provider against torch eager on the GPU, float32 both, at the
+# real sizes. Needs onnxruntime-gpu in place of onnxruntime (pip install -c constraints.txt onnxruntime-gpu).
+if "$PYTHON" -c "import sys, onnxruntime; sys.exit('CUDAExecutionProvider' not in onnxruntime.get_available_providers())"; then
+    run benchmarks/bench_onnx.py "${REAL[@]}" --device cuda --providers CUDAExecutionProvider CPUExecutionProvider \
+        --repeats 5 --threads 8
+    run benchmarks/bench_serve.py "${REAL[@]}" --providers CUDAExecutionProvider CPUExecutionProvider \
+        --clients 1 4 16 --requests 64 --regions 100 --threads 8
+else
+    echo "# skipped bench_onnx.py on the GPU: onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+fi

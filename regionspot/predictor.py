@@ -8,50 +8,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import numbers
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from segment_anything import SamAutomaticMaskGenerator
 
+from regionspot.checks import check_integer, check_request, numbered
 from regionspot.modeling.preprocess import PreparedImage
-from regionspot.modeling.regionspot import ACTIVATIONS, FrozenFeatures, ImageEmbeddings, RegionSpot
+from regionspot.modeling.regionspot import FrozenFeatures, ImageEmbeddings, RegionSpot
 from regionspot.modeling.sam import sam_everything
-from regionspot.transforms import numbered, prepare_prompts, to_rgb_uint8
-
-
-@dataclass
-class RegionPredictions:
-    """What `RegionSpotPredictor.predict` returns for N regions and a vocabulary of C names."""
-
-    labels: list[list[str]]  # N lists of the top-k class names, best first
-    class_ids: torch.Tensor  # (N, k) indices into the vocabulary
-    scores: torch.Tensor  # (N, k) class probabilities (softmax over the vocabulary) or sigmoid scores
-    masks: torch.Tensor | None  # (N, H, W) bool, SAM's mask of each region; None when not asked for
-    mask_scores: torch.Tensor  # (N,) SAM's predicted IoU of that mask
-    boxes: torch.Tensor | None  # (N, 4) the input boxes clipped to the image, or None without boxes
-    all_scores: torch.Tensor | None = None  # (N, C), when asked for
-    captions: list[str] | None = None  # N captions (the model's captioner), when asked for
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def to_list(self) -> list[dict[str, Any]]:
-        """One plain dict per region (labels, scores, mask, box)."""
-        return [
-            {
-                "labels": self.labels[i],
-                "scores": self.scores[i].tolist(),
-                "mask": None if self.masks is None else self.masks[i],
-                "box": None if self.boxes is None else self.boxes[i].tolist(),
-                **({} if self.captions is None else {"caption": self.captions[i]}),
-            }
-            for i in range(len(self))
-        ]
+from regionspot.predictions import RegionPredictions
+from regionspot.transforms import prepare_prompts, to_rgb_uint8
 
 
 class RegionSpotPredictor:
@@ -123,7 +92,7 @@ class RegionSpotPredictor:
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict(...)")
-        vocabulary = _check_request(vocabulary, top_k, activation)
+        vocabulary = check_request(vocabulary, top_k, activation)
         self._check_captioner(caption)
         image = self._image.images[0]
         prompts, clipped = prepare_prompts(
@@ -177,7 +146,7 @@ class RegionSpotPredictor:
             raise ValueError(f"{len(images)} images but {len(boxes)} box sets: give one (N_i, 4) array per image")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        vocabulary = _check_request(vocabulary, top_k, activation)
+        vocabulary = check_request(vocabulary, top_k, activation)
         self._check_captioner(caption)
         results: list[RegionPredictions] = []
         for start in range(0, len(images), batch_size):
@@ -228,8 +197,8 @@ class RegionSpotPredictor:
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict_everything(...)")
-        vocabulary = _check_request(vocabulary, top_k, activation)
-        _check_integer(points_per_side, name="points_per_side")
+        vocabulary = check_request(vocabulary, top_k, activation)
+        check_integer(points_per_side, name="points_per_side")
         self._check_captioner(caption)
         generator = SamAutomaticMaskGenerator(
             self.model.sam.sam,
@@ -333,31 +302,6 @@ class RegionSpotPredictor:
             )
 
 
-def _check_request(vocabulary: Sequence[str], top_k: int, activation: str) -> list[str]:
-    if isinstance(vocabulary, str):
-        raise ValueError(
-            f"vocabulary must be a list of class names, got the string {vocabulary!r}; use [{vocabulary!r}]"
-        )
-    if isinstance(vocabulary, bytes) or not isinstance(vocabulary, Iterable):
-        raise TypeError(f"vocabulary must be a list of class names, got {type(vocabulary).__name__}")
-    vocabulary = list(vocabulary)
-    not_strings = [name for name in vocabulary if not isinstance(name, str)]
-    if not_strings:
-        raise TypeError(f"class names must be strings, got {not_strings[:5]!r}")
-    if not vocabulary:
-        raise ValueError("the vocabulary is empty: give at least one class name")
-    blank = [name for name in vocabulary if not name.strip()]
-    if blank:
-        raise ValueError(f"class names must be non-empty strings, got {blank[:5]!r}")
-    repeated = [name for name, count in Counter(vocabulary).items() if count > 1]
-    if repeated:  # a repeated name would split its class's softmax share between its copies
-        raise ValueError(f"the vocabulary names {repeated[:5]!r} more than once: give each class once")
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    _check_integer(top_k, name="top_k")
-    return vocabulary
-
-
 @contextlib.contextmanager
 def _about_image(index: int) -> Iterator[None]:
     """A refusal (ValueError, TypeError) of images[index] or its boxes says which image it is about."""
@@ -366,14 +310,6 @@ def _about_image(index: int) -> Iterator[None]:
     except (ValueError, TypeError) as err:
         kind = TypeError if isinstance(err, TypeError) else ValueError
         raise kind(f"{numbered([index], 'image', 'images')}: {err}") from err
-
-
-def _check_integer(value: int, *, name: str) -> None:
-    """TypeError unless `value` is an integer (not a bool), ValueError unless it is at least 1."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 def _no_regions(

@@ -31,7 +31,7 @@ export PATH="$WORK/venv/bin:$PATH" OMP_WAIT_POLICY=PASSIVE WANDB_MODE=disabled
 where=$(python -c "import regionspot; print(regionspot.__file__)")
 case "$where" in "$WORK/venv/"*) ;; *) echo "regionspot imported from $where, not the wheel" >&2; exit 1 ;; esac
 for command in regionspot-demo regionspot-train regionspot-evaluate regionspot-recognize regionspot-app \
-    regionspot-extract regionspot-configs; do
+    regionspot-extract regionspot-configs regionspot-export regionspot-serve; do
     "$command" --help > /dev/null
 done
 regionspot-train export --help > /dev/null

@@ -25,8 +25,10 @@ COMMANDS = {  # console script -> the module whose `main` it runs
     "regionspot-app": "regionspot.app.__main__",
     "regionspot-extract": "regionspot.commands.extract",
     "regionspot-configs": "regionspot.configs",
+    "regionspot-export": "regionspot.commands.export",
+    "regionspot-serve": "regionspot.serve.app",
 }
-HEAVY = ("torch", "lightning", "open_clip", "gradio", "transformers", "segment_anything", "pycocotools")
+HEAVY = ("torch", "lightning", "open_clip", "gradio", "transformers", "segment_anything", "pycocotools", "onnxruntime")
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -309,16 +309,21 @@ class ClipBackbone(nn.Module):
 
     def _encode_batch(self, names: list[str]) -> torch.Tensor:
         prompts = [template(name) for name in names for template in self.templates]
+        tokens = self.tokenizer(prompts).to(self.image_mean.device)
+        return self.encode_prompt_tokens(tokens.view(len(names), len(self.templates), -1)).cpu()
+
+    def encode_prompt_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(C, K, L) token ids of C names' K prompts -> (C, E) unit-norm float32 class embeddings (`prompt_mean`
+        over the K prompts). The text graph of the ONNX export is this method."""
+        names, templates = tokens.shape[:2]
         normalized = self.prompt_mean == "normalized"
         with self._own_precision():
-            per_prompt = self.model.encode_text(
-                self.tokenizer(prompts).to(self.image_mean.device), normalize=normalized
-            )
-        per_prompt = per_prompt.view(len(names), len(self.templates), -1)
+            per_prompt = self.model.encode_text(tokens.flatten(0, 1), normalize=normalized)
+        per_prompt = per_prompt.view(names, templates, -1)
         if normalized:
             per_prompt = per_prompt.float()
         # "raw" averages and normalises in the text tower's dtype, as RegionSpot did (in float16 with its CLIP).
-        return F.normalize(per_prompt.mean(dim=1), dim=-1).float().cpu()
+        return F.normalize(per_prompt.mean(dim=1), dim=-1).float()
 
     def _disk_cache_entry(self, names: list[str]) -> tuple[Path, dict[str, str]]:
         """The cache file of `names` for this text tower, and the metadata that file must carry."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from regionspot.checks import sam_input_shape
 from regionspot.config import CLIP_RESIZES
 
 
@@ -47,13 +48,7 @@ class PreparedImage:
 
 def resize_for_sam(image: np.ndarray, size: int) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, h, w) uint8 with long side `size`, exactly as SamPredictor resizes (PIL, bilinear)."""
-    height, width = image.shape[:2]
-    resized = ResizeLongestSide.get_preprocess_shape(height, width, size)
-    if min(resized) < 1:
-        raise ValueError(
-            f"a {width}x{height} image is too thin for SAM: resized to a long side of {size} px it would be "
-            f"{resized[1]}x{resized[0]}; crop or pad it to a less extreme aspect ratio"
-        )
+    sam_input_shape(*image.shape[:2], size)  # refuses an image too thin for SAM
     return torch.from_numpy(ResizeLongestSide(size).apply_image(image)).permute(2, 0, 1).contiguous()
 
 

@@ -12,6 +12,7 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from regionspot.checks import ACTIVATIONS
 from regionspot.modeling.adapter import RegionFusionAdapter, box_patch_coverage, box_token_mask
 from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
@@ -20,7 +21,6 @@ from regionspot.modeling.preprocess import ImagePreprocessor, PreparedImage
 from regionspot.modeling.region_lm import RegionLanguageModel, Turn
 from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
 
-ACTIVATIONS = ("softmax", "sigmoid")
 # Regions whose masks are upscaled at once: SAM upsamples to its full input size (1024^2 floats per region) first.
 _MASK_UPSCALE_CHUNK = 32
 # Region features are divided by (norm + this), RegionSpot's formula: equal to F.normalize within float32

@@ -1,0 +1,264 @@
+"""`OnnxRegionPredictor`: `RegionSpotPredictor`'s `set_image` / `predict` on the exported ONNX graphs, without torch.
+
+Imports onnxruntime, numpy, Pillow and Hugging Face `tokenizers` only (`pip install regionspot[onnx]`); its input
+checks are `regionspot.checks`, the torch predictor's own, so a bad input gets the same error from either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+from PIL import Image
+from tokenizers import Tokenizer
+
+from regionspot.checks import CheckedPrompts, check_prompts, check_request, sam_input_shape, to_rgb_uint8
+from regionspot.predictions import RegionPredictions
+
+FORMAT = "regionspot-onnx-1"  # the manifest format `regionspot.onnx.export` writes
+_VOCABULARIES_KEPT = 8
+_MASK_UPSCALE_CHUNK = 32  # as the torch predictor: SAM upsamples to its full input size first
+# SAM's ONNX point labels (segment_anything.utils.onnx): -1 padding, 0/1 background/foreground, 2/3 box corners.
+_PAD, _BOX_CORNERS = -1.0, (2.0, 3.0)
+
+
+class OnnxRegionPredictor:
+    """Names, and segments, any regions of one image against any vocabulary, with onnxruntime.
+
+    Args:
+        folder: what `regionspot-export onnx` wrote (manifest.json, the graphs, tokenizer.json).
+        providers: onnxruntime execution providers (default: the CPU).
+        threads: intra-op threads per graph (default: onnxruntime's choice).
+        verify: check every file's SHA-256 against the manifest first (a deployment then knows what it runs).
+
+    Raises:
+        FileNotFoundError: for a missing manifest or file. ValueError: for a manifest of another format, or a file
+            whose digest differs from the manifest's.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+    ) -> None:
+        self.folder = Path(folder)
+        self.manifest = _read_manifest(self.folder, verify=verify)
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers = list(providers or ["CPUExecutionProvider"])
+        self._sessions = {
+            name: onnxruntime.InferenceSession(str(self.folder / entry["file"]), options, providers=providers)
+            for name, entry in self.manifest["graphs"].items()
+        }
+        text = self.manifest["text"]
+        self._tokenizer = Tokenizer.from_file(str(self.folder / text["tokenizer"]))
+        self._vocabularies: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
+        self._image: dict[str, Any] | None = None
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers onnxruntime runs the image graph on (the first that took it first)."""
+        return self._sessions["image"].get_providers()
+
+    @property
+    def sam_size(self) -> int:
+        return self.manifest["preprocessing"]["sam_size"]
+
+    def set_image(self, image: Any) -> None:
+        """Embed `image` once (the image graph); formats and errors as `RegionSpotPredictor.set_image`."""
+        self._image = None  # a failed call leaves no stale image behind
+        rgb = to_rgb_uint8(image)
+        self._image = self.embed(rgb)
+
+    def embed(self, rgb: np.ndarray) -> dict[str, Any]:
+        """(H, W, 3) uint8 RGB -> the image graph's outputs and the sizes the prompts need (what `set_image` keeps;
+        a server keeps these per image and hands them back with `use_embedding`)."""
+        height, width = rgb.shape[:2]
+        resized = sam_input_shape(height, width, self.sam_size)
+        # SAM's ResizeLongestSide.apply_image: PIL's bilinear resize of the uint8 image
+        sam_pixels = np.asarray(Image.fromarray(rgb).resize(resized[::-1], Image.BILINEAR))
+        embedding, clip_tokens = self._sessions["image"].run(
+            None,
+            {"sam_pixels": sam_pixels.transpose(2, 0, 1)[None].copy(), "image": rgb.transpose(2, 0, 1)[None].copy()},
+        )
+        return {"sam": embedding, "clip": clip_tokens, "original_size": (height, width), "input_size": resized}
+
+    def use_embedding(self, embedded: dict[str, Any]) -> None:
+        """Make an image embedded earlier by `embed` the current one (no image graph run)."""
+        self._image = embedded
+
+    def predict(
+        self,
+        *,
+        vocabulary: Sequence[str],
+        boxes: Any = None,
+        points: Any = None,
+        point_labels: Any = None,
+        masks: Any = None,
+        top_k: int = 5,
+        activation: str = "softmax",
+        return_all_scores: bool = False,
+        caption: bool = False,
+        return_masks: bool = True,
+    ) -> RegionPredictions:
+        """As `RegionSpotPredictor.predict`, with numpy arrays out (class_ids int64, scores float32, masks bool).
+
+        Raises:
+            RuntimeError, TypeError, ValueError: as `RegionSpotPredictor.predict`; ValueError for caption=True
+                (the captioner is not exported).
+        """
+        if self._image is None:
+            raise RuntimeError("call set_image(image) before predict(...)")
+        vocabulary = check_request(vocabulary, top_k, activation)
+        if caption:
+            raise ValueError(
+                "caption=True needs the captioner, which the ONNX export leaves out: use RegionSpotPredictor"
+            )
+        prompts = check_prompts(
+            self._image["original_size"], boxes=boxes, points=points, point_labels=point_labels, masks=masks
+        )
+        tokens, scores, mask_logits = self._decode(prompts, with_masks=return_masks)
+        n, per_region = tokens.shape[:2]
+        (features,) = self._sessions["adapter"].run(
+            None, {"region_tokens": tokens.reshape(1, n * per_region, -1), "clip_tokens": self._image["clip"]}
+        )
+        best = scores.argmax(axis=1)
+        rows = np.arange(n)
+        chosen = features.reshape(n, per_region, -1)[rows, best]
+        _, softmax, sigmoid = self._sessions["score"].run(
+            None, {"region_features": chosen, "class_embeddings": self.encode_vocabulary(vocabulary)}
+        )
+        probs = softmax if activation == "softmax" else sigmoid
+        k = min(top_k, len(vocabulary))
+        class_ids = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return RegionPredictions(
+            labels=[[vocabulary[c] for c in row] for row in class_ids.tolist()],
+            class_ids=class_ids,
+            scores=np.take_along_axis(probs, class_ids, axis=1),
+            masks=None if mask_logits is None else self._upscale(mask_logits[rows, best][:, None]),
+            mask_scores=scores[rows, best],
+            boxes=prompts.boxes,
+            all_scores=probs if return_all_scores else None,
+        )
+
+    def encode_vocabulary(self, names: Sequence[str]) -> np.ndarray:
+        """Class names -> (C, E) unit-norm float32 embeddings (the text graph; the last few vocabularies kept)."""
+        key = tuple(names)
+        if key not in self._vocabularies:
+            text = self.manifest["text"]
+            templates = text["templates"]
+            per_call = max(1, text["text_batch_size"] // len(templates))
+            self._vocabularies[key] = np.concatenate(
+                [self._encode_names(list(names[i : i + per_call])) for i in range(0, len(names), per_call)]
+            )
+            while len(self._vocabularies) > _VOCABULARIES_KEPT:
+                self._vocabularies.popitem(last=False)
+        self._vocabularies.move_to_end(key)
+        return self._vocabularies[key]
+
+    def _encode_names(self, names: list[str]) -> np.ndarray:
+        templates = self.manifest["text"]["templates"]
+        prompts = [template.replace("{}", name) for name in names for template in templates]
+        ids = np.array([e.ids for e in self._tokenizer.encode_batch(prompts)], dtype=np.int64)
+        (embeddings,) = self._sessions["text"].run(None, {"text_tokens": ids.reshape(len(names), len(templates), -1)})
+        return embeddings
+
+    def _decode(self, prompts: CheckedPrompts, *, with_masks: bool) -> tuple[np.ndarray, ...]:
+        """SAM's decoder over the regions, `prompt_batch_size` at a time: tokens (N, T, C), scores (N, T), and
+        low-resolution mask logits (N, T, 4e, 4e) or None."""
+        coords, labels = self._sam_points(prompts)
+        grid = self.manifest["preprocessing"]["mask_input_size"]
+        mask_input, has_mask = np.zeros((1, 1, *grid), np.float32), np.zeros(1, np.float32)
+        if prompts.masks is not None:
+            input_size = np.array(self._image["input_size"], dtype=np.int64)
+            (mask_input,) = self._sessions["mask_prompt"].run(None, {"masks": prompts.masks, "input_size": input_size})
+            has_mask = np.ones(1, np.float32)
+        session = self._sessions["decoder" if with_masks else "decoder_tokens"]
+        size = self.manifest["regions"]["prompt_batch_size"]
+        parts = []
+        for start in range(0, len(prompts), size):
+            chunk = slice(start, start + size)
+            parts.append(
+                session.run(
+                    None,
+                    {
+                        "image_embedding": self._image["sam"],
+                        "point_coords": coords[chunk],
+                        "point_labels": labels[chunk],
+                        "mask_input": mask_input if len(mask_input) == 1 else mask_input[chunk],
+                        "has_mask_input": has_mask,
+                    },
+                )
+            )
+        columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
+        return columns[0], columns[1], columns[2] if with_masks else None
+
+    def _sam_points(self, prompts: CheckedPrompts) -> tuple[np.ndarray, np.ndarray]:
+        """Points and box corners in SAM's input frame, labelled as SAM's ONNX decoder takes them: (N, P', 2) and
+        (N, P'), the points first, then the box's two corners, or one padding point when there is no box (as SAM's
+        prompt encoder pads); masks alone give no point at all."""
+        (height, width), (new_h, new_w) = self._image["original_size"], self._image["input_size"]
+        scale = np.array([new_w / width, new_h / height], dtype=np.float32)
+        n = len(prompts)
+        coords = [np.zeros((n, 0, 2), np.float32)]
+        labels = [np.zeros((n, 0), np.float32)]
+        if prompts.points is not None:
+            coords.append(prompts.points * scale)
+            labels.append(prompts.point_labels.astype(np.float32))
+        if prompts.boxes is not None:
+            coords.append(prompts.boxes.reshape(n, 2, 2) * scale)
+            labels.append(np.tile(np.array(_BOX_CORNERS, np.float32), (n, 1)))
+        elif prompts.points is not None:
+            coords.append(np.zeros((n, 1, 2), np.float32))
+            labels.append(np.full((n, 1), _PAD, np.float32))
+        return np.concatenate(coords, axis=1), np.concatenate(labels, axis=1)
+
+    def _upscale(self, mask_logits: np.ndarray) -> np.ndarray:
+        """(N, 1, 4e, 4e) -> (N, H, W) bool at the image's size, a few regions at a time."""
+        sizes = {
+            "input_size": np.array(self._image["input_size"], dtype=np.int64),
+            "original_size": np.array(self._image["original_size"], dtype=np.int64),
+        }
+        return np.concatenate(
+            [
+                self._sessions["masks"].run(None, {"mask_logits": mask_logits[i : i + _MASK_UPSCALE_CHUNK], **sizes})[0]
+                for i in range(0, len(mask_logits), _MASK_UPSCALE_CHUNK)
+            ]
+        )
+
+
+def _read_manifest(folder: Path, *, verify: bool) -> dict[str, Any]:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: give the folder `regionspot-export onnx --out` wrote")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is of format {manifest.get('format')!r}, this predictor reads {FORMAT!r}")
+    if verify:
+        files = [(e["file"], e["sha256"]) for e in manifest["graphs"].values()]
+        for name, expected in [*files, (manifest["text"]["tokenizer"], manifest["text"]["tokenizer_sha256"])]:
+            file = folder / name
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} is missing: the export in {folder} is incomplete; export it again")
+            if file_sha256(file) != expected:
+                raise ValueError(f"{file} is not the file the manifest names (SHA-256 differs): export it again")
+    return manifest
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (the manifest's digests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

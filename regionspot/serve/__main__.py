@@ -1,0 +1,3 @@
+from regionspot.serve.app import main
+
+main()
