@@ -15,6 +15,7 @@ import json
 import logging
 from pathlib import Path
 
+from regionspot.config import MaskGeneratorSettings
 from regionspot.data.coco import read_json
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K
 from regionspot.evaluation.lvis_eval import format_metrics, score_results
@@ -83,9 +84,11 @@ def _run(argv: list[str]) -> dict:
     parser.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, ...")
     parser.add_argument("--precision", choices=PRECISIONS, help="default bf16-mixed on GPU, 32-true on CPU")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sam-points-per-side", type=int, default=32)
-    parser.add_argument("--sam-pred-iou-thresh", type=float, default=0.88)
-    parser.add_argument("--sam-stability-score-thresh", type=float, default=0.95)
+    parser.add_argument("--sam-points-per-side", type=int, default=MaskGeneratorSettings.points_per_side)
+    parser.add_argument("--sam-pred-iou-thresh", type=float, default=MaskGeneratorSettings.pred_iou_thresh)
+    parser.add_argument(
+        "--sam-stability-score-thresh", type=float, default=MaskGeneratorSettings.stability_score_thresh
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = vars(parser.parse_args(argv))
     args["devices"] = int(args["devices"]) if args["devices"].isdigit() else args["devices"]
