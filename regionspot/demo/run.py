@@ -29,7 +29,10 @@
    ROUGE-L), next to two baselines (`regionspot.demo.captioning`), with attribute words on held-out classes.
 6. `evaluate.py vqa` answers every test question, scored by question type next to the blind LM and the
    majority answer.
-7. `demo.png` shows test images with each box's predicted label, score and caption.
+7. `RegionSpotPredictor.predict_everything`, at its defaults, segments test images with SAM's automatic mask
+   generator (its published thresholds, on the stand-in SAM, whose IoU head learned as SAM's did) and names every
+   mask; scored as the objects found (box IoU >= 0.5), those named right, and the extra regions per image.
+8. `demo.png` shows test images with each box's predicted label, score and caption.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from regionspot.data.coco import load_annotations
 from regionspot.data.region_qa import load_region_qa
 from regionspot.demo.backbones import fit_backbones
 from regionspot.demo.captioning import baseline_captions, caption_rows, format_caption_table
+from regionspot.demo.everything import format_everything_table, segment_everything
 from regionspot.demo.language_model import write_tiny_causal_lm
 from regionspot.demo.parallel import cores, threads_per_job
 from regionspot.demo.picture import draw_predictions
@@ -75,7 +79,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TRAIN_CONFIG = CONFIGS / "demo.yaml"
 MODEL_CONFIG = CONFIGS / "model" / "demo.yaml"
 COLUMNS = ("AP", "APr", "APc", "APf", "seen AP", "held-out AP", "seen top-1", "held-out top-1")
-STEPS = 7
+STEPS = 8
 VQA_BATCH = 16  # region-QA records per step: the demo config's data.batch_size, which the blind baseline matches
 # Embeddings per region in the LLM's prompt, for the VQA head and the blind baseline alike: 4 answered 73.6% of the
 # test questions against 68.9% for 1 (benchmarks/vqa_projector.py, seed 0, same steps).
@@ -89,6 +93,7 @@ LR_DECAY_AT = 0.8  # the adapter's learning rate drops 10x for the last fifth of
 # 39.3 -> 44.0; docs/demo.md, "Top-1 names").
 OBJECT_SIZE = (0.25, 0.45)
 OBJECTS_PER_IMAGE = (2, 4)
+EVERYTHING_IMAGES = 50  # test images segmented by predict_everything (all 200: python -m regionspot.demo.everything)
 # configs/model/demo.yaml turns box attention on, which RegionSpot's adapter does not have; the demo says so.
 BOX_ATTENTION_NOTE = " (reading only each box's CLIP tokens: box attention, not RegionSpot's design)"
 # configs/demo.yaml adds ViLD's distillation towards CLIP's own embedding of each box to RegionSpot's losses: said too.
@@ -104,6 +109,7 @@ class DemoSize:
     num_test: int
     num_pretrain: int
     sam_steps: int
+    sam_point_steps: int  # SAM's second fit, for the automatic mask generator (`fit_sam_points`)
     clip_steps: int
     adapter_steps: int  # steps on the detection data (names and captions)
     qa_steps: int  # steps on the region questions, mixed in among them (the blind baseline gets as many)
@@ -114,12 +120,12 @@ class DemoSize:
 # 4500: 89% of its own boxes). 2500 detection steps, not 2000: with box attention the adapter then names more of the
 # held-out boxes (seed 1: 55.2 -> 62.9%, seed 0: 78.0 -> 80.0; docs/demo.md, "Top-1 names")
 FULL = DemoSize(
-    num_train=1500, num_val=100, num_test=200, num_pretrain=9000, sam_steps=600, clip_steps=4000,
+    num_train=1500, num_val=100, num_test=200, num_pretrain=9000, sam_steps=600, sam_point_steps=250, clip_steps=4000,
     adapter_steps=2500, qa_steps=1000,
 )  # fmt: skip
 QUICK = DemoSize(
-    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, clip_steps=500, adapter_steps=300,
-    qa_steps=600,
+    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, sam_point_steps=30, clip_steps=500,
+    adapter_steps=300, qa_steps=600,
 )  # fmt: skip
 
 
@@ -233,13 +239,22 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
     vqa_metrics = _vqa_rows(data, answered, blind_answers)
     timings["answer and score (evaluate.py vqa)"] = time.perf_counter() - start
 
-    _say(7, f"drawing test images with their labels and captions into {out / 'demo.png'}")
+    _say(
+        7,
+        f"segmenting everything in the first {EVERYTHING_IMAGES} test images (predict_everything at its defaults: "
+        "SAM's automatic mask generator, published thresholds) and naming each mask",
+    )
+    start = time.perf_counter()
+    everything, _ = segment_everything(model, test_file, max_images=EVERYTHING_IMAGES)
+    timings["segment everything (predict_everything)"] = time.perf_counter() - start
+
+    _say(8, f"drawing test images with their labels and captions into {out / 'demo.png'}")
     picture = draw_predictions(
         gt=test_gt, detections=detections, image_dir=data.root, out_file=out / "demo.png", captions=captions
     )
     summary = {
-        "metrics": metrics, "caption_metrics": caption_metrics, "vqa_metrics": vqa_metrics, "timings_s": timings,
-        "picture": str(picture),
+        "metrics": metrics, "caption_metrics": caption_metrics, "vqa_metrics": vqa_metrics,
+        "everything_metrics": everything, "timings_s": timings, "picture": str(picture),
     }  # fmt: skip
     (out / "demo_metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -263,6 +278,7 @@ def _fit_stand_in_backbones(
         out_dir=out / "backbones",
         seed=seed,
         sam_steps=size.sam_steps,
+        sam_point_steps=size.sam_point_steps,
         clip_steps=size.clip_steps,
         after_sam=_blind_baseline(data, out, size=size, seed=seed),
     )
@@ -414,5 +430,10 @@ def main(argv: list[str] | None = None) -> None:
     print(format_caption_table(summary["caption_metrics"]))
     print("\nRegion questions of the test split, accuracy (%) by question type (normalised exact match):")
     print(format_vqa_table(summary["vqa_metrics"]))
+    print(
+        "\nSegment everything (predict_everything at its defaults) on test images: objects found (a region's box at "
+        "IoU >= 0.5), those named right, regions that found no object:"
+    )
+    print(format_everything_table(summary["everything_metrics"]))
     print("\n" + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in summary["timings_s"].items()))
     print(f"picture: {summary['picture']}; metrics: {Path(args.out) / 'demo_metrics.json'}")
