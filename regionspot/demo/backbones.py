@@ -85,7 +85,7 @@ def fit_backbones(
     out_dir: str | Path,
     seed: int = 0,
     sam_steps: int = 600,
-    sam_point_steps: int = 250,
+    sam_point_steps: int = 0,
     clip_steps: int = 4000,
     batch_size: int = 16,
     sam_lr: float = 1e-3,
@@ -502,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for sam.pth and clip.pt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sam-steps", type=int, default=600)
-    parser.add_argument("--sam-point-steps", type=int, default=250, help="the automatic mask generator's fit")
+    parser.add_argument("--sam-point-steps", type=int, default=0, help="SAM's second fit, for its mask generator")
     parser.add_argument("--clip-steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)

@@ -30,8 +30,8 @@
 6. `evaluate.py vqa` answers every test question, scored by question type next to the blind LM and the
    majority answer.
 7. `RegionSpotPredictor.predict_everything`, at its defaults, segments test images with SAM's automatic mask
-   generator (its published thresholds, on the stand-in SAM, whose IoU head learned as SAM's did) and names every
-   mask; scored as the objects found (box IoU >= 0.5), those named right, and the extra regions per image.
+   generator (its published thresholds, on the stand-in SAM) and names every mask; scored as the objects found
+   (box IoU >= 0.5), those named right, and the extra regions per image (docs/demo.md, "Segment everything").
 8. `demo.png` shows test images with each box's predicted label, score and caption.
 """
 
@@ -120,11 +120,11 @@ class DemoSize:
 # 4500: 89% of its own boxes). 2500 detection steps, not 2000: with box attention the adapter then names more of the
 # held-out boxes (seed 1: 55.2 -> 62.9%, seed 0: 78.0 -> 80.0; docs/demo.md, "Top-1 names")
 FULL = DemoSize(
-    num_train=1500, num_val=100, num_test=200, num_pretrain=9000, sam_steps=600, sam_point_steps=250, clip_steps=4000,
+    num_train=1500, num_val=100, num_test=200, num_pretrain=9000, sam_steps=600, sam_point_steps=0, clip_steps=4000,
     adapter_steps=2500, qa_steps=1000,
 )  # fmt: skip
 QUICK = DemoSize(
-    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, sam_point_steps=30, clip_steps=500,
+    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, sam_point_steps=0, clip_steps=500,
     adapter_steps=300, qa_steps=600,
 )  # fmt: skip
 
