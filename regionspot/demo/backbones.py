@@ -4,13 +4,12 @@ RegionSpot freezes SAM and CLIP pretrained on the web. The offline demo cannot d
 random tiny backbones carry colour but not shape, so it first fits two tiny models of the same classes:
 
 - SAM (`build_tiny_sam`, 128 px): box prompt -> the object's visible mask, with BCE + dice on the
-  low-resolution mask logits and an MSE on the IoU head, as SAM is trained (single-mask output). Then, its image
-  encoder frozen, what SAM's automatic mask generator reads too: a single point -> three masks, of which only the
-  best is trained (SAM's loss for ambiguous prompts), on the masks upscaled to the image as the generator
-  thresholds them, and the IoU head learns every mask's true IoU, as SAM's does; the box prompts keep training
-  beside them. The points fall anywhere, as the generator's grid does: one on the background or on clutter asks
-  for no object, so every mask it yields has a true IoU of 0. The generator, at its published thresholds, then
-  keeps the objects' masks and drops the rest.
+  low-resolution mask logits and an MSE on the IoU head, as SAM is trained (single-mask output). Optionally
+  (`sam_point_steps`, off in the demo), a second fit, its image encoder frozen, for SAM's automatic mask
+  generator: a single point anywhere on the image -> three masks, of which only the best is trained (SAM's loss
+  for ambiguous prompts), on the masks upscaled to the image as the generator thresholds them, and the IoU head
+  on every mask's true IoU (0 for a point on no object), the box prompts training beside them. 250 such steps did
+  not bring the generator's published thresholds within reach (docs/demo.md, "Segment everything").
 - CLIP (open_clip `RegionSpot-Demo-CLIP`, 128 px, 16 px patches): region-text contrastive. The CLIP
   tokens under an object's mask, average-pooled as CLIP's own "avg" pooling does and projected, are
   matched against text phrases naming the object: its full class name and every part of it ("red",
