@@ -212,13 +212,7 @@ def fit_sam(
         loss = torch.stack(
             [_sam_loss(r.mask_logits, r.mask_scores, targets[b]) for r, b in zip(regions, batch, strict=True)]
         ).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % _LOSS_SHOWN_EVERY == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-_LOSS_SHOWN_EVERY:]):.3f}", refresh=False)
+        _take_step(loss, optimizer, schedule, losses=losses, bar=bar, step=step)
     if point_steps:
         losses += fit_sam_points(
             sam, examples, inputs=inputs, boxes=boxes, targets=targets, rng=rng, steps=point_steps,
@@ -274,13 +268,7 @@ def fit_sam_points(
             ]
             + [_sam_loss(r.mask_logits, r.mask_scores, targets[b]) for r, b in zip(boxed, batch, strict=True)]
         ).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % _LOSS_SHOWN_EVERY == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-_LOSS_SHOWN_EVERY:]):.3f}", refresh=False)
+        _take_step(loss, optimizer, schedule, losses=losses, bar=bar, step=step)
     for parameter in sam.parameters():
         parameter.requires_grad_(True)
     return losses
@@ -344,6 +332,17 @@ def _sam_inputs(encoder: SamRegionEncoder, examples: Sequence[AnnotatedImage]):
         boxes.append(encoder.transform.apply_boxes_torch(torch.as_tensor(example.boxes), size))
         targets.append(masks_in_sam_frame(encoder, torch.as_tensor(example.masks)))  # (N, 1, 4h, 4w) in [0, 1]
     return torch.stack(inputs), boxes, targets
+
+
+def _take_step(loss: torch.Tensor, optimizer, schedule, *, losses: list[float], bar, step: int) -> None:
+    """One optimiser step on `loss`; the loss is kept in `losses`, their recent mean shown on the progress bar."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    losses.append(loss.item())
+    if step % _LOSS_SHOWN_EVERY == 0:
+        bar.set_postfix(loss=f"{np.mean(losses[-_LOSS_SHOWN_EVERY:]):.3f}", refresh=False)
 
 
 def _jitter(boxes: torch.Tensor, rng: np.random.Generator, scale: float = 0.05) -> torch.Tensor:
