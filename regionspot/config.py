@@ -182,6 +182,18 @@ class VqaConfig:
                 raise ValueError(f"vqa.{name} must be positive, got {getattr(self, name)}")
 
 
+@dataclass(frozen=True)
+class MaskGeneratorSettings:
+    """The settings of SAM's automatic mask generator ("segment everything") that regionspot exposes, at
+    segment_anything's published defaults (`SamAutomaticMaskGenerator`'s); `regionspot.modeling.sam.
+    build_mask_generator` builds the generator from them, for the predictor, the app and `evaluate.py --source sam`.
+    """
+
+    points_per_side: int = 32  # the point grid SAM is prompted with: points_per_side**2 points, three masks each
+    pred_iou_thresh: float = 0.88  # keep a mask whose predicted IoU is above this ...
+    stability_score_thresh: float = 0.95  # ... and whose stability (IoU of the mask at logits +-1) is at least this
+
+
 @dataclass
 class RegionSpotConfig:
     """A whole model: which SAM, which CLIP, what adapter, and optionally a captioner and a VQA head on top."""

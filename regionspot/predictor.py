@@ -13,12 +13,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from segment_anything import SamAutomaticMaskGenerator
 
 from regionspot.checks import check_integer, check_request, numbered
+from regionspot.config import MaskGeneratorSettings
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.regionspot import FrozenFeatures, ImageEmbeddings, RegionSpot
-from regionspot.modeling.sam import sam_everything
+from regionspot.modeling.sam import build_mask_generator, sam_everything
 from regionspot.predictions import RegionPredictions
 from regionspot.transforms import prepare_prompts, to_rgb_uint8
 
@@ -177,9 +177,9 @@ class RegionSpotPredictor:
         activation: str = "softmax",
         return_all_scores: bool = False,
         caption: bool = False,
-        points_per_side: int = 32,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
+        points_per_side: int = MaskGeneratorSettings.points_per_side,
+        pred_iou_thresh: float = MaskGeneratorSettings.pred_iou_thresh,
+        stability_score_thresh: float = MaskGeneratorSettings.stability_score_thresh,
     ) -> RegionPredictions:
         """Segment everything in the image with SAM's automatic mask generator, then name every mask.
 
@@ -190,7 +190,11 @@ class RegionSpotPredictor:
         Args:
             vocabulary, top_k, activation, return_all_scores, caption: as in `predict`.
             points_per_side, pred_iou_thresh, stability_score_thresh: SamAutomaticMaskGenerator's settings
-                (its defaults).
+                (`MaskGeneratorSettings`: its published defaults).
+
+        Returns:
+            As `predict`, one region per mask kept; none, with a `NothingKeptWarning` that names the thresholds and
+            the best scores SAM gave, when the generator keeps no mask.
 
         Raises:
             RuntimeError, TypeError, ValueError: as `predict`; ValueError also for points_per_side < 1.
@@ -200,12 +204,12 @@ class RegionSpotPredictor:
         vocabulary = check_request(vocabulary, top_k, activation)
         check_integer(points_per_side, name="points_per_side")
         self._check_captioner(caption)
-        generator = SamAutomaticMaskGenerator(
-            self.model.sam.sam,
+        settings = MaskGeneratorSettings(
             points_per_side=points_per_side,
             pred_iou_thresh=pred_iou_thresh,
             stability_score_thresh=stability_score_thresh,
         )
+        generator = build_mask_generator(self.model.sam.sam, settings)
         boxes, objectness, masks = sam_everything(generator, self._rgb)
         if len(boxes) == 0:
             return _no_regions(self._rgb.shape[:2], len(vocabulary), top_k, return_all_scores, caption)

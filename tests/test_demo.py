@@ -15,11 +15,19 @@ from pycocotools import mask as mask_utils
 
 from regionspot import RegionSpotConfig, build_regionspot
 from regionspot.data.coco import load_annotations
-from regionspot.demo.backbones import POSITION_SCALE, attribute_phrases, fit_backbones
+from regionspot.demo.backbones import (
+    DEMO_SAM,
+    POSITION_SCALE,
+    _sam_inputs,
+    attribute_phrases,
+    fit_backbones,
+    fit_sam_points,
+)
 from regionspot.demo.synthetic import _shape_mask, choose_heldout, generate_dataset, load_split, make_classes
 from regionspot.evaluation import score_detections
 from regionspot.evaluation.lvis_eval import _LVISFromDict
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
+from regionspot.modeling.sam import SamRegionEncoder, build_sam
 from regionspot.predictor import RegionSpotPredictor
 
 # 2 x 2 x 2 = 8 classes, 2 held out; 200 small training images are enough for r, c and f groups to exist.
@@ -272,3 +280,24 @@ def test_every_object_has_a_caption_that_names_its_class_first(small_dataset):
     assert data["annotations"]
     for ann in data["annotations"]:
         assert ann["caption"].startswith(f"a {names[ann['category_id']]} ")
+
+
+def test_sams_point_fit_trains_its_prompt_side_only(small_dataset):
+    examples = load_split(small_dataset.annotation_files["pretrain"])[:8]
+    torch.manual_seed(0)
+    sam = build_sam(variant=DEMO_SAM)
+    inputs, boxes, targets = _sam_inputs(SamRegionEncoder(sam=sam), examples)
+    state = {name: value.clone() for name, value in sam.state_dict().items()}
+    losses = fit_sam_points(
+        sam, examples, inputs=inputs, boxes=boxes, targets=targets, rng=np.random.default_rng(0), steps=30,
+        batch_size=4, lr=1e-2,
+    )  # fmt: skip
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    changed = {name for name, value in sam.state_dict().items() if not torch.equal(value, state[name])}
+    assert {name.split(".")[0] for name in changed} == {"prompt_encoder", "mask_decoder"}
+    assert {name for name in changed if name.startswith("prompt_encoder")} == {
+        "prompt_encoder.point_embeddings.1.weight",  # a positive point, as the generator's grid gives
+        "prompt_encoder.not_a_point_embed.weight",  # the padding SAM adds to a prompt of points alone
+    }
+    assert {"mask_decoder.iou_prediction_head.layers.2.weight", "mask_decoder.mask_tokens.weight"} <= changed
+    assert all(parameter.requires_grad for parameter in sam.parameters())  # as it was, for whoever fits it next

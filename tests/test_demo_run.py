@@ -10,7 +10,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from regionspot.demo.run import QUICK, format_table, run_demo
+from regionspot.demo.run import EVERYTHING_IMAGES, QUICK, format_table, run_demo
 
 
 @pytest.fixture(autouse=True)
@@ -27,8 +27,8 @@ def test_shortened_demo_learns_far_above_chance(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the demo runs from any working directory
     summary = run_demo(out_dir=tmp_path, size=QUICK)
     said = capsys.readouterr().out
-    for step in range(1, 8):  # every step says what it does
-        assert f"[{step}/7] " in said
+    for step in range(1, 9):  # every step says what it does
+        assert f"[{step}/8] " in said
     assert said.count("Assuming user provided the results") == 0  # lvis's per-call notice stays quiet
     assert "box AP (%) (ground-truth boxes: every box is exact, so AP = AP50 = AP75)" in said
     assert "box attention, not RegionSpot's design" in said  # the demo's departures from RegionSpot, said
@@ -58,7 +58,10 @@ def test_shortened_demo_learns_far_above_chance(tmp_path, monkeypatch, capsys):
         "evaluate (evaluate.py)",
         "caption and score (evaluate.py captions)",
         "answer and score (evaluate.py vqa)",
+        "segment everything (predict_everything)",
     }
+    everything = summary["everything_metrics"]  # scored, whatever this short a fit finds
+    assert everything["images"] == EVERYTHING_IMAGES and 0 <= everything["found"] <= 1
     assert "held-out AP" in format_table(summary["metrics"])
     # The captioner learns too: measured at this size (seed 0, 2026-12-02), CIDEr-D 1.17 against 0.96 for the
     # most frequent training caption and 0.87 for the top-1 name in the template.

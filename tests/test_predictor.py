@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from segment_anything import SamPredictor
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from torch.testing import assert_close
 
 from regionspot import RegionSpotPredictor, build_regionspot
+from regionspot.app.recognition import Recognizer
+from regionspot.config import MaskGeneratorSettings
+from regionspot.evaluation import cli as evaluation_cli
+from regionspot.evaluation import runner
+from regionspot.evaluation.runner import EvalSettings
+from regionspot.modeling.sam import NothingKeptWarning, build_mask_generator
 from regionspot.transforms import load_image, prepare_prompts, to_rgb_uint8
 
 VOCAB = ["red square", "blue square", "background", "cat"]
@@ -264,5 +273,45 @@ def test_segment_everything_and_name_it(predictor, image):
     for mask, box in zip(result.masks, result.boxes.long(), strict=True):  # the box is the mask's extent
         ys, xs = mask.nonzero(as_tuple=True)
         assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == box.tolist()
-    nothing = predictor.predict_everything(vocabulary=VOCAB, points_per_side=1, pred_iou_thresh=2.0)
+    with pytest.warns(NothingKeptWarning):
+        nothing = predictor.predict_everything(vocabulary=VOCAB, points_per_side=1, pred_iou_thresh=2.0)
     assert len(nothing) == 0 and nothing.masks.shape == (0, *image.shape[:2])
+
+
+def test_segment_everything_says_when_it_keeps_nothing_and_the_best_scores_it_saw(predictor, tiny_model, image):
+    # Everything the generator saw, unfiltered: its best predicted IoU, and the best stability among those above 0.
+    seen = build_mask_generator(
+        tiny_model.sam.sam, MaskGeneratorSettings(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    ).generate(image)
+    best_iou = max(r["predicted_iou"] for r in seen)
+    best_stability = max(r["stability_score"] for r in seen if r["predicted_iou"] > 0)
+    too_high = f"{best_iou + 0.01:.3f}"
+    with pytest.warns(NothingKeptWarning) as caught:
+        nothing = predictor.predict_everything(vocabulary=VOCAB, points_per_side=3, pred_iou_thresh=float(too_high))
+    assert len(nothing) == 0
+    message = str(caught[0].message)
+    assert f"best predicted IoU it saw was {best_iou:.3f} (pred_iou_thresh {float(too_high):g})" in message
+    assert "no mask passed it" in message and "stability_score_thresh 0.95" in message
+    with pytest.warns(NothingKeptWarning) as caught:
+        predictor.predict_everything(
+            vocabulary=VOCAB, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=best_stability + 0.01
+        )
+    assert f"the best stability score among them {best_stability:.3f}" in str(caught[0].message)
+    with warnings.catch_warnings():  # masks kept: no warning
+        warnings.simplefilter("error", NothingKeptWarning)
+        assert len(predictor.predict_everything(vocabulary=VOCAB, points_per_side=3, pred_iou_thresh=0.0,
+                                                stability_score_thresh=0.0))  # fmt: skip
+
+
+def test_one_set_of_mask_generator_defaults_segment_anythings_published_ones(monkeypatch):
+    published = inspect.signature(SamAutomaticMaskGenerator).parameters
+    settings = dataclasses.asdict(MaskGeneratorSettings())
+    assert settings == {name: published[name].default for name in settings}
+    for function in (RegionSpotPredictor.predict_everything, Recognizer.segment_everything):
+        parameters = inspect.signature(function).parameters
+        assert {name: parameters[name].default for name in settings} == settings, function.__qualname__
+    evaluation = {f.name: f.default for f in dataclasses.fields(EvalSettings)}
+    assert {name: evaluation[f"sam_{name}"] for name in settings} == settings
+    monkeypatch.setattr(runner, "evaluate", lambda parsed: parsed)  # evaluate.py's options, parsed and not run
+    parsed = evaluation_cli.run(["--config", "m.yaml", "--ann", "a.json", "--images", "images", "--source", "sam"])
+    assert {name: getattr(parsed, f"sam_{name}") for name in settings} == settings

@@ -30,6 +30,7 @@ from regionspot.app.regions import (
     parse_regions,
     read_image_file,
 )
+from regionspot.config import MaskGeneratorSettings
 
 TITLE = "RegionSpot: name any region"
 # System fonts only: the page loads nothing from outside the machine it is served from.
@@ -225,9 +226,16 @@ def _recognise_tab(recognizer: Recognizer, image, boxes, points, names) -> None:
         run = gr.Button("Recognise", variant="primary", elem_id="recognise")
         everything = gr.Button("Segment everything", elem_id="everything")
     with gr.Accordion("Segment everything: SAM's automatic mask generator", open=False):
-        per_side = gr.Slider(4, 64, value=16, step=1, label="Points per side (the point grid SAM is prompted with)")
-        iou = gr.Slider(0.0, 1.0, value=0.88, step=0.01, label="Keep masks whose predicted IoU is above")
-        stability = gr.Slider(0.0, 1.0, value=0.95, step=0.01, label="Keep masks whose stability is above")
+        defaults = MaskGeneratorSettings()
+        per_side = gr.Slider(
+            4, 64, value=defaults.points_per_side, step=1, label="Points per side (the point grid SAM is prompted with)"
+        )
+        iou = gr.Slider(
+            0.0, 1.0, value=defaults.pred_iou_thresh, step=0.01, label="Keep masks whose predicted IoU is above"
+        )
+        stability = gr.Slider(
+            0.0, 1.0, value=defaults.stability_score_thresh, step=0.01, label="Keep masks whose stability is above"
+        )
     picture = gr.Image(label="SAM's masks and the top labels", interactive=False, format="png", elem_id="picture")
     table = gr.Dataframe(headers=TABLE_HEADERS, interactive=False, label="Regions", elem_id="labels")
     run.click(functools.partial(recognise, recognizer), [image, boxes, points, names, top_k], [picture, table])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,8 @@ from PIL import Image
 from torchvision.ops import masks_to_boxes
 
 from regionspot.app.regions import InputError, Regions
+from regionspot.config import MaskGeneratorSettings
+from regionspot.modeling.sam import NothingKeptWarning
 from regionspot.predictor import RegionPredictions, RegionSpotPredictor
 from regionspot.visualize import draw_named_regions, draw_regions
 
@@ -101,23 +104,22 @@ class Recognizer:
         vocabulary: list[str],
         *,
         top_k: int = 3,
-        points_per_side: int = 16,
-        pred_iou_thresh: float = 0.88,
-        stability_score_thresh: float = 0.95,
+        points_per_side: int = MaskGeneratorSettings.points_per_side,
+        pred_iou_thresh: float = MaskGeneratorSettings.pred_iou_thresh,
+        stability_score_thresh: float = MaskGeneratorSettings.stability_score_thresh,
     ) -> Shown:
-        """SAM's automatic masks, each named; a note instead when SAM keeps none at these thresholds."""
-        with self._lock:
+        """SAM's automatic masks, each named; the predictor's warning as a note instead when SAM keeps none at
+        these thresholds."""
+        with self._lock, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NothingKeptWarning)
             self._use(image)
             result = self.predictor.predict_everything(
                 vocabulary=vocabulary, top_k=top_k, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh,
                 stability_score_thresh=stability_score_thresh,
             )  # fmt: skip
         if not len(result):
-            note = (
-                f"SAM's automatic mask generator kept no mask at IoU threshold {pred_iou_thresh:g} and stability "
-                f"threshold {stability_score_thresh:g}: lower them (or use more points per side) and try again"
-            )
-            return Shown(Image.fromarray(image), [], [note])
+            notes = [str(w.message) for w in caught if issubclass(w.category, NothingKeptWarning)]
+            return Shown(Image.fromarray(image), [], notes)
         named = _merge(image.shape[:2], [("SAM", result, None)])
         return Shown(draw_named(image, named, vocabulary_size=len(vocabulary), everything=True), table_rows(named))
 

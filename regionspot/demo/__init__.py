@@ -29,5 +29,8 @@
    ROUGE-L), next to two baselines (`regionspot.demo.captioning`), with attribute words on held-out classes.
 6. `evaluate.py vqa` answers every test question, scored by question type next to the blind LM and the
    majority answer.
-7. `demo.png` shows test images with each box's predicted label, score and caption.
+7. `RegionSpotPredictor.predict_everything`, at its defaults, segments test images with SAM's automatic mask
+   generator (its published thresholds, on the stand-in SAM) and names every mask; scored as the objects found
+   (box IoU >= 0.5), those named right, and the extra regions per image (docs/demo.md, "Segment everything").
+8. `demo.png` shows test images with each box's predicted label, score and caption.
 """

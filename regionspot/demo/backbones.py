@@ -4,7 +4,12 @@ RegionSpot freezes SAM and CLIP pretrained on the web. The offline demo cannot d
 random tiny backbones carry colour but not shape, so it first fits two tiny models of the same classes:
 
 - SAM (`build_tiny_sam`, 128 px): box prompt -> the object's visible mask, with BCE + dice on the
-  low-resolution mask logits and an MSE on the IoU head, as SAM is trained (single-mask output).
+  low-resolution mask logits and an MSE on the IoU head, as SAM is trained (single-mask output). Optionally
+  (`sam_point_steps`, off in the demo), a second fit, its image encoder frozen, for SAM's automatic mask
+  generator: a single point anywhere on the image -> three masks, of which only the best is trained (SAM's loss
+  for ambiguous prompts), on the masks upscaled to the image as the generator thresholds them, and the IoU head
+  on every mask's true IoU (0 for a point on no object), the box prompts training beside them. 250 such steps did
+  not bring the generator's published thresholds within reach (docs/demo.md, "Segment everything").
 - CLIP (open_clip `RegionSpot-Demo-CLIP`, 128 px, 16 px patches): region-text contrastive. The CLIP
   tokens under an object's mask, average-pooled as CLIP's own "avg" pooling does and projected, are
   matched against text phrases naming the object: its full class name and every part of it ("red",
@@ -38,6 +43,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
+from segment_anything.utils.transforms import ResizeLongestSide
 from tqdm.auto import tqdm
 
 from regionspot.data.coco import load_annotations
@@ -57,6 +63,8 @@ _MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp on its learned temperature
 POSITION_SCALE = 2.0
 _LOSS_SHOWN_EVERY = 20  # steps: the progress bars show the mean loss of the last ones
 _FIT_PROMPTS_PER_CALL = 512  # a fitting batch's boxes (16 images x up to 6 objects) in one decoder call
+_IOU_LOSS_WEIGHT = 1.0
+_FIT_POINTS_PER_IMAGE = 8  # point prompts per image in the generator's fit, drawn uniformly as its grid covers it
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +85,7 @@ def fit_backbones(
     out_dir: str | Path,
     seed: int = 0,
     sam_steps: int = 600,
+    sam_point_steps: int = 0,
     clip_steps: int = 4000,
     batch_size: int = 16,
     sam_lr: float = 1e-3,
@@ -100,7 +109,14 @@ def fit_backbones(
     out_dir.mkdir(parents=True, exist_ok=True)
     shared = {"ann_file": str(ann_file), "seed": seed, "batch_size": batch_size}
     jobs = [
-        partial(_fit_and_save_sam, **shared, out_file=out_dir / "sam.pth", steps=sam_steps, lr=sam_lr),
+        partial(
+            _fit_and_save_sam,
+            **shared,
+            out_file=out_dir / "sam.pth",
+            steps=sam_steps,
+            point_steps=sam_point_steps,
+            lr=sam_lr,
+        ),
         partial(_fit_and_save_clip, **shared, out_file=out_dir / "clip.pt", steps=clip_steps, lr=clip_lr),
     ]
     if side_by_side:  # one progress bar per line
@@ -119,11 +135,22 @@ def _pretraining_examples(ann_file: str) -> tuple[dict, list[AnnotatedImage]]:
 
 
 def _fit_and_save_sam(
-    *, ann_file: str, out_file: Path, seed: int, steps: int, batch_size: int, lr: float, bar_position: int = 0
+    *,
+    ann_file: str,
+    out_file: Path,
+    seed: int,
+    steps: int,
+    point_steps: int,
+    batch_size: int,
+    lr: float,
+    bar_position: int = 0,
 ) -> tuple[list[float], float]:
     start = time.perf_counter()
     _, examples = _pretraining_examples(ann_file)
-    sam, losses = fit_sam(examples, seed=seed, steps=steps, batch_size=batch_size, lr=lr, bar_position=bar_position)
+    sam, losses = fit_sam(
+        examples, seed=seed, steps=steps, point_steps=point_steps, batch_size=batch_size, lr=lr,
+        bar_position=bar_position,
+    )  # fmt: skip
     with atomic_path(out_file) as partial:
         torch.save(sam.state_dict(), partial)
     return losses, time.perf_counter() - start
@@ -160,10 +187,18 @@ def _optimizer(params, *, lr: float, steps: int) -> tuple[torch.optim.Optimizer,
 
 
 def fit_sam(
-    examples: Sequence[AnnotatedImage], *, seed: int, steps: int, batch_size: int, lr: float, bar_position: int = 0
+    examples: Sequence[AnnotatedImage],
+    *,
+    seed: int,
+    steps: int,
+    point_steps: int = 0,
+    batch_size: int,
+    lr: float,
+    bar_position: int = 0,
 ) -> tuple[Sam, list[float]]:
-    """Train a tiny SAM from scratch to segment each object from its (jittered) box (`bar_position`: the line of
-    its progress bar, when another fit shows one too)."""
+    """Train a tiny SAM from scratch to segment each object from its (jittered) box, then `point_steps` more for the
+    automatic mask generator (`fit_sam_points`); the losses of both, in order (`bar_position`: the line of its
+    progress bar, when another fit shows one too)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     sam = build_sam(variant=DEMO_SAM)
@@ -180,14 +215,115 @@ def fit_sam(
         loss = torch.stack(
             [_sam_loss(r.mask_logits, r.mask_scores, targets[b]) for r, b in zip(regions, batch, strict=True)]
         ).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % _LOSS_SHOWN_EVERY == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-_LOSS_SHOWN_EVERY:]):.3f}", refresh=False)
+        _take_step(loss, optimizer, schedule, losses=losses, bar=bar, step=step)
+    if point_steps:
+        losses += fit_sam_points(
+            sam, examples, inputs=inputs, boxes=boxes, targets=targets, rng=rng, steps=point_steps,
+            batch_size=batch_size, lr=lr, bar_position=bar_position,
+        )  # fmt: skip
     return sam.eval(), losses
+
+
+def fit_sam_points(
+    sam: Sam,
+    examples: Sequence[AnnotatedImage],
+    *,
+    inputs: torch.Tensor,
+    boxes: Sequence[torch.Tensor],
+    targets: Sequence[torch.Tensor],
+    rng: np.random.Generator,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    bar_position: int = 0,
+) -> list[float]:
+    """Fit SAM's prompt side (the mask decoder and the point embeddings; the image encoder stays frozen) for the
+    automatic mask generator: single points -> three masks each, the best trained (BCE + dice on the masks upscaled
+    to the image, as the generator thresholds and scores them), the IoU head on every mask's true IoU, and the box
+    prompts as `fit_sam` trains them, so that they stay as good.
+
+    Args:
+        inputs, boxes, targets: the examples' SAM-normalised images, boxes and low-resolution masks (`_sam_inputs`).
+    """
+    trained = _generator_parts(sam)
+    for parameter in sam.parameters():
+        parameter.requires_grad_(False)
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    encoder = SamRegionEncoder(sam=sam, multimask=True, prompt_batch_size=_FIT_PROMPTS_PER_CALL)
+    single = SamRegionEncoder(sam=sam, prompt_batch_size=_FIT_PROMPTS_PER_CALL)
+    owners = [_owner_map(example.masks) for example in examples]
+    optimizer, schedule = _optimizer(trained, lr=lr, steps=steps)
+    sam.train()
+    losses = []
+    bar = tqdm(range(steps), desc="fitting the stand-in SAM's points", unit="step", position=bar_position)
+    for step in bar:
+        batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
+        with torch.no_grad():
+            embeddings = sam.image_encoder(inputs[batch])  # (B, C, h, w), frozen
+        points = [_point_prompts(owners[b], encoder, rng) for b in batch]
+        regions = encoder.decode(embeddings, [prompts for prompts, _ in points], with_masks=True)
+        boxed = single.decode(embeddings, [SamPrompts(boxes=_jitter(boxes[b], rng)) for b in batch], with_masks=True)
+        loss = torch.stack(
+            [
+                _point_loss(sam, r, torch.as_tensor(examples[b].masks), under)
+                for r, b, (_, under) in zip(regions, batch, points, strict=True)
+            ]
+            + [_sam_loss(r.mask_logits, r.mask_scores, targets[b]) for r, b in zip(boxed, batch, strict=True)]
+        ).mean()
+        _take_step(loss, optimizer, schedule, losses=losses, bar=bar, step=step)
+    for parameter in sam.parameters():
+        parameter.requires_grad_(True)
+    return losses
+
+
+def _generator_parts(sam: Sam) -> list[torch.nn.Parameter]:
+    """The parameters `fit_sam_points` trains: the mask decoder, and the embeddings of a positive point and of the
+    padding SAM adds to point prompts (the box corners' stay as the box fit left them)."""
+    prompt = sam.prompt_encoder
+    parts = [prompt.point_embeddings[1], prompt.not_a_point_embed, sam.mask_decoder]
+    return [parameter for part in parts for parameter in part.parameters()]
+
+
+def _owner_map(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) disjoint visible masks -> (H, W) the index of the object at each pixel, -1 where there is none."""
+    owner = np.full(masks.shape[1:], -1, dtype=np.int64)
+    for index, mask in enumerate(masks):
+        owner[mask] = index
+    return owner
+
+
+def _point_prompts(owner: np.ndarray, encoder: SamRegionEncoder, rng: np.random.Generator):
+    """`_FIT_POINTS_PER_IMAGE` single foreground points drawn uniformly over the image, in SAM's frame, and (P,) the
+    object under each (-1: background or clutter)."""
+    height, width = owner.shape
+    xy = rng.uniform(0, (width, height), size=(_FIT_POINTS_PER_IMAGE, 2))
+    under = owner[xy[:, 1].astype(int), xy[:, 0].astype(int)]
+    points = encoder.transform.apply_coords_torch(torch.as_tensor(xy, dtype=torch.float32), (height, width))
+    labels = torch.ones(_FIT_POINTS_PER_IMAGE, 1, dtype=torch.int64)
+    return SamPrompts(points=points[:, None], point_labels=labels), torch.as_tensor(under)
+
+
+def _point_loss(sam: Sam, regions, masks: torch.Tensor, under: torch.Tensor) -> torch.Tensor:
+    """One image's point prompts: BCE + dice of the best of each point's three masks, upscaled to the image as the
+    generator upscales them, against the object under it (none: an empty mask); MSE of the IoU head against every
+    mask's true IoU (0 for a point on no object).
+
+    Args:
+        regions: the points' `SamRegions` (P prompts, T = 3 masks); masks: (N, H, W) bool visible masks; under: (P,).
+    """
+    size = masks.shape[1:]
+    resized = ResizeLongestSide.get_preprocess_shape(*size, sam.image_encoder.img_size)
+    logits = sam.postprocess_masks(regions.mask_logits, resized, size).flatten(2)  # (P, T, HW)
+    empty = masks.new_zeros(1, *size)
+    targets = torch.cat([masks, empty])[torch.where(under < 0, len(masks), under)].flatten(1)[:, None].float()
+    bce = F.binary_cross_entropy_with_logits(logits, targets.expand_as(logits), reduction="none").mean(2)
+    prob = logits.sigmoid()
+    dice = 1 - (2 * (prob * targets).sum(2) + 1) / (prob.sum(2) + targets.sum(2) + 1)
+    with torch.no_grad():
+        predicted, truth = logits > 0, targets > 0.5
+        iou = (predicted & truth).sum(2) / (predicted | truth).sum(2).clamp(min=1)  # (P, T)
+    return (bce + dice).min(dim=1).values.mean() + _IOU_LOSS_WEIGHT * F.mse_loss(regions.mask_scores, iou.float())
 
 
 def _sam_inputs(encoder: SamRegionEncoder, examples: Sequence[AnnotatedImage]):
@@ -199,6 +335,17 @@ def _sam_inputs(encoder: SamRegionEncoder, examples: Sequence[AnnotatedImage]):
         boxes.append(encoder.transform.apply_boxes_torch(torch.as_tensor(example.boxes), size))
         targets.append(masks_in_sam_frame(encoder, torch.as_tensor(example.masks)))  # (N, 1, 4h, 4w) in [0, 1]
     return torch.stack(inputs), boxes, targets
+
+
+def _take_step(loss: torch.Tensor, optimizer, schedule, *, losses: list[float], bar, step: int) -> None:
+    """One optimiser step on `loss`; the loss is kept in `losses`, their recent mean shown on the progress bar."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    losses.append(loss.item())
+    if step % _LOSS_SHOWN_EVERY == 0:
+        bar.set_postfix(loss=f"{np.mean(losses[-_LOSS_SHOWN_EVERY:]):.3f}", refresh=False)
 
 
 def _jitter(boxes: torch.Tensor, rng: np.random.Generator, scale: float = 0.05) -> torch.Tensor:
@@ -356,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for sam.pth and clip.pt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sam-steps", type=int, default=600)
+    parser.add_argument("--sam-point-steps", type=int, default=0, help="SAM's second fit, for its mask generator")
     parser.add_argument("--clip-steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
@@ -364,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         out_dir=args.out,
         seed=args.seed,
         sam_steps=args.sam_steps,
+        sam_point_steps=args.sam_point_steps,
         clip_steps=args.clip_steps,
         batch_size=args.batch_size,
     )

@@ -23,6 +23,7 @@ from regionspot.data.coco import load_annotations
 from regionspot.data.region_qa import load_region_qa
 from regionspot.demo.backbones import fit_backbones
 from regionspot.demo.captioning import baseline_captions, caption_rows, format_caption_table
+from regionspot.demo.everything import format_everything_table, segment_everything
 from regionspot.demo.language_model import write_tiny_causal_lm
 from regionspot.demo.parallel import cores, threads_per_job
 from regionspot.demo.picture import draw_predictions
@@ -43,7 +44,7 @@ from regionspot.training.cli import RegionSpotCLI
 TRAIN_CONFIG = resolve_config("demo", kind="training")
 MODEL_CONFIG = resolve_config("demo", kind="model")
 COLUMNS = ("AP", "APr", "APc", "APf", "seen AP", "held-out AP", "seen top-1", "held-out top-1")
-STEPS = 7
+STEPS = 8
 VQA_BATCH = 16  # region-QA records per step: the demo config's data.batch_size, which the blind baseline matches
 # Embeddings per region in the LLM's prompt, for the VQA head and the blind baseline alike: 4 answered 73.6% of the
 # test questions against 68.9% for 1 (benchmarks/vqa_projector.py, seed 0, same steps).
@@ -57,6 +58,7 @@ LR_DECAY_AT = 0.8  # the adapter's learning rate drops 10x for the last fifth of
 # 39.3 -> 44.0; docs/demo.md, "Top-1 names").
 OBJECT_SIZE = (0.25, 0.45)
 OBJECTS_PER_IMAGE = (2, 4)
+EVERYTHING_IMAGES = 50  # test images segmented by predict_everything (all 200: python -m regionspot.demo.everything)
 # The demo model config turns box attention on, which RegionSpot's adapter does not have; the demo says so.
 BOX_ATTENTION_NOTE = " (reading only each box's CLIP tokens: box attention, not RegionSpot's design)"
 # The demo training config adds ViLD's distillation towards CLIP's own embedding of each box: said too.
@@ -72,6 +74,7 @@ class DemoSize:
     num_test: int
     num_pretrain: int
     sam_steps: int
+    sam_point_steps: int  # SAM's second fit, for the automatic mask generator (`fit_sam_points`)
     clip_steps: int
     adapter_steps: int  # steps on the detection data (names and captions)
     qa_steps: int  # steps on the region questions, mixed in among them (the blind baseline gets as many)
@@ -82,12 +85,12 @@ class DemoSize:
 # 4500: 89% of its own boxes). 2500 detection steps, not 2000: with box attention the adapter then names more of the
 # held-out boxes (seed 1: 55.2 -> 62.9%, seed 0: 78.0 -> 80.0; docs/demo.md, "Top-1 names")
 FULL = DemoSize(
-    num_train=1500, num_val=100, num_test=200, num_pretrain=9000, sam_steps=600, clip_steps=4000,
+    num_train=1500, num_val=100, num_test=200, num_pretrain=9000, sam_steps=600, sam_point_steps=0, clip_steps=4000,
     adapter_steps=2500, qa_steps=1000,
 )  # fmt: skip
 QUICK = DemoSize(
-    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, clip_steps=500, adapter_steps=300,
-    qa_steps=600,
+    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, sam_point_steps=0, clip_steps=500,
+    adapter_steps=300, qa_steps=600,
 )  # fmt: skip
 
 
@@ -201,13 +204,22 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
     vqa_metrics = _vqa_rows(data, answered, blind_answers)
     timings["answer and score (evaluate.py vqa)"] = time.perf_counter() - start
 
-    _say(7, f"drawing test images with their labels and captions into {out / 'demo.png'}")
+    _say(
+        7,
+        f"segmenting everything in the first {EVERYTHING_IMAGES} test images (predict_everything at its defaults: "
+        "SAM's automatic mask generator, published thresholds) and naming each mask",
+    )
+    start = time.perf_counter()
+    everything, _ = segment_everything(model, test_file, max_images=EVERYTHING_IMAGES)
+    timings["segment everything (predict_everything)"] = time.perf_counter() - start
+
+    _say(8, f"drawing test images with their labels and captions into {out / 'demo.png'}")
     picture = draw_predictions(
         gt=test_gt, detections=detections, image_dir=data.root, out_file=out / "demo.png", captions=captions
     )
     summary = {
-        "metrics": metrics, "caption_metrics": caption_metrics, "vqa_metrics": vqa_metrics, "timings_s": timings,
-        "picture": str(picture),
+        "metrics": metrics, "caption_metrics": caption_metrics, "vqa_metrics": vqa_metrics,
+        "everything_metrics": everything, "timings_s": timings, "picture": str(picture),
     }  # fmt: skip
     write_json_atomic(out / "demo_metrics.json", summary, indent=2)
     return summary
@@ -231,6 +243,7 @@ def _fit_stand_in_backbones(
         out_dir=out / "backbones",
         seed=seed,
         sam_steps=size.sam_steps,
+        sam_point_steps=size.sam_point_steps,
         clip_steps=size.clip_steps,
         after_sam=_blind_baseline(data, out, size=size, seed=seed),
     )
@@ -373,5 +386,10 @@ def print_summary(summary: dict[str, Any], out_dir: str | Path) -> None:
     print(format_caption_table(summary["caption_metrics"]))
     print("\nRegion questions of the test split, accuracy (%) by question type (normalised exact match):")
     print(format_vqa_table(summary["vqa_metrics"]))
+    print(
+        "\nSegment everything (predict_everything at its defaults) on test images: objects found (a region's box at "
+        "IoU >= 0.5), those named right, regions that found no object:"
+    )
+    print(format_everything_table(summary["everything_metrics"]))
     print("\n" + ", ".join(f"{step} {seconds:.0f} s" for step, seconds in summary["timings_s"].items()))
     print(f"picture: {summary['picture']}; metrics: {Path(out_dir) / 'demo_metrics.json'}")

@@ -27,7 +27,7 @@ from PIL import Image
 
 from regionspot.build import build_regionspot
 from regionspot.checkpoint import require_file
-from regionspot.config import RegionSpotConfig
+from regionspot.config import MaskGeneratorSettings, RegionSpotConfig
 from regionspot.data.augment import resize_short_edge
 from regionspot.data.coco import clean_ground_truth, load_annotations, load_proposals, subset_images
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
@@ -41,7 +41,7 @@ from regionspot.evaluation.sources import (
 )
 from regionspot.files import file_sha256, write_json_atomic
 from regionspot.modeling.regionspot import ACTIVATIONS
-from regionspot.modeling.sam import sam_everything
+from regionspot.modeling.sam import build_mask_generator, sam_everything
 from regionspot.run_identity import check_or_record, path_digest, run_identity
 from regionspot.transforms import clip_boxes, prepare_prompts
 from regionspot.vocabulary import vocabulary_from_categories
@@ -83,9 +83,9 @@ class EvalSettings:
     strategy: str = "auto"
     precision: str | None = None  # one of PRECISIONS; default "bf16-mixed" on GPU, "32-true" on CPU
     seed: int = 0  # makes models built without checkpoints (random weights) identical on every rank
-    sam_points_per_side: int = 32  # "sam" source: SamAutomaticMaskGenerator's point grid
-    sam_pred_iou_thresh: float = 0.88  # ... its mask-quality filter
-    sam_stability_score_thresh: float = 0.95  # ... its stability filter
+    sam_points_per_side: int = MaskGeneratorSettings.points_per_side  # "sam" source: the generator's point grid
+    sam_pred_iou_thresh: float = MaskGeneratorSettings.pred_iou_thresh  # ... its mask-quality filter
+    sam_stability_score_thresh: float = MaskGeneratorSettings.stability_score_thresh  # ... its stability filter
     # The original RegionSpot's evaluation, each off by default (docs/regionspot_compat.md):
     max_candidates: int | None = None  # keep an image's N most probable (region, class) pairs first (RegionSpot: 900)
     test_short_edge: int | None = None  # resize each image to this shortest edge first (RegionSpot: 800) ...
@@ -306,14 +306,12 @@ class _ImageRecogniser:
         self.images = Path(settings.images)
         self.generator = None
         if settings.source == "sam":
-            from segment_anything import SamAutomaticMaskGenerator
-
-            self.generator = SamAutomaticMaskGenerator(
-                self.model.sam.sam,
+            generator = MaskGeneratorSettings(
                 points_per_side=settings.sam_points_per_side,
                 pred_iou_thresh=settings.sam_pred_iou_thresh,
                 stability_score_thresh=settings.sam_stability_score_thresh,
             )
+            self.generator = build_mask_generator(self.model.sam.sam, generator)
 
     @torch.no_grad()
     def __call__(self, job: ImageJob) -> dict[str, Any]:

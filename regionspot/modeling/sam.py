@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.build_sam import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.utils.amg import calculate_stability_score
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
 from regionspot.boxes import xywh_to_xyxy
 from regionspot.checkpoint import check_release_digest, load_weights, model_part, read_state_dict, require_file
+from regionspot.config import MaskGeneratorSettings
 from regionspot.modeling.left_out import LeftOutImageEncoder, allocate_meta_tensors
 
 OFFICIAL_SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
@@ -32,6 +35,7 @@ OFFICIAL_SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b319
 # Index of SAM's single-mask token in the transformer's output tokens: [iou, mask0, mask1..3, prompts...].
 _SINGLE_MASK_TOKEN = slice(1, 2)
 _MULTIMASK_TOKENS = slice(2, 5)
+STABILITY_SCORE_OFFSET = 1.0  # SamAutomaticMaskGenerator's stability_score_offset (its default; regionspot keeps it)
 
 
 def build_tiny_sam(*, image_size: int = 128, embed_dim: int = 64, depth: int = 2, prompt_dim: int = 64) -> Sam:
@@ -472,20 +476,61 @@ class SamRegionEncoder(nn.Module):
         return logits > self.sam.mask_threshold
 
 
+def build_mask_generator(sam: Sam, settings: MaskGeneratorSettings | None = None) -> SamAutomaticMaskGenerator:
+    """SAM's automatic mask generator on `sam` with `settings` (its other settings at segment_anything's defaults):
+    the one construction the predictor, the app and `evaluate.py --source sam` use. It remembers the best scores it
+    sees, for `sam_everything`'s warning when it keeps no mask (default settings: segment_anything's published ones)."""
+    settings = settings or MaskGeneratorSettings()
+    generator = SamAutomaticMaskGenerator(
+        sam,
+        points_per_side=settings.points_per_side,
+        pred_iou_thresh=settings.pred_iou_thresh,
+        stability_score_thresh=settings.stability_score_thresh,
+        stability_score_offset=STABILITY_SCORE_OFFSET,
+    )
+    generator.predictor = _ScoreKeepingPredictor(sam, pred_iou_thresh=settings.pred_iou_thresh)
+    return generator
+
+
+class _ScoreKeepingPredictor(SamPredictor):
+    """SAM's predictor as the automatic mask generator calls it, keeping the best predicted IoU of every mask and
+    the best stability score of those above `pred_iou_thresh`: what to report when the generator keeps none."""
+
+    def __init__(self, sam: Sam, *, pred_iou_thresh: float) -> None:
+        super().__init__(sam)
+        self.pred_iou_thresh = pred_iou_thresh
+        self.forget_scores()
+
+    def forget_scores(self) -> None:
+        self.best_iou, self.best_stability = -math.inf, -math.inf
+
+    def predict_torch(self, *args, **kwargs):
+        masks, iou_preds, low_res = super().predict_torch(*args, **kwargs)
+        self.best_iou = max(self.best_iou, float(iou_preds.max()))
+        passing = masks[iou_preds > self.pred_iou_thresh]  # (M, H, W) logits: the generator returns logits
+        if len(passing):
+            stability = calculate_stability_score(passing, self.model.mask_threshold, STABILITY_SCORE_OFFSET)
+            self.best_stability = max(self.best_stability, float(stability.max()))
+        return masks, iou_preds, low_res
+
+
 def sam_everything(generator: SamAutomaticMaskGenerator, rgb: np.ndarray) -> tuple[torch.Tensor, ...]:
     """SAM's automatic mask generator as a region source ("segment everything, then name it").
 
     Args:
-        generator: a segment_anything `SamAutomaticMaskGenerator` (output_mode "binary_mask").
+        generator: one built by `build_mask_generator`.
         rgb: (H, W, 3) uint8 image.
 
     Returns:
         boxes (N, 4) xyxy around the pixels of each mask, scores (N,) SAM's predicted mask IoU clipped to
-        [0, 1] (the region's "objectness"), masks (N, H, W) bool.
+        [0, 1] (the region's "objectness"), masks (N, H, W) bool. When the generator keeps no mask, a
+        `NothingKeptWarning` names its thresholds and the best scores it saw.
     """
+    generator.predictor.forget_scores()
     records = generator.generate(rgb)
     height, width = rgb.shape[:2]
     if not records:
+        warnings.warn(_nothing_kept(generator), NothingKeptWarning, stacklevel=2)
         return torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, height, width, dtype=torch.bool)
     # SAM's box spans mask pixel indices inclusively; the pixels themselves cover one more pixel each way.
     xywh = torch.tensor([r["bbox"] for r in records], dtype=torch.float64)
@@ -493,3 +538,21 @@ def sam_everything(generator: SamAutomaticMaskGenerator, rgb: np.ndarray) -> tup
     scores = torch.tensor([r["predicted_iou"] for r in records], dtype=torch.float32).clamp(0, 1)
     masks = torch.from_numpy(np.stack([r["segmentation"] for r in records])).bool()
     return boxes, scores, masks
+
+
+class NothingKeptWarning(UserWarning):
+    """SAM's automatic mask generator kept no mask of an image at its thresholds."""
+
+
+def _nothing_kept(generator: SamAutomaticMaskGenerator) -> str:
+    seen: _ScoreKeepingPredictor = generator.predictor
+    stability = (
+        f"the best stability score among them {seen.best_stability:.3f}"
+        if seen.best_stability > -math.inf
+        else "no mask passed it to have its stability scored"
+    )
+    return (
+        f"SAM's automatic mask generator kept no mask: the best predicted IoU it saw was {seen.best_iou:.3f} "
+        f"(pred_iou_thresh {generator.pred_iou_thresh:g}), {stability} (stability_score_thresh "
+        f"{generator.stability_score_thresh:g}); lower the thresholds or use more points per side"
+    )
