@@ -56,13 +56,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="the torch predictor's device (cuda: on the GPU)")
     parser.add_argument("--providers", nargs="+", help="onnxruntime's, e.g. CUDAExecutionProvider CPUExecutionProvider")
     args = parser.parse_args()
-    work = Path(args.work) if args.work else onnx_setup.work_folder(args.config, one_template=args.one_template)
-    config = onnx_setup.held_config(
-        args.config,
-        work,
-        random_weights=args.random_weights or "tiny" not in args.config,
-        one_template=args.one_template,
-    )
+    work, config = onnx_setup.held_config_of(args, work=Path(args.work) if args.work else None)
     start = time.perf_counter()
     folder = onnx_setup.exported(config, work)
     print(f"# export ready in {time.perf_counter() - start:.0f} s: {folder}")

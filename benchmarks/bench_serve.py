@@ -122,13 +122,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--providers", nargs="+", help="the ONNX server's onnxruntime providers (default CPU)")
     args = parser.parse_args()
-    work = onnx_setup.work_folder(args.config, one_template=args.one_template)
-    config = onnx_setup.held_config(
-        args.config,
-        work,
-        random_weights=args.random_weights or "tiny" not in args.config,
-        one_template=args.one_template,
-    )
+    work, config = onnx_setup.held_config_of(args)
     if args.backend == "onnx":
         source = [
             "--onnx",

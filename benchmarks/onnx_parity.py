@@ -61,13 +61,7 @@ def main() -> None:
     parser.add_argument("--atol", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    work = onnx_setup.work_folder(args.config, one_template=args.one_template)
-    config = onnx_setup.held_config(
-        args.config,
-        work,
-        random_weights=args.random_weights or "tiny" not in args.config,
-        one_template=args.one_template,
-    )
+    work, config = onnx_setup.held_config_of(args)
     torch_predictor, onnx_predictor = onnx_setup.predictors(
         config, onnx_setup.exported(config, work), threads=args.threads
     )

@@ -7,6 +7,7 @@ files. The export is made once per work folder and reused.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -19,6 +20,14 @@ from regionspot.onnx.export import export_onnx
 
 def work_folder(config_path: str, *, one_template: bool) -> Path:
     return Path(f"/tmp/regionspot-bench-{Path(config_path).stem}{'-plain' if one_template else ''}")
+
+
+def held_config_of(args: argparse.Namespace, *, work: Path | None = None) -> tuple[Path, RegionSpotConfig]:
+    """The work folder (default: `work_folder`'s) and `held_config` of a benchmark's --config, --random-weights and
+    --one-template options: any config but the tiny one gets random weights, saved in the work folder."""
+    work = work or work_folder(args.config, one_template=args.one_template)
+    random_weights = args.random_weights or "tiny" not in args.config
+    return work, held_config(args.config, work, random_weights=random_weights, one_template=args.one_template)
 
 
 def held_config(config_path: str, work: Path, *, random_weights: bool, one_template: bool = False) -> RegionSpotConfig:

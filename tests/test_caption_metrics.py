@@ -16,12 +16,18 @@ from pathlib import Path
 
 import pycocoevalcap.eval
 import pytest
+from PIL import Image
 from pycocoevalcap.eval import COCOEvalCap
 from pycocotools.coco import COCO
 
 from regionspot.evaluation import caption_metrics
 from regionspot.evaluation.caption_metrics import CAPTION_METRICS, score_captions
-from regionspot.evaluation.caption_results import reference_captions, score_caption_files, score_caption_results
+from regionspot.evaluation.caption_results import (
+    _predictions_by_key,
+    reference_captions,
+    score_caption_files,
+    score_caption_results,
+)
 from regionspot.evaluation.cli import run as evaluate_main
 
 # Regions keyed as TAP keys Visual Genome; one to three references each, predictions from perfect to empty.
@@ -221,3 +227,18 @@ def test_caption_results_that_miss_or_repeat_a_region_are_refused(tmp_path):
         score_caption_results([{"image_id": 1, "id": "nope", "caption": "x"}], references)
     with pytest.raises(ValueError, match="caption string"):
         score_caption_results([{"image_id": 1, "id": "1_region_0", "caption": 3}], references)
+
+
+def test_results_name_visual_genome_regions_by_box_too(tmp_path):
+    """Visual Genome's own file carries no image sizes (no COCO dict behind the data set): a box still finds its
+    region, and a wrong one is refused, rather than failing inside the lookup of sizes."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (100, 100)).save(tmp_path / "images" / "7.jpg")
+    regions = [{"region_id": 70 + j, "phrase": "a dog", "x": 10 * j, "y": 5, "width": 30, "height": 20} for j in (0, 1)]
+    gt = tmp_path / "region_descriptions.json"
+    gt.write_text(json.dumps([{"id": 7, "regions": regions}]))
+    references = reference_captions(gt, tmp_path / "images")
+    predictions = _predictions_by_key([{"image_id": 7, "bbox": [10, 5, 30, 20], "caption": "a dog"}], references)
+    assert predictions == {"71": "a dog"}
+    with pytest.raises(ValueError, match="no region of image 7 has the box"):
+        _predictions_by_key([{"image_id": 7, "bbox": [60, 60, 5, 5], "caption": "x"}], references)

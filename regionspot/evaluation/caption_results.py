@@ -75,7 +75,8 @@ def score_caption_results(
 def _predictions_by_key(results: list[Mapping[str, Any]], references: DetectionDataset) -> dict[str, str]:
     keys = {key for record in references.records for key in record.region_keys or []}
     records = {record.image_id: record for record in references.records}
-    sizes = {image["id"]: (image.get("height"), image.get("width")) for image in references.ground_truth["images"]}
+    images = (references.ground_truth or {}).get("images", [])  # Visual Genome's file has no image sizes
+    sizes = {image["id"]: (image.get("height"), image.get("width")) for image in images}
     predictions: dict[str, str] = {}
     for i, result in enumerate(results):
         if not isinstance(result, Mapping) or not isinstance(result.get("caption"), str):
