@@ -13,22 +13,28 @@ and `metrics.json` (CIDEr-D, BLEU-4, METEOR, ROUGE-L by pycocoevalcap itself) ar
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
 from regionspot.data.captions import caption_references
-from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.data.detection import DetectionDataset
 from regionspot.evaluation.caption_metrics import require_java, score_captions
-from regionspot.evaluation.runner import METRICS_FILE, PartWriter, read_part_records
+from regionspot.evaluation.driver import (
+    METRICS_FILE,
+    RegionEvalSettings,
+    build_eval_model,
+    data_identity,
+    frozen_of,
+    read_part_records,
+    region_dataset,
+    run_remaining,
+    usable_items,
+)
 from regionspot.files import write_json_atomic
-from regionspot.modeling.regionspot import FrozenFeatures, RegionSpot
-from regionspot.run_identity import RUN_FILE, check_or_record, dataset_digests, run_identity
+from regionspot.modeling.regionspot import RegionSpot
+from regionspot.run_identity import RUN_FILE, run_identity
 
 log = logging.getLogger(__name__)
 
@@ -36,63 +42,36 @@ CAPTIONS_FILE = "captions.json"  # {region key: predicted caption}
 CAPTION_PARTS = "captions.rank*.jsonl"  # one JSON line per finished image
 
 
-@dataclass
-class CaptionEvalSettings:
-    """One captioning evaluation. Give `ann` + `images`, or `hf_path`; paths are local, nothing is downloaded."""
+@dataclass(kw_only=True)
+class CaptionEvalSettings(RegionEvalSettings):
+    """One captioning evaluation (and `RegionEvalSettings`: config, out, the data, max_images, batch_size, device,
+    seed, progress, restart). Give `ann` + `images`, or `hf_path`; paths are local, nothing is downloaded.
 
-    config: str  # model YAML with a caption: section (a captioning run's adapter.yaml)
-    out: str  # output folder; holds the part file of an unfinished run, which a rerun resumes
-    ann: str | None = None  # region-caption JSON (COCO-style with a caption per annotation, or VG's own)
-    images: str | None = None  # its image folder
-    hf_path: str | None = None  # or a Hugging Face data set (objects with bbox and caption)
-    hf_split: str = "test"
-    max_images: int | None = None  # only the first N images (scored on those alone: CIDEr-D's IDF changes)
-    batch_size: int = 8  # images whose regions are embedded and decoded together
+    `config` is a model YAML with a caption: section (a captioning run's adapter.yaml); `ann` a region-caption JSON
+    (COCO-style with a caption per annotation, or VG's own); `hf_path` a Hugging Face data set (objects with bbox
+    and caption); `max_images` scores the first N images alone (CIDEr-D's IDF changes).
+    """
+
     num_beams: int | None = None  # default: the model config's caption.num_beams
-    device: str = "auto"  # "auto" (CUDA when there is one), "cpu", "cuda", ...
-    seed: int = 0  # draws the weights of parts without a checkpoint: the same in every run, so a rerun resumes alike
     spice: bool = False  # SPICE downloads Stanford CoreNLP on first use: off unless asked
-    progress: bool = True
-    restart: bool = False  # discard the records of an earlier run in `out` (one that differs refuses to resume)
 
     def __post_init__(self) -> None:
-        if (self.ann is None) == (self.hf_path is None):
-            raise ValueError("give the data as --ann with --images, or as --hf-path")
-        if self.ann is not None and self.images is None:
-            raise ValueError(f"{self.ann} needs --images, the folder of its images")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be at least 1, got {self.max_images}")
-        if self.batch_size < 1 or (self.num_beams is not None and self.num_beams < 1):
-            raise ValueError("batch_size and num_beams must be at least 1")
+        super().__post_init__()
+        if self.num_beams is not None and self.num_beams < 1:
+            raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
 
 
 def evaluate_captions(settings: CaptionEvalSettings) -> dict[str, Any]:
     """Caption the data set's regions (resuming `out`), score them, write and return the metrics."""
     require_java()  # before hours of decoding, not after
     config = _model_config(settings)
-    torch.manual_seed(settings.seed)
-    model = _build_model(config, device=settings.device)
-    dataset = build_dataset(
-        "captions",
-        DatasetConfig(
-            ann_file=settings.ann, image_dir=settings.images, hf_path=settings.hf_path, hf_split=settings.hf_split,
-            captions=True,
-        ),
+    model = build_eval_model(config, seed=settings.seed, device=settings.device)
+    dataset = region_dataset("captions", settings, captions=True)
+    indices = run_remaining(
+        settings, dataset, identity=_identity(settings, config, dataset), parts=CAPTION_PARTS,
+        records_of=lambda batch: caption_batch(model, dataset, batch), done_as="captioned",
     )  # fmt: skip
-    indices = list(range(len(dataset)))[: settings.max_images]
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_or_record(out, _identity(settings, config, dataset), parts=CAPTION_PARTS, restart=settings.restart)
-    part = out / "captions.rank0.jsonl"
-    done = read_caption_parts(out)
-    remaining = [i for i in indices if dataset.records[i].image_id not in done]
-    if done:
-        log.info("resuming: %d images already captioned, %d to go", len(indices) - len(remaining), len(remaining))
-    write_records(
-        lambda batch: caption_batch(model, dataset, batch), dataset, remaining, part,
-        batch_size=settings.batch_size, progress=settings.progress,
-    )  # fmt: skip
-    return _merge_and_score(dataset, indices, out, settings)
+    return _merge_and_score(dataset, indices, Path(settings.out), settings)
 
 
 def _model_config(settings: CaptionEvalSettings) -> RegionSpotConfig:
@@ -107,12 +86,6 @@ def _model_config(settings: CaptionEvalSettings) -> RegionSpotConfig:
     return config
 
 
-def _build_model(config: RegionSpotConfig, *, device: str) -> RegionSpot:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return build_regionspot(config).to(device).eval()
-
-
 def _identity(settings: CaptionEvalSettings, config: RegionSpotConfig, dataset: DetectionDataset) -> dict[str, Any]:
     """Everything the captions depend on: a resumed run must share it all."""
     return run_identity(
@@ -121,57 +94,6 @@ def _identity(settings: CaptionEvalSettings, config: RegionSpotConfig, dataset: 
         data=data_identity(settings, dataset),
         settings={"num_beams": config.caption.num_beams, "seed": settings.seed},
     )
-
-
-def data_identity(settings: CaptionEvalSettings, dataset: DetectionDataset) -> dict[str, Any]:
-    """The digests of an evaluation's data (`settings` with ann, images, hf_path, hf_split)."""
-    return dataset_digests(
-        ann=settings.ann,
-        images=settings.images,
-        hf_path=settings.hf_path,
-        hf_split=settings.hf_split,
-        sources=(record.source for record in dataset.records),
-    )
-
-
-@torch.no_grad()
-def write_records(
-    records_of: Callable[[list[tuple[int, dict]]], list[dict]],
-    dataset: DetectionDataset,
-    indices: list[int],
-    part: Path,
-    *,
-    batch_size: int,
-    progress: bool,
-) -> None:
-    """Items `indices` of `dataset`, `batch_size` at a time, through `records_of`; each record appended to `part`
-    as soon as its batch is done (what a rerun resumes from)."""
-    from tqdm import tqdm
-
-    with PartWriter(part) as writer, tqdm(total=len(indices), unit="img", disable=not progress) as bar:
-        for start in range(0, len(indices), batch_size):
-            batch = [(i, dataset[i]) for i in indices[start : start + batch_size]]
-            for record in records_of(batch):
-                writer.write(record)
-            bar.update(len(batch))
-
-
-def usable_items(dataset: DetectionDataset, batch: list[tuple[int, dict]]) -> tuple[list[dict], list[tuple[int, dict]]]:
-    """A batch's records of skipped images ({image_id, skipped}, logged) and its (image id, item) pairs to run."""
-    skipped, usable = [], []
-    for index, item in batch:
-        image_id = dataset.records[index].image_id
-        if "skipped" in item:
-            log.warning("skipping image %s: %s", image_id, item["skipped"])
-            skipped.append({"image_id": image_id, "skipped": item["skipped"]})
-        else:
-            usable.append((image_id, item))
-    return skipped, usable
-
-
-def frozen_of(model: RegionSpot, items: list[dict]) -> list[FrozenFeatures]:
-    """The model's frozen-feature step for data set items, their boxes as the regions."""
-    return model.frozen_features([item["image"] for item in items], [item["boxes"] for item in items])
 
 
 def caption_batch(model: RegionSpot, dataset: DetectionDataset, batch: list[tuple[int, dict]]) -> list[dict]:
@@ -184,15 +106,10 @@ def caption_batch(model: RegionSpot, dataset: DetectionDataset, batch: list[tupl
     return records
 
 
-def read_caption_parts(out: str | Path) -> dict[int, dict[str, Any]]:
-    """{image id: its record} of every image finished in `out` (a half-written last line is ignored)."""
-    return read_part_records(out, CAPTION_PARTS)
-
-
 def _merge_and_score(
     dataset: DetectionDataset, indices: list[int], out: Path, settings: CaptionEvalSettings
 ) -> dict[str, Any]:
-    done = read_caption_parts(out)
+    done = read_part_records(out, CAPTION_PARTS)
     evaluated = {dataset.records[i].image_id for i in indices}
     keys = {key for i in indices for key in (dataset.records[i].region_keys or [])}
     references = {key: refs for key, refs in caption_references(dataset).items() if key in keys}

@@ -72,13 +72,10 @@ def _run(argv: list[str]) -> dict:
     parser.add_argument("--devices", help="number of devices, or 'auto' (default 1)")
     parser.add_argument("--strategy", help="auto (the default), ddp, ddp_spawn, ...")
     parser.add_argument("--precision", help="32-true, bf16-mixed or 16-mixed (default bf16-mixed on GPU, else 32-true)")
-    parser.add_argument("--seed", type=int, help="draws the weights of parts without a checkpoint (default 0)")
     parser.add_argument("--sam-points-per-side", type=int, help="--source sam: the generator's point grid")
     parser.add_argument("--sam-pred-iou-thresh", type=float, help="--source sam: its mask-quality filter")
     parser.add_argument("--sam-stability-score-thresh", type=float, help="--source sam: its stability filter")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
-    args = _given(parser.parse_args(argv))
+    args = _given(_run_arguments(parser).parse_args(argv))
     if isinstance(args.get("devices"), str) and args["devices"].isdigit():
         args["devices"] = int(args["devices"])
 
@@ -92,30 +89,47 @@ def _given(args: argparse.Namespace) -> dict:
     return {name: value for name, value in vars(args).items() if value is not None}
 
 
+def _region_data_parser(
+    command: str, description: str, *, config_help: str, ann_help: str, hf_help: str, out: str
+) -> argparse.ArgumentParser:
+    """A region evaluation's parser (`RegionEvalSettings`) with its model and data options."""
+    parser = argument_parser(MODULE, description, command)
+    parser.add_argument("--config", required=True, help=config_help)
+    parser.add_argument("--ann", help=ann_help)
+    parser.add_argument("--images", help="folder of its images")
+    parser.add_argument("--hf-path", help=hf_help)
+    parser.add_argument("--hf-split", help="its split (default test)")
+    parser.add_argument("--out", default=out, help="output folder; a rerun resumes the run in it")
+    return parser
+
+
+def _run_arguments(parser: argparse.ArgumentParser, *, device: bool = False) -> argparse.ArgumentParser:
+    """The options every evaluation run ends with (`RunSettings`; `RegionEvalSettings.device`)."""
+    if device:
+        parser.add_argument("--device", help="auto (the default), cpu, cuda, ...")
+    parser.add_argument("--seed", type=int, help="draws the weights of parts without a checkpoint (default 0)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
+    return parser
+
+
 def _captions(argv: list[str]) -> dict:
     if argv[:1] == ["score"]:
         return _score_captions(argv[1:])
-    parser = argument_parser(
-        MODULE,
+    parser = _region_data_parser(
+        "captions",
         "Caption every annotated region and score with pycocoevalcap (CIDEr-D, BLEU-4, METEOR, ROUGE-L); "
         "`{prog} captions score` scores a results file instead.",
-        "captions",
+        config_help="model YAML with a caption: section (a run's adapter.yaml)",
+        ann_help="region-caption JSON: COCO-style with a caption per annotation, or VG's own",
+        hf_help="or a Hugging Face data set (objects with bbox and caption)",
+        out="caption_eval",
     )
-    parser.add_argument("--config", required=True, help="model YAML with a caption: section (a run's adapter.yaml)")
-    parser.add_argument("--ann", help="region-caption JSON: COCO-style with a caption per annotation, or VG's own")
-    parser.add_argument("--images", help="folder of its images")
-    parser.add_argument("--hf-path", help="or a Hugging Face data set (objects with bbox and caption)")
-    parser.add_argument("--hf-split", help="its split (default test)")
-    parser.add_argument("--out", default="caption_eval", help="output folder; a rerun resumes the run in it")
     parser.add_argument("--max-images", type=int, help="only the first N images (scored on those alone)")
     parser.add_argument("--batch-size", type=int, help="images captioned together (default 8)")
     parser.add_argument("--num-beams", type=int, help="default: the model config's caption.num_beams")
-    parser.add_argument("--device", help="auto (the default), cpu, cuda, ...")
-    parser.add_argument("--seed", type=int, help="draws the weights of parts without a checkpoint (default 0)")
     parser.add_argument("--spice", action="store_true", help="also SPICE (downloads Stanford CoreNLP on first use)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
-    args = _given(parser.parse_args(argv))
+    args = _given(_run_arguments(parser, device=True).parse_args(argv))
 
     from regionspot.evaluation.caption_eval import CaptionEvalSettings, evaluate_captions
 
@@ -150,28 +164,21 @@ def _score_captions(argv: list[str]) -> dict:
 
 
 def _vqa(argv: list[str]) -> dict:
-    parser = argument_parser(
-        MODULE,
+    parser = _region_data_parser(
+        "vqa",
         "Answer every question of a region-QA file (normalised exact match), or with --captions caption every "
         "region through the LLM and score with pycocoevalcap.",
-        "vqa",
+        config_help="model YAML with a vqa: section (a VQA run's adapter.yaml)",
+        ann_help="region-QA file (image, boxes, conversations); with --captions a caption file",
+        hf_help="or a Hugging Face data set",
+        out="vqa_eval",
     )
-    parser.add_argument("--config", required=True, help="model YAML with a vqa: section (a VQA run's adapter.yaml)")
-    parser.add_argument("--ann", help="region-QA file (image, boxes, conversations); with --captions a caption file")
-    parser.add_argument("--images", help="folder of its images")
-    parser.add_argument("--hf-path", help="or a Hugging Face data set")
-    parser.add_argument("--hf-split", help="its split (default test)")
-    parser.add_argument("--out", default="vqa_eval", help="output folder; a rerun resumes the run in it")
     parser.add_argument("--captions", action="store_true", help="caption every region through the LLM instead")
     parser.add_argument("--caption-prompt", help='with --captions (default "describe <region1> in a few words.")')
     parser.add_argument("--max-images", type=int, help="only the first N images")
     parser.add_argument("--batch-size", type=int, help="images whose questions are answered together (default 8)")
     parser.add_argument("--max-new-tokens", type=int, help="default: the model config's vqa.max_new_tokens")
-    parser.add_argument("--device", help="auto (the default), cpu, cuda, ...")
-    parser.add_argument("--seed", type=int, help="draws the weights of parts without a checkpoint (default 0)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("--restart", action="store_true", help="discard an earlier run's records in --out first")
-    args = _given(parser.parse_args(argv))
+    args = _given(_run_arguments(parser, device=True).parse_args(argv))
 
     from regionspot.evaluation.vqa_eval import VqaEvalSettings, evaluate_vqa
 

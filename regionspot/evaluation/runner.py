@@ -13,9 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,14 @@ from regionspot.config import MaskGeneratorSettings, RegionSpotConfig
 from regionspot.data.augment import resize_short_edge
 from regionspot.data.coco import clean_ground_truth, load_annotations, load_proposals, subset_images
 from regionspot.evaluation.detections import DEFAULT_ACTIVATION, DEFAULT_TOP_K, detect_regions, protocol_max_dets
+from regionspot.evaluation.driver import (
+    METRICS_FILE,
+    PartWriter,
+    RunSettings,
+    finished_records,
+    read_part_records,  # noqa: F401 (read through runner, as the other parts)
+    resolve_device,
+)
 from regionspot.evaluation.lvis_eval import format_metrics, score_results
 from regionspot.evaluation.sources import (
     SOURCES,
@@ -50,7 +56,7 @@ from regionspot.vocabulary import vocabulary_from_categories
 log = logging.getLogger(__name__)
 
 DETECTIONS_FILE = "detections.json"  # all detections, COCO/LVIS results format
-METRICS_FILE = "metrics.json"  # box metrics at the top level, mask metrics under "segm", image counts
+# METRICS_FILE (the driver's): box metrics at the top level, mask metrics under "segm", image counts
 SKIPPED_FILE = "skipped.json"  # images that could not be read: [{"image_id", "reason"}]
 PART_GLOB = "detections.rank*.jsonl"  # one JSON line per finished image, per rank
 # Mixed precision autocasts the frozen encoders; "-true" precisions would need the model converted, which the
@@ -62,14 +68,13 @@ def part_file(out: Path, rank: int) -> Path:
     return out / f"detections.rank{rank}.jsonl"
 
 
-@dataclass
-class EvalSettings:
-    """Everything one evaluation run needs. Paths are local files; nothing is downloaded."""
+@dataclass(kw_only=True)
+class EvalSettings(RunSettings):
+    """Everything one LVIS/COCO evaluation run needs (and `RunSettings`: config, out, max_images, seed, progress,
+    restart). Paths are local files; nothing is downloaded."""
 
-    config: str  # model YAML, or a packaged model config's name (regionspot.configs)
     ann: str  # LVIS/COCO annotation JSON
     images: str  # folder of the images (LVIS: COCO's files, found by the basename of coco_url)
-    out: str  # output folder; holds the parts of an unfinished run, which a rerun resumes
     adapter: str | None = None  # trained adapter (.safetensors); overrides adapter.checkpoint of `config`
     source: str | None = None  # "gt", "proposals" or "sam"; default "proposals" if `proposals` is given, else "gt"
     proposals: str | None = None  # another detector's results (COCO results JSON with scores)
@@ -78,12 +83,10 @@ class EvalSettings:
     top_k: int = DEFAULT_TOP_K  # classes kept per region (validation during training uses the same default)
     activation: str = DEFAULT_ACTIVATION  # "softmax" over the vocabulary (RegionSpot's) or independent "sigmoid"
     max_dets_per_image: int | None = None  # default: the protocol's (LVIS 300, COCO 100, Fixed AP none)
-    max_images: int | None = None  # evaluate only the first N images (by id), scored on those alone
     accelerator: str = "auto"
     devices: int | str = 1
     strategy: str = "auto"
     precision: str | None = None  # one of PRECISIONS; default "bf16-mixed" on GPU, "32-true" on CPU
-    seed: int = 0  # makes models built without checkpoints (random weights) identical on every rank
     sam_points_per_side: int = MaskGeneratorSettings.points_per_side  # "sam" source: the generator's point grid
     sam_pred_iou_thresh: float = MaskGeneratorSettings.pred_iou_thresh  # ... its mask-quality filter
     sam_stability_score_thresh: float = MaskGeneratorSettings.stability_score_thresh  # ... its stability filter
@@ -92,10 +95,9 @@ class EvalSettings:
     test_short_edge: int | None = None  # resize each image to this shortest edge first (RegionSpot: 800) ...
     test_max_size: int = 1333  # ... with its longest edge at most this (detectron2's test resize)
     autocast_heads: bool = False  # also run SAM's decoder, the adapter and the scores in the run's mixed precision
-    progress: bool = True
-    restart: bool = False  # discard the records of an earlier run in `out` (one that differs refuses to resume)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.source is None:
             self.source = "proposals" if self.proposals else "gt"
         if self.source not in SOURCES:
@@ -111,8 +113,6 @@ class EvalSettings:
         if self.max_dets_per_image is not None and self.max_dets_per_image < 1:
             raise ValueError(f"max_dets_per_image must be at least 1, got {self.max_dets_per_image}")
         _check_protocol_settings(self)
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be at least 1, got {self.max_images}")
 
 
 def _check_protocol_settings(settings: EvalSettings) -> None:
@@ -209,7 +209,7 @@ def _check_model_files(settings: EvalSettings) -> RegionSpotConfig:
 
 
 def _uses_gpu(accelerator: str) -> bool:
-    return accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    return resolve_device(accelerator) in ("cuda", "gpu")
 
 
 def _identity(settings: EvalSettings, plan: RunPlan, *, precision: str) -> dict[str, Any]:
@@ -402,34 +402,6 @@ def _read_image(job: ImageJob, images: Path) -> tuple[np.ndarray | None, str, st
     return rgb, "", hashlib.sha256(data).hexdigest()
 
 
-class PartWriter:
-    """Appends one JSON line per image and flushes it, so a killed run loses at most the image in flight."""
-
-    def __init__(self, path: Path) -> None:
-        _drop_partial_last_line(path)
-        self.path = path
-
-    def __enter__(self) -> PartWriter:
-        self.file = self.path.open("a", encoding="utf-8")
-        return self
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
-
-
-def _drop_partial_last_line(path: Path) -> None:
-    """Cut a line left half-written by a killed run, so that the next line starts on its own."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        os.truncate(path, data.rfind(b"\n") + 1)  # in place, one call: a rewrite killed half-way lost the file
-
-
 def read_parts(out: str | Path) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
     """All ranks' finished images: ({image id: its record}, {image id: why it was skipped}).
 
@@ -444,35 +416,6 @@ def read_parts(out: str | Path) -> tuple[dict[int, dict[str, Any]], dict[int, st
             else:
                 done[record["image_id"]] = record
     return done, {k: v for k, v in skipped.items() if k not in done}
-
-
-def read_part_records(out: str | Path, pattern: str) -> dict[int, dict[str, Any]]:
-    """{image id: its record} of every image finished in `out`'s part files matching `pattern` (a half-written
-    last line is ignored; a record that skipped the image does not replace one that finished it)."""
-    done: dict[int, dict[str, Any]] = {}
-    for path in sorted(Path(out).glob(pattern)):
-        for record in finished_records(path):
-            if "skipped" not in record or record["image_id"] not in done:
-                done[record["image_id"]] = record
-    return done
-
-
-def finished_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a part file that were written whole: each a JSON object on a line of its own, ended by its
-    newline. A last line without one was cut by a kill, even if what came before the cut parses (the next
-    `PartWriter` drops it, and its image is done again); a line that does not parse is skipped, with a warning."""
-    data = path.read_bytes()
-    records = []
-    for number, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            record = None
-        if not isinstance(record, dict) or "image_id" not in record:
-            log.warning("%s, line %d: not a record (a damaged file?); its image is done again", path, number)
-            continue
-        records.append(record)
-    return records
 
 
 def finished_image_ids(out: str | Path) -> set[int]:

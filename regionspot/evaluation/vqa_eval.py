@@ -19,19 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
 from regionspot.data.captions import caption_references
-from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
-from regionspot.evaluation.caption_eval import data_identity, frozen_of, usable_items, write_records
+from regionspot.data.detection import DetectionDataset
+from regionspot.evaluation import driver
 from regionspot.evaluation.caption_metrics import require_java, score_captions
-from regionspot.evaluation.runner import METRICS_FILE, read_part_records
 from regionspot.files import write_json_atomic
 from regionspot.modeling.region_lm import Turn
 from regionspot.modeling.regionspot import RegionSpot
-from regionspot.run_identity import check_or_record, run_identity
+from regionspot.run_identity import run_identity
 
 log = logging.getLogger(__name__)
 
@@ -44,33 +40,22 @@ _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", 
 _NUMBERS = {word: str(value) for value, word in enumerate(_NUMBER_WORDS)}
 
 
-@dataclass
-class VqaEvalSettings:
-    """One VQA evaluation. Give `ann` + `images`, or `hf_path`; paths are local, nothing is downloaded."""
+@dataclass(kw_only=True)
+class VqaEvalSettings(driver.RegionEvalSettings):
+    """One VQA evaluation (and `RegionEvalSettings`: config, out, the data, max_images, batch_size, device, seed,
+    progress, restart). Give `ann` + `images`, or `hf_path`; paths are local, nothing is downloaded.
 
-    config: str  # model YAML with a vqa: section (a VQA run's adapter.yaml)
-    out: str  # output folder; holds the part file of an unfinished run, which a rerun resumes
-    ann: str | None = None  # region-QA file (image, boxes, conversations); with `captions`, a region-caption file
-    images: str | None = None
-    hf_path: str | None = None
-    hf_split: str = "test"
+    `config` is a model YAML with a vqa: section (a VQA run's adapter.yaml); `ann` a region-QA file (image, boxes,
+    conversations), or with `captions` a region-caption file; `batch_size` records (images) whose questions are
+    answered together.
+    """
+
     captions: bool = False  # caption every region through the LLM (`caption_prompt`), scored with pycocoevalcap
     caption_prompt: str = CAPTION_PROMPT
-    max_images: int | None = None
-    batch_size: int = 8  # records (images) whose questions are answered together
     max_new_tokens: int | None = None  # default: the model config's vqa.max_new_tokens
-    device: str = "auto"
-    seed: int = 0  # draws the weights of parts without a checkpoint: the same in every run, so a rerun resumes alike
-    progress: bool = True
-    restart: bool = False  # discard the records of an earlier run in `out` (one that differs refuses to resume)
 
     def __post_init__(self) -> None:
-        if (self.ann is None) == (self.hf_path is None):
-            raise ValueError("give the data as --ann with --images, or as --hf-path")
-        if self.ann is not None and self.images is None:
-            raise ValueError(f"{self.ann} needs --images, the folder of its images")
-        if self.batch_size < 1 or (self.max_images is not None and self.max_images < 1):
-            raise ValueError("batch_size and max_images must be at least 1")
+        super().__post_init__()
         if "<region1>" not in self.caption_prompt:
             raise ValueError(f"the caption prompt must name the region as <region1>, got {self.caption_prompt!r}")
 
@@ -90,34 +75,19 @@ def evaluate_vqa(settings: VqaEvalSettings) -> dict[str, Any]:
         raise ValueError(f"{settings.config} has no vqa: section; give the adapter.yaml of a VQA run")
     if config.vqa.checkpoint is None:
         log.warning("the model config names no VQA weights: the projector is untrained")
-    device = settings.device if settings.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(settings.seed)
-    model = build_regionspot(config).to(device).eval()
-    dataset = build_dataset(
-        "vqa",
-        DatasetConfig(
-            ann_file=settings.ann, image_dir=settings.images, hf_path=settings.hf_path, hf_split=settings.hf_split,
-            captions=settings.captions, questions=not settings.captions,
-        ),
+    model = driver.build_eval_model(config, seed=settings.seed, device=settings.device)
+    dataset = driver.region_dataset("vqa", settings, captions=settings.captions, questions=not settings.captions)
+    indices = driver.run_remaining(
+        settings, dataset, identity=_identity(settings, config, dataset), parts=ANSWER_PARTS,
+        records_of=lambda batch: answer_batch(model, dataset, batch, settings), done_as="answered",
     )  # fmt: skip
-    indices = list(range(len(dataset)))[: settings.max_images]
     out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_or_record(out, _identity(settings, config, dataset), parts=ANSWER_PARTS, restart=settings.restart)
-    done = read_part_records(out, ANSWER_PARTS)
-    remaining = [i for i in indices if dataset.records[i].image_id not in done]
-    if done:
-        log.info("resuming: %d images already answered, %d to go", len(indices) - len(remaining), len(remaining))
-    write_records(
-        lambda batch: answer_batch(model, dataset, batch, settings), dataset, remaining,
-        out / "answers.rank0.jsonl", batch_size=settings.batch_size, progress=settings.progress,
-    )  # fmt: skip
-    done = read_part_records(out, ANSWER_PARTS)
+    done = driver.read_part_records(out, ANSWER_PARTS)
     if settings.captions:
         metrics = _score_captions(dataset, indices, done, out)
     else:
         metrics = score_answers(dataset, indices, done)
-    write_json_atomic(out / METRICS_FILE, metrics, indent=2)
+    write_json_atomic(out / driver.METRICS_FILE, metrics, indent=2)
     print(format_vqa_metrics(metrics))
     return metrics
 
@@ -127,7 +97,7 @@ def _identity(settings: VqaEvalSettings, config: RegionSpotConfig, dataset: Dete
     return run_identity(
         config_path=settings.config,
         config=config,
-        data=data_identity(settings, dataset),
+        data=driver.data_identity(settings, dataset),
         settings={
             "captions": settings.caption_prompt if settings.captions else None,
             "max_new_tokens": settings.max_new_tokens,
@@ -140,10 +110,10 @@ def answer_batch(
     model: RegionSpot, dataset: DetectionDataset, batch: list[tuple[int, dict]], settings: VqaEvalSettings
 ) -> list[dict]:
     """(index, item) pairs -> one JSON record per image: its answers in turn order (or captions by region key)."""
-    records, usable = usable_items(dataset, batch)
+    records, usable = driver.usable_items(dataset, batch)
     if not usable:
         return records
-    frozen = frozen_of(model, [item for _, item in usable])
+    frozen = driver.frozen_of(model, [item for _, item in usable])
     features = model.region_features(frozen)
     conditions = model.region_condition(frozen, features).split([len(f.region_tokens) for f in frozen])
     asked, owners = _questions([item for _, item in usable], conditions, settings)
