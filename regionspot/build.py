@@ -31,15 +31,7 @@ def build_regionspot(config: RegionSpotConfig | str | Path, *, image_encoders: b
     """
     if not isinstance(config, RegionSpotConfig):
         config = RegionSpotConfig.from_yaml(config)
-    adapter_path = None
-    if config.adapter.checkpoint is not None:
-        adapter_path = require_file(
-            config.adapter.checkpoint,
-            what="adapter checkpoint",
-            hint="Give the .safetensors that training wrote (<run>/adapter.safetensors, or `python train.py export`), "
-            "RegionSpot's model_final.pth, or null for an untrained adapter; a model YAML's relative paths are "
-            "looked for next to the YAML, then from the working directory.",
-        )
+    adapter_path = _adapter_path(config)  # checked before the backbones take their time to build
     with _seeded(config.sam.seed):  # weights without a checkpoint are the same at every build
         sam_model = build_sam(
             variant=config.sam.variant, checkpoint=config.sam.checkpoint, image_encoder=image_encoders
@@ -82,6 +74,19 @@ def build_regionspot(config: RegionSpotConfig | str | Path, *, image_encoders: b
     captioner = _build_captioner(config.caption, condition_dim=condition_dim)
     vqa = _build_vqa(config.vqa, condition_dim=condition_dim) if config.vqa is not None else None
     return RegionSpot(sam=sam, clip=clip, adapter=adapter, vqa=vqa, **captioner)
+
+
+def _adapter_path(config: RegionSpotConfig) -> Path | None:
+    """The adapter checkpoint the config names, checked to be there (None: an untrained adapter)."""
+    if config.adapter.checkpoint is None:
+        return None
+    return require_file(
+        config.adapter.checkpoint,
+        what="adapter checkpoint",
+        hint="Give the .safetensors that training wrote (<run>/adapter.safetensors, or `python train.py export`), "
+        "RegionSpot's model_final.pth, or null for an untrained adapter; a model YAML's relative paths are "
+        "looked for next to the YAML, then from the working directory.",
+    )
 
 
 def _build_captioner(config: CaptionConfig | None, *, condition_dim: int) -> dict:
