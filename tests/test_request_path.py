@@ -46,7 +46,8 @@ def test_every_form_of_images_and_prompts_gives_the_same_frozen_features(model, 
     ]
     reference = model.frozen_features(prepared, sam)
     _assert_same(model.frozen_features(images, [torch.from_numpy(b) for b in BOXES]), reference)
-    _assert_same(model.frozen_features(images, RegionPrompts.of_boxes([i.shape[:2] for i in images], BOXES)), reference)
+    checked = [RegionPrompts.check(image.shape[:2], boxes=b) for image, b in zip(images, BOXES, strict=True)]
+    _assert_same(model.frozen_features(images, checked), reference)
     _assert_same(model.frozen_features(model.embed_images(prepared), BOXES), reference)
 
 

@@ -7,7 +7,6 @@ error a user can act on, so that nothing bad reaches torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,13 +53,6 @@ class RegionPrompts:
         """
         checked = check_prompts(image_size, boxes=boxes, points=points, point_labels=point_labels, masks=masks)
         return cls(tuple(image_size), checked.boxes, checked.points, checked.point_labels, checked.masks)
-
-    @classmethod
-    def of_boxes(
-        cls, image_sizes: Sequence[tuple[int, int]], boxes: Sequence[np.ndarray | torch.Tensor]
-    ) -> list[RegionPrompts]:
-        """B images' box prompts: `image_sizes` (H, W) and B (N_i, 4) xyxy boxes in those images' pixels."""
-        return [cls.check(size, boxes=b) for size, b in zip(image_sizes, boxes, strict=True)]
 
     def __len__(self) -> int:
         return next(len(v) for v in (self.boxes, self.points, self.masks) if v is not None)
