@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from regionspot.boxes import clip_to_image, has_area
+
 ACTIVATIONS = ("softmax", "sigmoid")
 # PIL modes of more than 8 bits a sample (besides the I;16 family), which convert("RGB") would clip to 255.
 _WIDE_PIL_MODES = ("I", "F")
@@ -225,8 +227,8 @@ def check_boxes(boxes: Any, image_size: tuple[int, int]) -> np.ndarray:
     if bad:
         raise ValueError(f"{numbered(bad, 'box', 'boxes')} {_has(bad)} NaN or infinite coordinates")
     height, width = image_size
-    clipped = np.clip(boxes, 0, np.array([width, height, width, height], dtype=np.float32))
-    empty = np.flatnonzero((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])).tolist()
+    clipped = clip_to_image(boxes, image_size)
+    empty = np.flatnonzero(~has_area(clipped)).tolist()  # every coordinate is finite by now
     if empty:
         raise ValueError(
             f"{numbered(empty, 'box', 'boxes')} {_has(empty)} no area inside the {width}x{height} image "
