@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from regionspot.boxes import xywh_to_xyxy
 from regionspot.demo.descriptions import DrawnObject, RegionFacts, ask_questions, describe_objects, question_record
 from regionspot.demo.parallel import map_in_processes
+from regionspot.images import load_image
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -580,10 +581,10 @@ def load_split(ann_file: str | Path, *, exclude_category_ids: Sequence[int] = ()
         path = ann_file.parent / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {info['id']} of {ann_file} not found: {path}")
-        pixels = np.array(Image.open(path).convert("RGB"))  # writable: torch warns on read-only arrays
+        pixels = load_image(path)  # writable: torch warns on read-only arrays
         masks = np.stack([_decode_segmentation(a, pixels.shape[:2]) for a in anns])
         xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float32)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        boxes = xywh_to_xyxy(xywh)
         category_ids = np.asarray([a["category_id"] for a in anns], dtype=np.int64)
         examples.append(AnnotatedImage(info["id"], pixels, boxes, masks, category_ids))
     return examples

@@ -22,8 +22,9 @@ import torch
 
 from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
+from regionspot.data.build import build_dataset
 from regionspot.data.captions import caption_references
-from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.data.detection import DatasetConfig, DetectionDataset
 from regionspot.evaluation.caption_metrics import require_java, score_captions
 from regionspot.evaluation.runner import METRICS_FILE, PartWriter, read_part_records
 from regionspot.files import write_json_atomic

@@ -23,8 +23,9 @@ import torch
 
 from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
+from regionspot.data.build import build_dataset
 from regionspot.data.captions import caption_references
-from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.data.detection import DatasetConfig, DetectionDataset
 from regionspot.evaluation.caption_eval import data_identity, frozen_of, usable_items, write_records
 from regionspot.evaluation.caption_metrics import require_java, score_captions
 from regionspot.evaluation.runner import METRICS_FILE, read_part_records
