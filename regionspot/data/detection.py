@@ -75,8 +75,8 @@ class DatasetConfig:
     # set from a cache scores against the annotation file it was extracted from, or `ann_file` if that has moved.
     features: str | None = None
     # This data set's flip probability, instead of data.augment's (None: that one). A flip mirrors "left" and "right"
-    # in a conversation, so a model must learn both words; the demo's tiny LM learns "is <region1> left of
-    # <region2>?" within its 800 question steps only without flips (docs/vqa.md).
+    # in a conversation (as LLaVA-style region data must, or the answer turns false), so a model must learn both
+    # words from one image: a short schedule may learn spatial questions only without flips (measured: docs/vqa.md).
     flip_prob: float | None = None
 
     def __post_init__(self) -> None:
