@@ -30,7 +30,8 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
 
     Accepts PIL images; numpy arrays (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); tensors (H, W) or
     (C, H, W) with C in 1, 3, 4. Integers must be uint8, or uint16 (16-bit samples, 65535 white, scaled to 8
-    bits); floats must lie in [0, 1]; bools are black and white; alpha is dropped. A PIL image is first turned
+    bits); floats must lie in [0, 1]; bools are black and white; alpha is dropped, for PIL images too (not
+    composited: `regionspot.images` says why; it reads files by these rules). A PIL image is first turned
     upright by its EXIF orientation, as viewers (and cv2.imread, which SAM's examples use) show it, so that
     prompts drawn on what one sees fit; one with more than 8 bits a sample is read as its array, under the rules
     for arrays, rather than clipped to 255 by PIL's conversion: modes I;16 (a 16-bit PNG) and I as 16-bit
