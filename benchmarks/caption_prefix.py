@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from regionspot import RegionSpotConfig, build_regionspot
-from regionspot.data.detection import DatasetConfig, build_dataset
+from regionspot.data.build import build_dataset
+from regionspot.data.detection import DatasetConfig
 from regionspot.evaluation.caption_metrics import score_captions
 from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.transforms import prepare_prompts

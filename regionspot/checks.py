@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from regionspot.boxes import clip_to_image, has_area
+
 ACTIVATIONS = ("softmax", "sigmoid")
 # PIL modes of more than 8 bits a sample (besides the I;16 family), which convert("RGB") would clip to 255.
 _WIDE_PIL_MODES = ("I", "F")
@@ -28,7 +30,8 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
 
     Accepts PIL images; numpy arrays (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); tensors (H, W) or
     (C, H, W) with C in 1, 3, 4. Integers must be uint8, or uint16 (16-bit samples, 65535 white, scaled to 8
-    bits); floats must lie in [0, 1]; bools are black and white; alpha is dropped. A PIL image is first turned
+    bits); floats must lie in [0, 1]; bools are black and white; alpha is dropped, for PIL images too (not
+    composited: `regionspot.images` says why; it reads files by these rules). A PIL image is first turned
     upright by its EXIF orientation, as viewers (and cv2.imread, which SAM's examples use) show it, so that
     prompts drawn on what one sees fit; one with more than 8 bits a sample is read as its array, under the rules
     for arrays, rather than clipped to 255 by PIL's conversion: modes I;16 (a 16-bit PNG) and I as 16-bit
@@ -225,8 +228,8 @@ def check_boxes(boxes: Any, image_size: tuple[int, int]) -> np.ndarray:
     if bad:
         raise ValueError(f"{numbered(bad, 'box', 'boxes')} {_has(bad)} NaN or infinite coordinates")
     height, width = image_size
-    clipped = np.clip(boxes, 0, np.array([width, height, width, height], dtype=np.float32))
-    empty = np.flatnonzero((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])).tolist()
+    clipped = clip_to_image(boxes, image_size)
+    empty = np.flatnonzero(~has_area(clipped)).tolist()  # every coordinate is finite by now
     if empty:
         raise ValueError(
             f"{numbered(empty, 'box', 'boxes')} {_has(empty)} no area inside the {width}x{height} image "

@@ -1,4 +1,11 @@
-"""Model configuration: small dataclasses, read from YAML, turned into a model by `regionspot.build`."""
+"""Model configuration: small dataclasses, read from YAML, turned into a model by `regionspot.build`.
+
+Every field says what it does and where its default comes from: the paper or library the technique is from
+(RegionSpot: Yang et al., NeurIPS 2024; SAM: Kirillov et al., 2023; CLIP: Radford et al., 2021; TAP: Pan et al.,
+2023; All-Seeing: Wang et al., 2023; LLaVA-1.5: Liu et al., 2023; LoRA: Hu et al., 2021), or "ours" for a choice
+of this package. The packaged YAMLs (`regionspot.configs`) set them per model; docs/architecture.md shows where
+each part runs.
+"""
 
 from __future__ import annotations
 
@@ -17,15 +24,21 @@ SAM_VARIANTS = ("vit_b", "vit_l", "vit_h", "tiny")
 
 @dataclass
 class SamConfig:
-    """The frozen localisation backbone."""
+    """The frozen localisation backbone: segment-anything's SAM, whose mask decoder turns each prompt into the
+    region token the adapter reads (RegionSpot's design)."""
 
-    variant: str = "vit_b"  # one of SAM_VARIANTS; "tiny" is a 2-block SAM for tests and demos
+    # one of SAM_VARIANTS: SAM's released ViT-B/L/H (RegionSpot: vit_b); "tiny" is a 2-block SAM of the same classes
+    # for tests and CPU runs (as timm registers tiny test models)
+    variant: str = "vit_b"
     # SAM's official .pth (or a tiny one we saved), or a RegionSpot model_final.pth (its SAM part is used);
     # None = random weights.
     checkpoint: str | None = None
-    multimask: bool = False  # True: 3 region tokens per prompt (SAM's multimask tokens), else the single-mask token
+    # True: 3 region tokens per prompt (SAM's multimask output, for ambiguous prompts); False: its single-mask token,
+    # RegionSpot's choice (token 0)
+    multimask: bool = False
     # Prompts per mask-decoder call, over all images of a batch: each holds a copy of its image's embedding
-    # (256 x 64 x 64 floats, 4 MiB, for the real SAMs), so this bounds the decoder's memory.
+    # (256 x 64 x 64 floats, 4 MiB, for the real SAMs), so this bounds the decoder's memory (ours; like
+    # SamAutomaticMaskGenerator's points_per_batch). It changes no result.
     prompt_batch_size: int = 64
     seed: int = 0  # draws the random weights when there is no checkpoint: every build of this config is the same SAM
 
@@ -51,11 +64,14 @@ class ClipConfig:
     RegionSpot's, so that its released adapters score as they did (docs/regionspot_compat.md compares them).
     """
 
-    model_name: str = "ViT-B-16-quickgelu"  # an open_clip name; OpenAI weights need the -quickgelu names
+    # an open_clip name; OpenAI weights need the -quickgelu names (RegionSpot: ViT-B/16, ViT-L/14, ViT-L/14@336)
+    model_name: str = "ViT-B-16-quickgelu"
     # Local .pt/.bin/.safetensors, OpenAI's TorchScript file, or a RegionSpot model_final.pth (its CLIP part is
     # used); None = random weights.
     checkpoint: str | None = None
-    templates: str = "imagenet"  # "imagenet": "{}." + the 80 CLIP ImageNet prompts; "plain": "{}." alone
+    # The prompts a class name is embedded with: "imagenet": "{}." + the 80 ImageNet prompts of CLIP's zero-shot
+    # evaluation (RegionSpot's 81); "plain": "{}." alone (for a CLIP trained on bare names).
+    templates: str = "imagenet"
     # How a class's prompt embeddings become one: "normalized" (each prompt normalised, then averaged: CLIP's
     # zero-shot recipe, every prompt weighs the same) or "raw" (RegionSpot's: raw embeddings averaged). The mean
     # is normalised either way.
@@ -71,7 +87,8 @@ class ClipConfig:
     precision: str = "auto"
     seed: int = 0  # draws the random weights when there is no checkpoint: every build of this config is the same CLIP
     # A folder for the text embeddings of each vocabulary (safetensors keyed by the text tower's weights and the
-    # names + templates): a large vocabulary (V3Det's 13k x 81 prompts) is embedded once, ever. None: memory only.
+    # names + templates): a large vocabulary (V3Det's 13k x 81 prompts) is embedded once, ever (ours; RegionSpot
+    # embedded its vocabularies offline). None: memory only.
     text_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -89,14 +106,17 @@ class ClipConfig:
 
 @dataclass
 class AdapterConfig:
-    """The trained fusion module (RegionSpot's defaults)."""
+    """The trained fusion module: SAM's region tokens attend to CLIP's token map (RegionSpot's defaults)."""
 
-    depth: int = 3  # decoder layers
-    num_heads: int = 8
-    ffn_dim: int = 2048
-    dropout: float = 0.1
-    # Each region's cross-attention reads only CLIP's class token and the patches of its box (not RegionSpot's
-    # design; the demo's stand-ins need it: docs/demo.md, "Top-1 names"). No parameters: any weights load.
+    depth: int = 3  # decoder layers (RegionSpot: 3)
+    num_heads: int = 8  # (RegionSpot: 8)
+    ffn_dim: int = 2048  # (RegionSpot: 2048)
+    dropout: float = 0.1  # (RegionSpot: 0.1)
+    # Box-restricted cross-attention: each region reads only CLIP's class token and the patches its box covers,
+    # as Mask2Former's masked attention (Cheng et al., 2022) confines a query to its region and RoI pooling
+    # (Fast R-CNN; ViLD, RegionCLIP) reads a region's features only: where to look is given, not learned, which
+    # helps an adapter trained for few steps (measured in docs/demo.md, "Top-1 names"). RegionSpot attends to the
+    # whole image (False). No parameters: any weights load, but score a model as it was trained.
     box_attention: bool = False
     # Trained adapter weights: our .safetensors export, or a RegionSpot model_final.pth (or a state dict in its
     # layout), whose frozen SAM and CLIP entries are ignored here; None = untrained.
@@ -114,17 +134,20 @@ class AdapterConfig:
 class CaptionConfig:
     """The region captioner: a causal text decoder prompted by each region (TAP's decoder by default)."""
 
-    depth: int = 12  # pre-norm transformer layers
-    width: int = 512
-    num_heads: int = 8
-    mlp_dim: int = 2048
-    dropout: float = 0.1
-    max_length: int = 40  # tokens per caption, BOS and EOS included
-    # How many prefix tokens one region becomes (TAP: 1); the decoder reads the region's fused feature and its
-    # SAM token through one bias-free Linear to this many tokens of `width`.
+    depth: int = 12  # pre-norm transformer layers (TAP: 12)
+    width: int = 512  # (TAP: 512)
+    num_heads: int = 8  # (TAP: 8)
+    mlp_dim: int = 2048  # (TAP: 2048)
+    dropout: float = 0.1  # (TAP: 0.1)
+    max_length: int = 40  # tokens per caption, BOS and EOS included (TAP: 40)
+    # How many prefix tokens one region becomes (TAP: 1; ClipCap, Mokady et al., 2021, maps an image to several);
+    # the decoder reads the region's fused feature and its SAM token through one bias-free Linear to this many
+    # tokens of `width`.
     prefix_tokens: int = 1
-    # The CLIP BPE ids the decoder's vocabulary keeps (`CaptionTokenizer.from_corpus(captions).token_ids`: a
-    # shortlist for small domains such as the demo's); None = CLIP's whole 49,408-token vocabulary.
+    # The CLIP BPE ids the decoder's vocabulary keeps (`CaptionTokenizer.from_corpus(captions).token_ids`): a
+    # shortlist for a small domain, whose captions use a few hundred tokens, makes the embedding and output
+    # layers that much smaller (ours; TAP trains its own 32k SentencePiece vocabulary). None = CLIP's whole
+    # 49,408-token vocabulary.
     token_ids: list[int] | None = None
     num_beams: int = 1  # decoding: 1 = greedy (TAP's), more = beam search
     # Trained decoder weights (`caption_decoder.safetensors`, written beside the adapter's); None = untrained.
@@ -154,17 +177,24 @@ class VqaConfig:
     # A local folder holding a Hugging Face causal LM and its tokenizer (save_pretrained's layout); never downloaded.
     llm: str = ""
     tokens_per_region: int = 1  # LLM input embeddings per <regionK> (All-Seeing, Osprey: 1 per region)
-    location_token: bool = False  # one more embedding per region, made from its box alone (RegionProjector)
+    # One more embedding per region, made from its box alone (`RegionProjector`'s location token): the region's
+    # place given to the LLM explicitly, as Kosmos-2's location tokens (Peng et al., 2023) and All-Seeing v2's boxes
+    # written as text do, rather than left inside the mixed condition, where a box's 4 numbers sit beside ~130
+    # feature columns. Needed for questions about where regions are ("is <region1> left of <region2>?").
+    location_token: bool = False
     # What of the LLM trains beside the projector: "frozen" (nothing: LLaVA's first stage, the default), "lora"
-    # (peft low-rank adapters on `lora_targets`) or "full" (every weight: only for a small LLM, such as the
-    # demo's stand-in, which starts random).
+    # (peft's low-rank adapters on `lora_targets`, LoRA: Hu et al., 2021) or "full" (every weight: only for a small
+    # LLM, such as one that starts random).
     llm_training: str = "frozen"
-    lora_rank: int = 8
-    lora_alpha: int = 16
+    lora_rank: int = 8  # LoRA's r (peft's default)
+    lora_alpha: int = 16  # LoRA's scale alpha (the update is scaled by alpha / r)
+    # the modules LoRA adapts: the attention's query and value projections, as the LoRA paper adapts W_q and W_v
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     llm_dtype: str = "auto"  # "auto": as the folder's config says; "float32"; "bfloat16"
-    gradient_checkpointing: bool = False  # recompute the LLM's activations in backward: large LLMs on small GPUs
-    max_new_tokens: int = 32  # the answer length cap of generation
+    # Recompute the LLM's activations in backward (Hugging Face's gradient checkpointing, Chen et al., 2016): less
+    # memory for more compute, for large LLMs on small GPUs.
+    gradient_checkpointing: bool = False
+    max_new_tokens: int = 32  # the answer length cap of generation (Hugging Face generate's max_new_tokens)
     # Trained weights (`vqa.safetensors`, written beside the adapter's): the projector, and the LoRA or full LLM
     # weights when those train; None = an untrained projector.
     checkpoint: str | None = None

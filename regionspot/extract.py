@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
 from regionspot.data.augment import hflip
-from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.data.build import build_dataset
+from regionspot.data.detection import DatasetConfig, DetectionDataset
 from regionspot.data.feature_cache import (
     FORMAT,
     MANIFEST,

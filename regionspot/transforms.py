@@ -1,18 +1,17 @@
 """Turning user inputs (images of any kind, prompts in original pixels) into what the models take.
 
 The checks themselves live in `regionspot.checks` (torch-free, shared with the ONNX predictor); each raises an
-error a user can act on, so that nothing bad reaches torch. `to_rgb_uint8` is re-exported from there.
+error a user can act on, so that nothing bad reaches torch. `to_rgb_uint8` is re-exported from there, and
+`load_image` from `regionspot.images` (the one image reader).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from PIL import Image
 
 from regionspot.checks import check_boxes, to_rgb_uint8
+from regionspot.images import load_image
 from regionspot.modeling.prompts import RegionPrompts, mask_prompt_logits, masks_in_sam_frame
 from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
 
@@ -20,23 +19,6 @@ __all__ = [
     "RegionPrompts", "clip_boxes", "load_image", "mask_prompt_logits", "masks_in_sam_frame", "prepare_prompts",
     "to_rgb_uint8",
 ]  # fmt: skip
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """An image file -> (H, W, 3) uint8 RGB, upright by its EXIF orientation (see `to_rgb_uint8`).
-
-    Raises:
-        FileNotFoundError: if there is no such file. ValueError: naming the file, if it cannot be decoded as an
-            image (corrupt, truncated, not an image, or a decompression bomb: more pixels than PIL allows).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return to_rgb_uint8(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
 
 
 def clip_boxes(boxes: np.ndarray | torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:

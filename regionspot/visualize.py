@@ -84,34 +84,44 @@ def draw_regions(
         An RGB image of (H * s + room for labels that did not fit + legend, W * s) pixels, s the enlargement.
     """
     rgb = torch.from_numpy(to_rgb_uint8(image)).permute(2, 0, 1)  # (3, H, W)
+    xyxy = clip_boxes(boxes, tuple(rgb.shape[1:])) if len(boxes) else torch.zeros(0, 4)
+    texts = {"labels": labels, "scores": scores, "truths": truths, "captions": captions}
+    for name, values in texts.items():
+        if values is not None and len(values) != len(xyxy):
+            raise ValueError(f"{name} has {len(values)} entries for {len(xyxy)} boxes")
+    colours = _box_colours(len(xyxy), labels=labels, truths=truths)
+    canvas, xyxy = _draw_boxes_and_masks(rgb, xyxy, masks, colours, min_size=min_size, mask_alpha=mask_alpha)
+    blocks = [_label_lines(i, **texts, colour=colours[i]) for i in range(len(xyxy))]
+    picture = _draw_labels(to_pil_image(canvas), xyxy.numpy(), blocks, colours, ImageFont.load_default(size=font_size))
+    if legend is True:
+        legend = default_legend(**{name: texts[name] is not None for name in ("truths", "scores", "captions")},
+                                masks=masks is not None)  # fmt: skip
+    if legend:
+        picture = stack_vertically([picture, draw_legend(legend, width=picture.width, font_size=font_size)])
+    return picture
+
+
+def _draw_boxes_and_masks(
+    rgb: torch.Tensor,
+    xyxy: torch.Tensor,
+    masks: np.ndarray | torch.Tensor | None,
+    colours: list[Colour],
+    *,
+    min_size: int,
+    mask_alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (3, H, W) image enlarged by a whole factor s to a short side of at least `min_size`, with the masks and
+    the (N, 4) boxes drawn on it; and the boxes on that (3, H * s, W * s) canvas."""
     height, width = rgb.shape[1:]
-    xyxy = clip_boxes(boxes, (height, width)) if len(boxes) else torch.zeros(0, 4)
-    count = len(xyxy)
-    for name, values in (("labels", labels), ("scores", scores), ("truths", truths), ("captions", captions)):
-        if values is not None and len(values) != count:
-            raise ValueError(f"{name} has {len(values)} entries for {count} boxes")
     scale = max(1, math.ceil(min_size / min(height, width)))
     canvas = rgb.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)  # (3, H * s, W * s)
     # On the canvas, a box that reaches the image's edge is drawn on its last pixel row or column, not past it.
     xyxy = torch.minimum(xyxy * scale, torch.tensor([width, height, width, height]) * scale - 1)
-    colours = _box_colours(count, labels=labels, truths=truths)
     if masks is not None:
         canvas = _draw_masks(canvas, _enlarge_masks(masks, (height, width), scale), colours, alpha=mask_alpha)
-    if count:
+    if len(xyxy):
         canvas = draw_bounding_boxes(canvas, xyxy, colors=colours, width=BOX_WIDTH)
-    font = ImageFont.load_default(size=font_size)
-    blocks = [
-        _label_lines(i, labels=labels, scores=scores, truths=truths, captions=captions, colour=colours[i])
-        for i in range(count)
-    ]
-    picture = _draw_labels(to_pil_image(canvas), xyxy.numpy(), blocks, colours, font)
-    if legend is True:
-        legend = default_legend(
-            truths=truths is not None, scores=scores is not None, captions=captions is not None, masks=masks is not None
-        )
-    if legend:
-        picture = stack_vertically([picture, draw_legend(legend, width=picture.width, font_size=font_size)])
-    return picture
+    return canvas, xyxy
 
 
 def draw_named_regions(image, named, *, vocabulary_size: int, mask_source: str) -> Image.Image:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL.Image import open as open_image
 from synthetic_boxes import extraction_args, one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot import RegionSpotConfig
@@ -32,6 +31,7 @@ from regionspot.data.feature_cache import (
 )
 from regionspot.data.toy import write_colour_boxes
 from regionspot.extract import build_extraction_module, extract_rank, finalise, plan, prepare
+from regionspot.images import load_image
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TINY = "tiny"
@@ -236,7 +236,7 @@ def _extraction_with_slow_workers(out: str, toy, module, reading: str) -> None:
     def stuck(source):
         Path(reading, str(os.getpid())).touch()
         time.sleep(60)
-        return open_image(source)
+        return load_image(source)
 
     dataset.read_image = stuck
     extract_rank(module=module, dataset=dataset, out=Path(out), manifest=_manifest(toy), batch_size=1, num_workers=2)

@@ -294,3 +294,20 @@ def test_generated_questions_name_real_regions_and_have_the_right_answers(genera
         share = answers[kind, pair[0]] / (answers[kind, pair[0]] + answers[kind, pair[1]])
         assert 0.35 < share < 0.65, (kind, share)  # answer-first drawing: a coin flip, not the layout's habit
     assert not json.loads(generated.manifest.read_text())["question_files"].get("pretrain")
+
+
+def test_a_records_stated_size_is_read_as_width_and_height_on_a_wide_image(tmp_path):
+    """Sizes are (H, W) inside the package: a record's "width": 60, "height": 40 keeps a box at x 45-55 (inside the
+    width, outside what the height would allow) and clips one that crosses the right and bottom edges; an Osprey
+    polygon's extent is decoded on a 40-row, 60-column grid."""
+    _png(tmp_path / "a.png")
+    ours = _record(boxes=[[45, 0, 55, 10], [50, 30, 70, 50]], width=60, height=40)
+    polygon = [[44.0, 2.0, 58.0, 2.0, 58.0, 12.0, 44.0, 12.0]]
+    osprey = {
+        "file_name": "a.png", "height": 40, "width": 60, "conversations": _turns(("what is <region1>?", "a box")),
+        "annotation": [{"segmentation": polygon}],
+    }  # fmt: skip
+    records, skipped = load_region_qa(_write(tmp_path, [ours, osprey]), image_dir=tmp_path)
+    assert not skipped and len(records) == 2
+    np.testing.assert_array_equal(records[0].boxes, [[45, 0, 55, 10], [50, 30, 60, 40]])
+    np.testing.assert_allclose(records[1].boxes, [[44, 2, 58, 12]], atol=1)

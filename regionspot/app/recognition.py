@@ -19,6 +19,7 @@ from PIL import Image
 from torchvision.ops import masks_to_boxes
 
 from regionspot.app.regions import InputError, Regions
+from regionspot.boxes import clip_to_image
 from regionspot.config import MaskGeneratorSettings
 from regionspot.modeling.sam import NothingKeptWarning
 from regionspot.predictor import RegionPredictions, RegionSpotPredictor
@@ -224,8 +225,7 @@ def _points_box(mask: torch.Tensor, points: list[list[float]], size: tuple[int, 
     else:
         xy = torch.tensor(points, dtype=torch.float32)
         box = torch.cat([xy.min(0).values - 1, xy.max(0).values + 1])
-    height, width = size
-    return box.clamp(min=0).minimum(torch.tensor([width, height, width, height], dtype=box.dtype))
+    return clip_to_image(box, size)
 
 
 def _box_text(box: torch.Tensor) -> str:

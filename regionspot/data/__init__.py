@@ -1,6 +1,7 @@
 """Detection data: COCO/LVIS files (annotations, results) and training sets from them or from Hugging Face."""
 
 from regionspot.data.augment import AugmentConfig, augment
+from regionspot.data.build import build_dataset
 from regionspot.data.coco import (
     check_annotations,
     image_file_name,
@@ -9,13 +10,7 @@ from regionspot.data.coco import (
     load_proposals,
     read_json,
 )
-from regionspot.data.detection import (
-    DatasetConfig,
-    DetectionDataset,
-    build_dataset,
-    load_coco_detection,
-    load_hf_detection,
-)
+from regionspot.data.detection import DatasetConfig, DetectionDataset, load_coco_detection, load_hf_detection
 from regionspot.data.sampling import MixedBatchSampler, MixedDetectionDataset, ShardSampler, collate_detections
 
 __all__ = [

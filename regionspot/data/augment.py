@@ -24,14 +24,19 @@ def _default_short_edges() -> list[int]:
 
 @dataclass
 class AugmentConfig:
-    """How training images are perturbed (validation images never are)."""
+    """How training images are perturbed (validation images never are): the flip, multi-scale resize and random
+    crop RegionSpot trained with, its resize range, detectron2's defaults elsewhere (RegionSpot trains on
+    detectron2), and "ours" where neither says."""
 
-    flip_prob: float = 0.5  # chance of a horizontal flip
-    short_edges: list[int] = field(default_factory=_default_short_edges)  # shortest edge drawn from these; [] = keep
-    max_size: int = 1333  # cap on the longest edge after resizing
-    crop_prob: float = 0.5  # chance of a random crop (which always keeps at least one box)
-    crop_min_scale: float = 0.5  # each crop side is at least this fraction of the image side
-    min_box_size: float = 2.0  # boxes narrower or lower than this many pixels after a crop are dropped
+    flip_prob: float = 0.5  # chance of a horizontal flip (detectron2's RandomFlip: 0.5)
+    # shortest edge drawn from these (RegionSpot: 480-800 in steps of 32, detectron2's ResizeShortestEdge); [] = keep
+    short_edges: list[int] = field(default_factory=_default_short_edges)
+    max_size: int = 1333  # cap on the longest edge after resizing (detectron2's MAX_SIZE_TRAIN)
+    crop_prob: float = 0.5  # chance of a random crop, which always keeps at least one box (ours)
+    crop_min_scale: float = 0.5  # each crop side is at least this fraction of the image side (ours)
+    # boxes narrower or lower than this many pixels after a crop are dropped (ours: a sliver of an object cannot be
+    # named from it)
+    min_box_size: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.flip_prob <= 1.0 or not 0.0 <= self.crop_prob <= 1.0:

@@ -20,8 +20,6 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from regionspot.data.augment import AugmentConfig
 from regionspot.data.coco import read_json
 from regionspot.data.detection import (
@@ -35,6 +33,7 @@ from regionspot.data.detection import (
     usable_caption,
     xywh_box,
 )
+from regionspot.images import load_image
 
 VG_IMAGE_FOLDERS = ("", "VG_100K", "VG_100K_2")  # where under image_dir a Visual Genome image may lie
 
@@ -110,7 +109,7 @@ def _load_visual_genome(
         vocabulary=[],
         category_ids=[],
         records=records,
-        read_image=Image.open,
+        read_image=load_image,
         augment_config=augment_config,
         max_regions=max_regions,
         skipped=skipped,
@@ -143,7 +142,7 @@ def _vg_region(region: Any, image_id: int, j: int, skipped: Counter) -> Region |
     caption = usable_caption(region.get("phrase"), skipped)
     if caption is None:
         return None
-    box = xywh_box([region.get(k) for k in ("x", "y", "width", "height")], None, None, skipped)
+    box = xywh_box([region.get(k) for k in ("x", "y", "width", "height")], (None, None), skipped)
     if box is None:
         return None
     return box, -1, caption, region_key(region.get("region_id"), image_id, j)

@@ -116,10 +116,16 @@ def _entry_problem(key: str, entry: Any) -> str | None:
     return None
 
 
-def box_problem(bbox: Any, width: Any = None, height: Any = None) -> str | None:
+def declared_size(image: dict[str, Any]) -> tuple[Any, Any]:
+    """(height, width) an image entry of a COCO-style file declares (either may be missing: None)."""
+    return image.get("height"), image.get("width")
+
+
+def box_problem(bbox: Any, image_size: tuple[Any, Any] = (None, None)) -> str | None:
     """Why a ground-truth [x, y, w, h] box can be neither recognised nor scored, or None if it can be:
     "malformed_box" (not 4 numbers), "non_finite_box" (NaN or infinite), "zero_area_box" (w or h <= 0: a negative
-    or empty size), "box_outside_image" (no area inside the image's declared width and height, when it has them).
+    or empty size), "box_outside_image" (no area inside the image's declared `image_size` (height, width), when it
+    has both).
     Training, validation during training and evaluate.py judge every box by this one rule."""
     try:
         x, y, w, h = (float(v) for v in bbox)
@@ -129,6 +135,7 @@ def box_problem(bbox: Any, width: Any = None, height: Any = None) -> str | None:
         return "non_finite_box"
     if w <= 0 or h <= 0:  # the given w and h decide, even where float32 would round a tiny one away
         return "zero_area_box"
+    height, width = image_size
     if width and height:
         box = xywh_to_xyxy(np.array([x, y, w, h])).astype(np.float32)  # summed in float64, stored as float32
         if not has_area(clip_to_image(box, (height, width))):
@@ -151,7 +158,7 @@ def clean_ground_truth(gt: dict[str, Any]) -> tuple[dict[str, Any], Counter]:
         elif ann["category_id"] not in categories:
             problem = "box_of_unknown_category"
         else:
-            problem = box_problem(ann.get("bbox"), image.get("width"), image.get("height"))
+            problem = box_problem(ann.get("bbox"), declared_size(image))
         if problem is None:
             kept.append(ann)
         else:

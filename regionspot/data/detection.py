@@ -29,9 +29,17 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from regionspot.boxes import clip_to_image, has_area, xywh_to_xyxy
+from regionspot.boxes import clip_to_image, has_area, xywh_to_xyxy, xyxy_to_xywh
 from regionspot.data.augment import AugmentConfig, augment, augment_keeping_boxes
-from regionspot.data.coco import box_problem, check_annotation_lists, drop_malformed, image_file_name, read_json
+from regionspot.data.coco import (
+    box_problem,
+    check_annotation_lists,
+    declared_size,
+    drop_malformed,
+    image_file_name,
+    read_json,
+)
+from regionspot.images import ImageTooLargeError, load_image, to_rgb_uint8
 from regionspot.vocabulary import category_names
 
 log = logging.getLogger(__name__)
@@ -67,8 +75,8 @@ class DatasetConfig:
     # set from a cache scores against the annotation file it was extracted from, or `ann_file` if that has moved.
     features: str | None = None
     # This data set's flip probability, instead of data.augment's (None: that one). A flip mirrors "left" and "right"
-    # in a conversation, so a model must learn both words; the demo's tiny LM learns "is <region1> left of
-    # <region2>?" within its 800 question steps only without flips (docs/vqa.md).
+    # in a conversation (as LLaVA-style region data must, or the answer turns false), so a model must learn both
+    # words from one image: a short schedule may learn spatial questions only without flips (measured: docs/vqa.md).
     flip_prob: float | None = None
 
     def __post_init__(self) -> None:
@@ -162,7 +170,8 @@ class DetectionDataset(Dataset):
             empty for a captions-only data set.
         category_ids: the C category ids of the source, in vocabulary order.
         records: the usable images.
-        read_image: source -> PIL image (raises on unreadable files).
+        read_image: source -> (H, W, 3) uint8 RGB by the one image reader (`regionspot.images`): `load_image`
+            for a file, `HFImageReader` for a table's row; raises on unreadable files.
         augment_config: training augmentations, or None (validation).
         max_regions: at most this many boxes per image (a random subset), or None for all; a region-QA record
             always keeps all its boxes.
@@ -177,7 +186,7 @@ class DetectionDataset(Dataset):
         vocabulary: Sequence[str],
         category_ids: Sequence[int],
         records: Sequence[ImageRecord],
-        read_image: Callable[[str | int], Image.Image],
+        read_image: Callable[[str | int], np.ndarray],
         augment_config: AugmentConfig | None = None,
         max_regions: int | None = None,
         skipped: Counter | None = None,
@@ -203,7 +212,7 @@ class DetectionDataset(Dataset):
         record = self.records[index]
         try:
             image = _decode(self.read_image, record.source)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        except (ImageTooLargeError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
             log.warning("skipping image %s of data set %s: %s", record.source, self.name, err)
             return {"skipped": "image_too_large", "dataset": self.name}
         except (OSError, ValueError, SyntaxError) as err:
@@ -261,8 +270,8 @@ class DetectionDataset(Dataset):
         return sample
 
 
-def _decode(read_image: Callable[[str | int], Image.Image], source: str | int) -> np.ndarray:
-    """(H, W, 3) uint8 of one image; raises what PIL raises for a file it cannot decode.
+def _decode(read_image: Callable[[str | int], np.ndarray], source: str | int) -> np.ndarray:
+    """(H, W, 3) uint8 of one image; raises what the reader raises for a file it cannot decode.
 
     PIL refuses an image of more than twice `Image.MAX_IMAGE_PIXELS` (DecompressionBombError), but between
     once and twice that it only warns and decodes it all: that one is raised too, so that a data loader worker
@@ -270,7 +279,7 @@ def _decode(read_image: Callable[[str | int], Image.Image], source: str | int) -
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return np.array(read_image(source).convert("RGB"))
+        return read_image(source)
 
 
 def _boxes_inside(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -283,44 +292,6 @@ def _boxes_inside(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray,
 
 def _pick(items: Sequence[str] | None, indices: np.ndarray) -> list[str] | None:
     return None if items is None else [items[i] for i in indices]
-
-
-def build_dataset(
-    name: str, config: DatasetConfig, *, augment_config: AugmentConfig | None = None, max_regions: int | None = None
-) -> DetectionDataset:
-    """The data set `config` describes: a COCO/LVIS JSON with its image folder, or a Hugging Face data set;
-    with `config.captions`, a region-caption file (`regionspot.data.captions.load_caption_file`) or table; with
-    `config.questions`, a region-QA file or table (`regionspot.data.region_qa`), whose items keep every box; with
-    `config.features`, the data set's feature cache (`regionspot.data.feature_cache`), whose items hold the frozen
-    outputs instead of the image."""
-    if config.features is not None:
-        from regionspot.data.feature_cache import load_feature_cache  # imported here: it imports the model package
-
-        return load_feature_cache(name, config.features, augment_config=augment_config, max_regions=max_regions)
-    if config.questions:
-        # Imported here: the region-QA formats are built from this module's parts.
-        from regionspot.data.region_qa import load_region_qa_dataset
-
-        return load_region_qa_dataset(name, config, augment_config=augment_config)
-    if config.ann_file is not None and config.captions:
-        # Imported here: the caption formats are built from this module's parts.
-        from regionspot.data.captions import load_caption_file
-
-        return load_caption_file(
-            name, config.ann_file, config.image_dir, augment_config=augment_config, max_regions=max_regions
-        )
-    if config.ann_file is not None:
-        return load_coco_detection(
-            name, config.ann_file, config.image_dir, augment_config=augment_config, max_regions=max_regions
-        )
-    return load_hf_detection(
-        name,
-        hf_table(config),
-        bbox_format=config.bbox_format,
-        captions=config.captions,
-        augment_config=augment_config,
-        max_regions=max_regions,
-    )
 
 
 def hf_table(config: DatasetConfig) -> Any:
@@ -409,7 +380,7 @@ def coco_style_dataset(
         vocabulary=category_names(categories),
         category_ids=[cat["id"] for cat in categories],
         records=records,
-        read_image=Image.open,
+        read_image=load_image,
         augment_config=augment_config,
         max_regions=max_regions,
         skipped=skipped,
@@ -458,20 +429,21 @@ def _coco_region(
     if captions and caption is None:
         return None
     image = images[ann["image_id"]][0]
-    box = xywh_box(ann.get("bbox"), image.get("width"), image.get("height"), skipped)
+    box = xywh_box(ann.get("bbox"), declared_size(image), skipped)
     if box is None:
         return None
     return box, label, caption, region_key(ann.get("id"), ann["image_id"], j) if captions else None
 
 
-def xywh_box(bbox: Any, width: float | None, height: float | None, skipped: Counter) -> np.ndarray | None:
-    """A COCO [x, y, w, h] -> x1, y1, x2, y2 clipped to the image, or None (counted in `skipped`) if unusable."""
-    problem = box_problem(bbox, width, height)  # the rule evaluate.py and validation's ground truth follow too
+def xywh_box(bbox: Any, image_size: tuple[Any, Any], skipped: Counter) -> np.ndarray | None:
+    """A COCO [x, y, w, h] -> x1, y1, x2, y2 clipped to an image of `image_size` (height, width) where it has
+    both, or None (counted in `skipped`) if unusable."""
+    problem = box_problem(bbox, image_size)  # the rule evaluate.py and validation's ground truth follow too
     if problem is not None:
         skipped[problem] += 1
         return None
     box = xywh_to_xyxy(np.array([float(v) for v in bbox])).astype(np.float32)  # summed in float64, stored as float32
-    return clip_to_image(box, (height, width)) if width and height else box
+    return clip_to_image(box, image_size) if all(image_size) else box
 
 
 def load_hf_detection(
@@ -509,7 +481,7 @@ def load_hf_detection(
         vocabulary=list(class_names),
         category_ids=list(range(len(class_names))),
         records=records,
-        read_image=_HFImageReader(dataset),
+        read_image=HFImageReader(dataset),
         augment_config=augment_config,
         max_regions=max_regions,
         skipped=skipped,
@@ -530,21 +502,22 @@ def _hf_regions(
         if captions and text is None:
             continue
         if bbox_format == "xyxy" and bbox is not None and len(bbox) == 4:
-            bbox = [bbox[0], bbox[1], bbox[2] - bbox[0], bbox[3] - bbox[1]]
-        box = xywh_box(bbox, None, None, skipped)  # the image size is known only once decoded
+            bbox = xyxy_to_xywh(np.array(bbox, dtype=np.float64))
+        box = xywh_box(bbox, (None, None), skipped)  # the image size is known only once decoded
         if box is not None:
             regions.append((box, label, text, region_key(None, image_id, j) if captions else None))
     return regions
 
 
-class _HFImageReader:
-    """Row index -> PIL image of a Hugging Face data set (a class, so that workers can pickle it)."""
+class HFImageReader:
+    """Row index -> (H, W, 3) uint8 RGB of the image a Hugging Face table holds, as `load_image` reads a file
+    (a class, so that workers can pickle it)."""
 
     def __init__(self, dataset: Any) -> None:
         self.dataset = dataset
 
-    def __call__(self, row: str | int) -> Image.Image:
-        return self.dataset[int(row)]["image"]
+    def __call__(self, row: str | int) -> np.ndarray:
+        return to_rgb_uint8(self.dataset[int(row)]["image"])
 
 
 def _hf_class_names(dataset: Any, name: str, *, captions: bool) -> list[str]:

@@ -32,20 +32,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
+from regionspot.boxes import xyxy_to_xywh
 from regionspot.data.augment import AugmentConfig
 from regionspot.data.detection import (
     DatasetConfig,
     DetectionDataset,
+    HFImageReader,
     ImageRecord,
-    _HFImageReader,
     check_image_dir,
     hf_table,
     log_skipped,
     xywh_box,
 )
+from regionspot.images import load_image
 
 REGION_TAG = re.compile(r"<region(\d+)>")  # <region2> names boxes[1]
 _IMAGE_TAG = re.compile(r"^\s*<image>\s*")
@@ -127,11 +128,11 @@ def load_region_qa_dataset(
     if config.ann_file is not None:
         check_image_dir(name, config.image_dir)
         records, skipped = load_region_qa(config.ann_file, image_dir=config.image_dir)
-        read_image: Callable[[str | int], Image.Image] = Image.open
+        read_image: Callable[[str | int], np.ndarray] = load_image
     else:
         table = hf_table(config)
         records, skipped = hf_region_qa(table, image_dir=config.image_dir)
-        read_image = Image.open if _holds_paths(table) else _HFImageReader(table)
+        read_image = load_image if _holds_paths(table) else HFImageReader(table)
     log_skipped(name, len(records), skipped)
     return DetectionDataset(
         name=name,
@@ -179,28 +180,28 @@ def regions_named(text: str) -> list[int]:
 
 
 def xyxy_boxes(boxes: Any, size: tuple[float | None, float | None], skipped: Counter) -> np.ndarray | None:
-    """(N, 4) float32 boxes from [[x1, y1, x2, y2], ...] in pixels, clipped to an image of `size` (width,
-    height) where known; or None, counted in `skipped`, if there is none ("no_boxes") or any one is unusable
+    """(N, 4) float32 boxes from [[x1, y1, x2, y2], ...] in pixels, clipped to an image of `size` (height,
+    width) where known; or None, counted in `skipped`, if there is none ("no_boxes") or any one is unusable
     (`xywh_box`'s reasons): the boxes are numbered, so one bad box spoils the record."""
     if not isinstance(boxes, list | tuple | np.ndarray) or len(boxes) == 0:
         skipped["no_boxes"] += 1
         return None
-    xywh = []
+    corners = []
     for box in boxes:
         try:
             x1, y1, x2, y2 = (float(v) for v in box)
         except (TypeError, ValueError):
             skipped["malformed_box"] += 1
             return None
-        xywh.append([x1, y1, x2 - x1, y2 - y1])
-    return _checked_boxes(xywh, size, skipped)
+        corners.append([x1, y1, x2, y2])
+    return _checked_boxes(xyxy_to_xywh(np.array(corners)), size, skipped)
 
 
 def _checked_boxes(xywh: Iterable[Any], size: tuple[float | None, float | None], skipped: Counter) -> np.ndarray | None:
     """(N, 4) float32 xyxy from x, y, w, h boxes by the detection sets' own checks, or None at the first bad one."""
     checked = []
     for box in xywh:
-        xyxy = xywh_box(box, *size, skipped)
+        xyxy = xywh_box(box, size, skipped)
         if xyxy is None:
             return None
         checked.append(xyxy)
@@ -307,7 +308,7 @@ def _osprey_boxes(annotations: Any, size: tuple[float | None, float | None], ski
 
 def _segmentation_extent(segmentation: Any, size: tuple[float | None, float | None]) -> list[float] | None:
     """x, y, w, h of a COCO segmentation (polygons, or RLE compressed or not), or None if it is not one."""
-    width, height = size
+    height, width = size
     try:
         if isinstance(segmentation, list):  # polygons carry no image size: the record's is needed
             rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, int(height), int(width)))
@@ -321,8 +322,8 @@ def _segmentation_extent(segmentation: Any, size: tuple[float | None, float | No
 
 
 def _image_size(entry: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(width, height) a record states, if both are positive numbers; else (None, None)."""
-    size = (entry.get("width"), entry.get("height"))
+    """(height, width) a record states, if both are positive numbers; else (None, None)."""
+    size = (entry.get("height"), entry.get("width"))
     if all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in size):
         return size
     return None, None

@@ -14,6 +14,7 @@ from pycocotools import mask as mask_utils
 from regionspot.boxes import xywh_to_xyxy
 from regionspot.evaluation.top1 import best_label_per_box, box_key
 from regionspot.files import save_picture
+from regionspot.images import load_image
 from regionspot.visualize import CAPTION_TEXT, PAPER, RIGHT, WRONG, draw_legend, draw_regions, stack_vertically
 
 TILE_GAP = 8  # pixels of paper between the images of the sheet
@@ -78,8 +79,7 @@ def _draw_one(
     captions: Mapping[str, str],
     min_size: int,
 ) -> Image.Image:
-    with Image.open(image_file) as raw:
-        image = np.array(raw.convert("RGB"))
+    image = load_image(image_file)
     dets = [best.get(box_key(ann["image_id"], ann["bbox"])) for ann in annotations]
     with_masks = all(det is not None and "segmentation" in det for det in dets)
     return draw_regions(

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from regionspot.boxes import xywh_to_xyxy
 from regionspot.demo.descriptions import DrawnObject, RegionFacts, ask_questions, describe_objects, question_record
 from regionspot.demo.parallel import map_in_processes
+from regionspot.images import load_image
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
@@ -444,28 +445,60 @@ def generate_dataset(
             CLIP was pretrained on web data that shows them); False keeps them out of every training file.
         workers: processes that draw the images (each image has its own seed: any number gives the same files).
     """
-    if num_train < 1 or min(num_val, num_test, num_pretrain) < 0:
-        raise ValueError("need num_train >= 1 and num_val, num_test, num_pretrain >= 0")
-    if not 0 <= neg_fraction <= 1:
-        raise ValueError(f"neg_fraction must be in [0, 1], got {neg_fraction}")
-    low, high = objects_per_image
-    if not 1 <= low <= high:
-        raise ValueError(f"objects_per_image must be (low, high) with 1 <= low <= high, got {objects_per_image}")
-    if not 0 < object_size[0] <= object_size[1] <= 1:
-        raise ValueError(f"object_size must be (low, high) with 0 < low <= high <= 1 of the side, got {object_size}")
-    if image_size < 32:
-        raise ValueError(f"image_size must be at least 32 px, got {image_size}")
-    if questions_per_image < 0:
-        raise ValueError(f"questions_per_image must be 0 or more, got {questions_per_image}")
+    settings = {
+        "num_train": num_train, "num_val": num_val, "num_test": num_test, "num_pretrain": num_pretrain,
+        "objects_per_image": list(objects_per_image), "object_size": list(object_size), "rotation": rotation,
+        "neg_fraction": neg_fraction, "questions_per_image": questions_per_image,
+        "heldout_in_pretrain": heldout_in_pretrain,
+    }  # fmt: skip
+    _check_settings(settings, image_size=image_size)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     design, *split_seeds = np.random.SeedSequence(seed).spawn(1 + len(SPLITS))
-    design_rng = np.random.default_rng(design)
     classes = make_classes(colours, textures, shapes)
-    heldout = choose_heldout(classes, num_heldout, design_rng)
+    heldout = choose_heldout(classes, num_heldout, np.random.default_rng(design))
+    splits, questions = _draw_splits(
+        settings, split_seeds, classes=classes, heldout=heldout, root=root, image_size=image_size,
+        colours=list(colours), workers=workers,
+    )  # fmt: skip
+    return _write_files(root, splits, questions, classes=classes, heldout=heldout, seed=seed, settings=settings,
+                        image_size=image_size)  # fmt: skip
+
+
+def _check_settings(settings: dict[str, Any], *, image_size: int) -> None:
+    """ValueError for the settings of `generate_dataset` (as its manifest records them) it cannot draw from."""
+    if settings["num_train"] < 1 or min(settings[f"num_{split}"] for split in ("val", "test", "pretrain")) < 0:
+        raise ValueError("need num_train >= 1 and num_val, num_test, num_pretrain >= 0")
+    if not 0 <= settings["neg_fraction"] <= 1:
+        raise ValueError(f"neg_fraction must be in [0, 1], got {settings['neg_fraction']}")
+    low, high = settings["objects_per_image"]
+    if not 1 <= low <= high:
+        raise ValueError(f"objects_per_image must be (low, high) with 1 <= low <= high, got {(low, high)}")
+    low, high = settings["object_size"]
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"object_size must be (low, high) with 0 < low <= high <= 1 of the side, got {(low, high)}")
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32 px, got {image_size}")
+    if settings["questions_per_image"] < 0:
+        raise ValueError(f"questions_per_image must be 0 or more, got {settings['questions_per_image']}")
+
+
+def _draw_splits(
+    settings: dict[str, Any],
+    split_seeds: Sequence[np.random.SeedSequence],
+    *,
+    classes: list[SyntheticClass],
+    heldout: list[SyntheticClass],
+    **drawing: Any,
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """Draw and write every split with images (in `SPLITS` order, ids running on across splits): each split's
+    images and annotations, and its question records. `settings`: `generate_dataset`'s, as its manifest records
+    them; `drawing`: the rest of what `_write_split` takes."""
     train_classes = [c for c in classes if c not in heldout]
-    all_ids = [c.id for c in classes]
-    sizes = dict(zip(SPLITS, (num_train, num_val, num_test, num_pretrain), strict=True))
+    sizes = {split: settings[f"num_{split}"] for split in SPLITS}
+    low, high = settings["objects_per_image"]
+    drawing |= {name: settings[name] for name in ("rotation", "neg_fraction", "questions_per_image")}
+    drawing |= {"object_size": tuple(settings["object_size"]), "all_ids": [c.id for c in classes]}
     splits: dict[str, dict[str, Any]] = {}
     questions: dict[str, list[dict[str, Any]]] = {}
     next_ids = (1, 1)
@@ -474,29 +507,33 @@ def generate_dataset(
             continue
         rng = np.random.default_rng(split_seed)
         counts = rng.integers(low, high + 1, size=sizes[split])
-        draws = _class_draws(split, counts, train_classes, classes, rng, heldout_in_pretrain=heldout_in_pretrain)
-        image_seeds = split_seed.spawn(sizes[split])
+        draws = _class_draws(
+            split, counts, train_classes, classes, rng, heldout_in_pretrain=settings["heldout_in_pretrain"]
+        )
         splits[split], questions[split] = _write_split(
-            split,
-            draws,
-            root=root,
-            image_size=image_size,
-            object_size=object_size,
-            rotation=rotation,
-            start_ids=next_ids,
-            neg_fraction=neg_fraction,
-            all_ids=all_ids,
-            colours=list(colours),
-            questions_per_image=questions_per_image,
-            seeds=image_seeds,
-            workers=workers,
+            split, draws, start_ids=next_ids, seeds=split_seed.spawn(sizes[split]), **drawing
         )
         last_ann = splits[split]["annotations"][-1]["id"] if splits[split]["annotations"] else next_ids[1] - 1
         next_ids = (splits[split]["images"][-1]["id"] + 1, last_ann + 1)
+    return splits, questions
+
+
+def _write_files(
+    root: Path,
+    splits: dict[str, dict[str, Any]],
+    questions: dict[str, list[dict[str, Any]]],
+    *,
+    classes: list[SyntheticClass],
+    heldout: list[SyntheticClass],
+    seed: int,
+    settings: dict[str, Any],
+    image_size: int,
+) -> GeneratedDataset:
+    """Write each split's annotation file, the question files and the manifest."""
+    info = {"description": "regionspot synthetic shapes", "version": GENERATOR_VERSION, "seed": seed}
     categories = _categories(classes, splits["train"])
     heldout_ids = [c.id for c in heldout]
-    train_ids = [c.id for c in train_classes]
-    info = {"description": "regionspot synthetic shapes", "version": GENERATOR_VERSION, "seed": seed}
+    train_ids = [c.id for c in classes if c not in heldout]
     files = {}
     for split, data in splits.items():
         files[split] = root / f"{split}.json"
@@ -509,18 +546,7 @@ def generate_dataset(
         json.dumps(
             {
                 **info,
-                "settings": {
-                    "num_train": num_train,
-                    "num_val": num_val,
-                    "num_test": num_test,
-                    "num_pretrain": num_pretrain,
-                    "objects_per_image": list(objects_per_image),
-                    "object_size": list(object_size),
-                    "rotation": rotation,
-                    "neg_fraction": neg_fraction,
-                    "questions_per_image": questions_per_image,
-                    "heldout_in_pretrain": heldout_in_pretrain,
-                },
+                "settings": settings,
                 "image_size": image_size,
                 "annotation_files": {split: path.name for split, path in files.items()},
                 "question_files": {split: path.name for split, path in question_files.items()},
@@ -580,10 +606,10 @@ def load_split(ann_file: str | Path, *, exclude_category_ids: Sequence[int] = ()
         path = ann_file.parent / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {info['id']} of {ann_file} not found: {path}")
-        pixels = np.array(Image.open(path).convert("RGB"))  # writable: torch warns on read-only arrays
+        pixels = load_image(path)  # writable: torch warns on read-only arrays
         masks = np.stack([_decode_segmentation(a, pixels.shape[:2]) for a in anns])
         xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float32)
-        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        boxes = xywh_to_xyxy(xywh)
         category_ids = np.asarray([a["category_id"] for a in anns], dtype=np.int64)
         examples.append(AnnotatedImage(info["id"], pixels, boxes, masks, category_ids))
     return examples

@@ -22,7 +22,8 @@ import torch
 
 from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
-from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.data.build import build_dataset
+from regionspot.data.detection import DatasetConfig, DetectionDataset
 from regionspot.modeling.regionspot import FrozenFeatures, RegionSpot
 from regionspot.run_identity import check_or_record, dataset_digests
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.fabric import Fabric
-from PIL import Image
 
 from regionspot.build import build_regionspot
 from regionspot.checkpoint import require_file
@@ -46,6 +44,7 @@ from regionspot.evaluation.sources import (
     keep_boxes_inside,
 )
 from regionspot.files import file_sha256, write_json_atomic
+from regionspot.images import decode_image
 from regionspot.modeling.prompts import RegionPrompts
 from regionspot.modeling.regionspot import ACTIVATIONS
 from regionspot.modeling.sam import build_mask_generator, sam_everything
@@ -393,9 +392,8 @@ def _read_image(job: ImageJob, images: Path) -> tuple[np.ndarray | None, str, st
         return None, f"file not found (looked for {' and '.join(str(p) for p in job.candidate_paths(images))})", ""
     try:
         data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
-            rgb = np.array(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        rgb = decode_image(data, name=path)
+    except (OSError, ValueError) as err:
         return None, f"cannot read {path}: {err}", ""
     if rgb.ndim != 3 or 0 in rgb.shape:
         return None, f"{path} has no pixels", ""

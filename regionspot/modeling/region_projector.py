@@ -12,16 +12,16 @@ class RegionProjector(nn.Module):
     """(R, D) region conditions -> (R, T, H) input embeddings of an LLM of hidden size H, T per region.
 
     LLaVA-1.5's projector (Linear, GELU, Linear) with its last layer widened to T tokens, after a per-feature
-    standardisation (batch normalisation without weights): the frozen features of all regions share a large
-    common part (per feature, the spread across regions is ~1/6 of the mean on the demo), which a fresh projector
-    passes on to the LLM nearly unchanged; standardised, what tells regions apart reaches the LLM from the first
-    step (docs/vqa.md: the demo's LM stayed at the answer priors without it). One token per region is
-    All-Seeing's and Osprey's choice for a box; more give the LLM more room per region.
+    standardisation (batch normalisation without weights, as input whitening is usual before a fresh layer): the
+    frozen features of all regions share a large common part (measured per feature, the spread across regions can
+    be ~1/6 of the mean: docs/vqa.md), which a fresh projector passes on to the LLM nearly unchanged; standardised,
+    what tells regions apart reaches the LLM from the first step. One token per region is All-Seeing's and
+    Osprey's choice for a box; more give the LLM more room per region.
 
     With `location_columns`, the condition's last columns are the region's box, and one more embedding per region
-    is made from them alone (a location token, as location embeddings give a box to an LLM elsewhere): mixed into
-    the first layer with the ~130 feature columns, the box's 4 columns reached the demo's LM too weakly for it to
-    learn "is <region1> left of <region2>?" on some recognisers' features (docs/vqa.md).
+    is made from them alone (a location token, as Kosmos-2's location tokens give a box to an LLM): mixed into the
+    first layer with the ~130 feature columns, a box's 4 columns can reach the LLM too weakly for it to learn
+    where regions are ("is <region1> left of <region2>?"; measured in docs/vqa.md).
 
     Args:
         condition_dim: D, the size of `RegionSpot.region_condition`'s rows.

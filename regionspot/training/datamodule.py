@@ -15,7 +15,8 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
 from regionspot.data.augment import AugmentConfig
-from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
+from regionspot.data.build import build_dataset
+from regionspot.data.detection import DatasetConfig, DetectionDataset
 from regionspot.data.feature_cache import CachedDetectionDataset, collate_with_features, read_ground_truth
 from regionspot.data.sampling import MixedBatchSampler, MixedDetectionDataset, ShardSampler
 from regionspot.data.toy import write_colour_boxes
