@@ -331,6 +331,19 @@ def _write_tokenizer(model: RegionSpot, path: Path) -> SimpleTokenizer:
     return tokenizer
 
 
+def checkpoint_digests(config: RegionSpotConfig) -> dict[str, dict[str, str] | None]:
+    """The path and SHA-256 of each checkpoint `config` names (None for a part without one), as the manifest
+    records them: what a deployment, or a cached export, compares with the files it holds."""
+    return {
+        part: None if path is None else {"path": str(path), "sha256": file_sha256(Path(path))}
+        for part, path in (
+            ("sam", config.sam.checkpoint),
+            ("clip", config.clip.checkpoint),
+            ("adapter", config.adapter.checkpoint),
+        )
+    }
+
+
 def _manifest(config: RegionSpotConfig, model: RegionSpot, files: dict, out: Path) -> dict:
     sam, clip = model.sam, model.clip
     preprocess = open_clip.get_model_preprocess_cfg(clip.model)
@@ -341,14 +354,7 @@ def _manifest(config: RegionSpotConfig, model: RegionSpot, files: dict, out: Pat
         "onnx_version": onnx.__version__,
         "torch_version": torch.__version__,
         "backbones": {"sam": config.sam.variant, "clip": config.clip.model_name, "clip_precision": "float32"},
-        "checkpoints": {
-            part: None if path is None else {"path": str(path), "sha256": file_sha256(Path(path))}
-            for part, path in (
-                ("sam", config.sam.checkpoint),
-                ("clip", config.clip.checkpoint),
-                ("adapter", config.adapter.checkpoint),
-            )
-        },
+        "checkpoints": checkpoint_digests(config),
         "not_exported": [name for name, part in (("captioner", model.caption_decoder), ("vqa", model.vqa)) if part],
         "preprocessing": {
             "sam_size": sam.image_size,
