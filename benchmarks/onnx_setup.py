@@ -27,8 +27,8 @@ def work_folder(config_path: str, *, one_template: bool) -> Path:
 
 def held_config_of(args: argparse.Namespace, *, work: Path | None = None) -> tuple[Path, RegionSpotConfig]:
     """The work folder (default: `work_folder`'s) and `held_config` of a benchmark's --config, --random-weights and
-    --one-template options: any config but the tiny one gets random weights, saved in the work folder (the tiny one:
-those of its parts without a checkpoint, which is all of them as shipped)."""
+    --one-template options: any config but the tiny one gets random weights, saved in the work folder (the tiny
+    one: those of its parts without a checkpoint, which is all of them as shipped)."""
     work = work or work_folder(args.config, one_template=args.one_template)
     random_weights = args.random_weights or "tiny" not in args.config
     return work, held_config(args.config, work, random_weights=random_weights, one_template=args.one_template)

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from skimage import data as skimage_data
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-import onnx_setup  # noqa: E402  (a script folder, not a package)
+from regionspot.onnx.predictor import file_sha256
 
-from regionspot.onnx.predictor import file_sha256  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # a folder of scripts, not a package
+import onnx_setup
 
 VOCAB = ["person", "cat", "coffee cup", "rocket", "tree"]
 BOXES = np.array([[10, 20, 200, 300], [100, 100, 400, 380], [0, 0, 600, 400]], np.float32)
