@@ -4,7 +4,8 @@
 
 The graphs (see `regionspot.onnx.graphs`): image (once per image), decoder and decoder_tokens (SAM's decoder with
 and without masks, any number of regions), mask_prompt (mask prompts into SAM's mask input), masks (upscaling),
-adapter (all regions of an image), text (any number of names), score. They are traced with torch.onnx's
+point_masks (SAM's decoder as its automatic mask generator calls it, for `predict_everything`), adapter (all regions
+of an image), text (any number of names), score. They are traced with torch.onnx's
 TorchScript exporter (`dynamo=False`), then each is checked by `onnx.checker` and run once by onnxruntime against
 the torch module it came from. The captioner (an autoregressive decoder with beam search) and the VQA head (a
 Hugging Face LLM) are not exported: a model with either is exported without it, and the manifest says so.
@@ -181,6 +182,23 @@ def _graphs(model: RegionSpot, tokenizer: SimpleTokenizer, sizes: _Sizes) -> dic
             },
             ["masks"],
             {"mask_logits": {0: "regions"}, "masks": {0: "regions", 1: "height", 2: "width"}},
+        ),
+        "point_masks": _Graph(
+            graphs.PointMasksGraph(model),
+            {
+                "image_embedding": decoder_inputs["image_embedding"],
+                "point_coords": decoder_inputs["point_coords"][:, :2],
+                "point_labels": decoder_inputs["point_labels"][:, :2],
+                "input_size": sam_size,
+                "original_size": torch.tensor([sizes.height, sizes.width]),
+            },
+            ["mask_logits", "mask_scores"],
+            {
+                "point_coords": {0: "regions", 1: "points"},
+                "point_labels": {0: "regions", 1: "points"},
+                "mask_logits": {0: "regions", 2: "height", 3: "width"},
+                "mask_scores": {0: "regions"},
+            },
         ),
         "adapter": _Graph(
             graphs.AdapterGraph(model),

@@ -66,6 +66,32 @@ class DecoderGraph(nn.Module):
         return hidden[:, _MULTIMASK_TOKENS if multimask else _SINGLE_MASK_TOKEN], scores
 
 
+class PointMasksGraph(nn.Module):
+    """SAM's decoder as its automatic mask generator calls it (`SamPredictor.predict_torch`, multimask output, one
+    point per region): image_embedding (1, C, e, e), point_coords (n, P, 2) in SAM's input frame, point_labels
+    (n, P), input_size and original_size (2,) int64 -> mask logits (n, 3, H, W) at the image's size (not
+    thresholded: the generator's stability score needs them) and SAM's predicted IoU (n, 3)."""
+
+    def __init__(self, model: RegionSpot) -> None:
+        super().__init__()
+        self.sam = model.sam.sam
+        self.prompts = SamOnnxModel(model.sam.sam, return_single_mask=False)
+
+    def forward(self, image_embedding, point_coords, point_labels, input_size, original_size):
+        sparse = self.prompts._embed_points(point_coords, point_labels)
+        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        logits, scores = self.sam.mask_decoder.predict_masks(
+            image_embeddings=image_embedding,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+        logits = self.sam.postprocess_masks(
+            logits[:, 1:], (input_size[0], input_size[1]), (original_size[0], original_size[1])
+        )
+        return logits, scores[:, 1:]
+
+
 class AdapterGraph(nn.Module):
     """(1, Q, C) region tokens of one image + its (1, L, D) CLIP token map -> (1, Q, E) unit-norm region features:
     `RegionSpot.region_features` for one image (the regions attend to each other, so all of them go at once)."""
