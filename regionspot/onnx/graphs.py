@@ -14,7 +14,9 @@ import torch
 from segment_anything.utils.onnx import SamOnnxModel
 from torch import nn
 
+from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.modeling.preprocess import resize_for_clip
+from regionspot.modeling.region_projector import RegionProjector
 from regionspot.modeling.regionspot import _FEATURE_NORM_EPS, RegionSpot
 from regionspot.modeling.sam import _MULTIMASK_TOKENS, _SINGLE_MASK_TOKEN
 from regionspot.transforms import mask_prompt_logits
@@ -157,3 +159,28 @@ class MaskPromptGraph(nn.Module):
 
     def forward(self, masks: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
         return mask_prompt_logits(self.encoder, masks, resized=(input_size[0], input_size[1]))
+
+
+class CaptionStepGraph(nn.Module):
+    """One step of the captioner's decoding, without a key-value cache: condition (N, D) + tokens so far (N, L) int64,
+    BOS first -> (N, V) logits of the next token (`CaptionDecoder.forward`'s last position). Greedy decoding calls
+    it once per token (`regionspot.onnx.caption`)."""
+
+    def __init__(self, decoder: CaptionDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, condition: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder(condition, tokens)[:, -1].float()
+
+
+class ProjectorGraph(nn.Module):
+    """The VQA head's region projector (in evaluation: its running statistics): (R, D) region conditions -> (R, T, H)
+    LLM input embeddings (`RegionProjector.forward`). The LLM that reads them stays a Hugging Face model."""
+
+    def __init__(self, projector: RegionProjector) -> None:
+        super().__init__()
+        self.projector = projector
+
+    def forward(self, conditions: torch.Tensor) -> torch.Tensor:
+        return self.projector(conditions).float()
