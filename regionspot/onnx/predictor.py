@@ -128,7 +128,7 @@ class OnnxRegionPredictor:
 
         Raises:
             RuntimeError, TypeError, ValueError: as `RegionSpotPredictor.predict`; ValueError for caption=True
-                (the captioner is not exported).
+                (captions are not run here yet).
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict(...)")
@@ -349,7 +349,10 @@ class OnnxRegionPredictor:
 
 def _check_no_caption(caption: bool) -> None:
     if caption:
-        raise ValueError("caption=True needs the captioner, which the ONNX export leaves out: use RegionSpotPredictor")
+        raise ValueError(
+            "caption=True is not run by OnnxRegionPredictor yet (the export's caption_step graph needs the region "
+            "condition, not exported): use RegionSpotPredictor"
+        )
 
 
 def _no_regions(size: tuple[int, int], num_classes: int, top_k: int, all_scores: bool) -> RegionPredictions:

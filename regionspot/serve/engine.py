@@ -115,7 +115,7 @@ class Engine:
 
     def _ask(self, query: Query) -> list[str]:
         if not hasattr(self.predictor, "ask"):
-            raise ValueError("questions need the VQA head, which the ONNX export leaves out: serve the torch model")
+            raise ValueError("questions need the VQA head's LLM, which the ONNX export leaves out: serve torch")
         boxes = query.prompts.get("boxes")
         if boxes is None:
             raise ValueError("a question needs boxes: <region1> is boxes[0]")
