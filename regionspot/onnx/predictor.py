@@ -350,8 +350,8 @@ class OnnxRegionPredictor:
 def _check_no_caption(caption: bool) -> None:
     if caption:
         raise ValueError(
-            "caption=True is not run by OnnxRegionPredictor yet (the export's caption_step graph needs the region "
-            "condition, not exported): use RegionSpotPredictor"
+            "caption=True needs the captioner, which OnnxRegionPredictor does not run yet (its caption_step graph "
+            "reads the region condition, which is not exported): use RegionSpotPredictor"
         )
 
 
