@@ -7,9 +7,10 @@ predictor accepts them, read through their own methods (`detach`, `cpu`, `numpy`
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +166,30 @@ def check_integer(value: int, *, name: str) -> None:
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def check_image_batch(images: Any, boxes: Any, batch_size: int) -> None:
+    """`predict_images`' arguments: B images and B box sets, both lists (an array's rows would be taken for
+    images), and a batch size of at least 1. Raises TypeError or ValueError naming the argument."""
+    for name, value in (("images", images), ("boxes", boxes)):
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"{name} must be a list with one entry per image, got {type(value).__name__}")
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool):
+        raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
+    if len(images) != len(boxes):
+        raise ValueError(f"{len(images)} images but {len(boxes)} box sets: give one (N_i, 4) array per image")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+@contextlib.contextmanager
+def about_image(index: int) -> Iterator[None]:
+    """A refusal (ValueError, TypeError) of images[index] or its boxes says which image it is about."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        kind = TypeError if isinstance(err, TypeError) else ValueError
+        raise kind(f"{numbered([index], 'image', 'images')}: {err}") from err
 
 
 # ----- prompts ------------------------------------------------------------------------------------------------------

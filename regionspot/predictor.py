@@ -5,16 +5,14 @@ Also `predict_everything` (SAM's automatic masks, each named) and `predict_image
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from regionspot.checks import check_integer, check_request, numbered
+from regionspot.checks import about_image, check_image_batch, check_integer, check_request
 from regionspot.config import MaskGeneratorSettings
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.prompts import RegionPrompts
@@ -133,22 +131,14 @@ class RegionSpotPredictor:
                 `predict`. ValueError: as `set_image` and `predict`, or for unequal counts of images and box sets.
                 A refused image, or box of an image, is named: "image 3 (index 2): box 1 (index 0) has no area ...".
         """
-        for name, value in (("images", images), ("boxes", boxes)):
-            if not isinstance(value, list | tuple):  # an array's rows would be taken for images
-                raise TypeError(f"{name} must be a list with one entry per image, got {type(value).__name__}")
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool):
-            raise TypeError(f"batch_size must be an integer, got {batch_size!r}")
-        if len(images) != len(boxes):
-            raise ValueError(f"{len(images)} images but {len(boxes)} box sets: give one (N_i, 4) array per image")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        check_image_batch(images, boxes, batch_size)
         vocabulary = check_request(vocabulary, top_k, activation)
         self._check_captioner(caption)
         results: list[RegionPredictions] = []
         for start in range(0, len(images), batch_size):
             prepared, prompts = [], []
             for i in range(start, min(start + batch_size, len(images))):
-                with _about_image(i):
+                with about_image(i):
                     image = self.model.preprocessor(to_rgb_uint8(images[i]))
                     prompts.append(RegionPrompts.check(image.original_size, boxes=boxes[i]))
                 prepared.append(image)
@@ -299,16 +289,6 @@ class RegionSpotPredictor:
                 "caption=True needs a model with a captioner: build it from a model config with a caption: "
                 "section (a run trained with one writes it into adapter.yaml)"
             )
-
-
-@contextlib.contextmanager
-def _about_image(index: int) -> Iterator[None]:
-    """A refusal (ValueError, TypeError) of images[index] or its boxes says which image it is about."""
-    try:
-        yield
-    except (ValueError, TypeError) as err:
-        kind = TypeError if isinstance(err, TypeError) else ValueError
-        raise kind(f"{numbered([index], 'image', 'images')}: {err}") from err
 
 
 def _no_regions(

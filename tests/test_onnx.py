@@ -172,7 +172,8 @@ def test_box_attention_adapters_are_refused_clearly(tmp_path):
 
 def test_the_onnx_predictor_runs_with_torch_unimportable(tiny_onnx_export):
     """A subprocess in which importing torch, Lightning, open_clip or segment_anything fails, as where none is
-    installed: the ONNX predictor still loads, predicts, and none of them is in sys.modules."""
+    installed: the ONNX predictor still loads, predicts (segments everything, takes a list of images), and none of
+    them is in sys.modules."""
     folder, _ = tiny_onnx_export
     script = textwrap.dedent(f"""
         import sys
@@ -191,6 +192,11 @@ def test_the_onnx_predictor_runs_with_torch_unimportable(tiny_onnx_export):
         predictor.set_image(np.full((40, 60, 3), 120, np.uint8))
         result = predictor.predict(vocabulary=["cat", "dog"], boxes=[[2, 2, 30, 30]], points=[[[5, 5]]], top_k=1)
         assert result.masks.shape == (1, 40, 60) and result.labels[0][0] in ("cat", "dog")
+        everything = predictor.predict_everything(vocabulary=["cat"], points_per_side=2, pred_iou_thresh=0.0,
+                                                  stability_score_thresh=0.0)
+        assert everything.masks.shape[1:] == (40, 60)
+        assert len(predictor.predict_images([np.zeros((9, 9, 3), np.uint8)], boxes=[[[0, 0, 5, 5]]],
+                                            vocabulary=["cat"])) == 1
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not loaded, loaded
         print("ok")

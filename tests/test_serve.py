@@ -98,6 +98,28 @@ def test_predict_by_image_then_by_id_matches_the_predictor(server, tiny_onnx_exp
     assert "mask" not in no_masks.json()["regions"][0]
 
 
+def test_segment_everything_is_served(server, tiny_onnx_export):
+    """An "everything" field in place of prompts: predict_everything's regions (the tiny SAM keeps one mask at
+    thresholds of 0, none at the published ones: the answer then says why), and a clear 400 with prompts."""
+    rgb = skimage_data.coffee()
+    settings = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    answer = _post(server, {"image": _png(rgb), "vocabulary": VOCAB, "everything": settings, "top_k": 2})
+    assert answer.status_code == 200, answer.text
+    local = OnnxRegionPredictor(tiny_onnx_export[0])
+    local.set_image(rgb)
+    want = local.predict_everything(vocabulary=VOCAB, top_k=2, **settings)
+    regions = answer.json()["regions"]
+    assert len(regions) == len(want) > 0 and [r["labels"] for r in regions] == want.labels
+    assert [r["box"] for r in regions] == want.boxes.tolist() and "notes" not in answer.json()
+    image_id = answer.json()["image_id"]
+    nothing = _post(server, {"image_id": image_id, "vocabulary": VOCAB, "everything": True})
+    assert nothing.status_code == 200 and nothing.json()["regions"] == []
+    assert "kept no mask" in nothing.json()["notes"][0]
+    for body in ({"boxes": BOXES}, {"everything": {"points": 3}}, {"return_masks": False}):
+        refused = _post(server, {"image_id": image_id, "vocabulary": VOCAB, "everything": True, **body})
+        assert refused.status_code == 400 and "everything" in refused.json()["error"], refused.text
+
+
 def _big_png() -> str:
     buffer = io.BytesIO()
     Image.new("L", (10_000, 10_000)).save(buffer, format="PNG")

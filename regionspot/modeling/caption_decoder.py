@@ -180,7 +180,7 @@ class CaptionDecoder(nn.Module):
         offset = 0 if cache is None else cache.length
         if offset == 0:
             prefix = self.condition_proj(condition.to(self.condition_proj.weight.dtype))  # (N, P * D)
-            prefix = prefix.view(len(condition), self.prefix_tokens, self.width)
+            prefix = prefix.view(-1, self.prefix_tokens, self.width)  # (N, P, D); -1: N stays symbolic in an export
             x = torch.cat([prefix, self.token_embedding(tokens)], dim=1)  # (N, P + L, D)
         else:
             x = self.token_embedding(tokens[:, offset - self.prefix_tokens :])
@@ -202,8 +202,8 @@ class CaptionDecoder(nn.Module):
             raise ValueError(f"condition must be (N, {self.condition_dim}), got {tuple(condition.shape)}")
         if tokens.ndim != 2 or tokens.dtype != torch.long or tokens.shape[1] < 1:
             raise ValueError(f"tokens must be (N, L >= 1) int64, got {tuple(tokens.shape)} {tokens.dtype}")
-        if len(tokens) != len(condition):
-            raise ValueError(f"{len(condition)} conditions for {len(tokens)} token rows")
+        if tokens.shape[0] != condition.shape[0]:  # shapes, not len(): len() fixes N in an export (regionspot.onnx)
+            raise ValueError(f"{condition.shape[0]} conditions for {tokens.shape[0]} token rows")
         if tokens.shape[1] > self.max_length:
             raise ValueError(f"{tokens.shape[1]} tokens exceed the decoder's max_length={self.max_length}")
         if cache is None or not cache.length:

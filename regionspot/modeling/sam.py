@@ -28,6 +28,7 @@ from torch import nn
 from regionspot.boxes import xywh_to_xyxy
 from regionspot.checkpoint import check_release_digest, load_weights, model_part, read_state_dict, require_file
 from regionspot.config import MaskGeneratorSettings
+from regionspot.everything import STABILITY_SCORE_OFFSET, NothingKeptWarning, nothing_kept_message
 from regionspot.modeling.left_out import LeftOutImageEncoder, allocate_meta_tensors
 
 OFFICIAL_SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
@@ -35,7 +36,6 @@ OFFICIAL_SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b319
 # Index of SAM's single-mask token in the transformer's output tokens: [iou, mask0, mask1..3, prompts...].
 _SINGLE_MASK_TOKEN = slice(1, 2)
 _MULTIMASK_TOKENS = slice(2, 5)
-STABILITY_SCORE_OFFSET = 1.0  # SamAutomaticMaskGenerator's stability_score_offset (its default; regionspot keeps it)
 
 
 def build_tiny_sam(*, image_size: int = 128, embed_dim: int = 64, depth: int = 2, prompt_dim: int = 64) -> Sam:
@@ -540,19 +540,11 @@ def sam_everything(generator: SamAutomaticMaskGenerator, rgb: np.ndarray) -> tup
     return boxes, scores, masks
 
 
-class NothingKeptWarning(UserWarning):
-    """SAM's automatic mask generator kept no mask of an image at its thresholds."""
-
-
 def _nothing_kept(generator: SamAutomaticMaskGenerator) -> str:
     seen: _ScoreKeepingPredictor = generator.predictor
-    stability = (
-        f"the best stability score among them {seen.best_stability:.3f}"
-        if seen.best_stability > -math.inf
-        else "no mask passed it to have its stability scored"
-    )
-    return (
-        f"SAM's automatic mask generator kept no mask: the best predicted IoU it saw was {seen.best_iou:.3f} "
-        f"(pred_iou_thresh {generator.pred_iou_thresh:g}), {stability} (stability_score_thresh "
-        f"{generator.stability_score_thresh:g}); lower the thresholds or use more points per side"
+    return nothing_kept_message(
+        best_iou=seen.best_iou,
+        best_stability=seen.best_stability,
+        pred_iou_thresh=generator.pred_iou_thresh,
+        stability_score_thresh=generator.stability_score_thresh,
     )

@@ -4,17 +4,19 @@
 
 The graphs (see `regionspot.onnx.graphs`): image (once per image), decoder and decoder_tokens (SAM's decoder with
 and without masks, any number of regions), mask_prompt (mask prompts into SAM's mask input), masks (upscaling),
-adapter (all regions of an image), text (any number of names), score. They are traced with torch.onnx's
+point_masks (SAM's decoder as its automatic mask generator calls it, for `predict_everything`), adapter (all regions
+of an image), text (any number of names), score. They are traced with torch.onnx's
 TorchScript exporter (`dynamo=False`), then each is checked by `onnx.checker` and run once by onnxruntime against
-the torch module it came from. The captioner (an autoregressive decoder with beam search) and the VQA head (a
-Hugging Face LLM) are not exported: a model with either is exported without it, and the manifest says so.
+the torch module it came from. A model with a captioner gets caption_step (one greedy decoding step), one with a VQA
+head gets vqa_projector (its region projector); the VQA head's LLM stays a Hugging Face model, and the manifest says
+so (`not_exported`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from tokenizers.models import BPE
 import regionspot
 from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
-from regionspot.modeling.regionspot import RegionSpot
+from regionspot.modeling.regionspot import RegionSpot, region_condition_dim
 from regionspot.onnx import graphs
 from regionspot.onnx.predictor import file_sha256
 
@@ -40,6 +42,7 @@ OPSET_DYNAMO = 18  # torch.export-based exporter's lowest
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 FORMAT = "regionspot-onnx-1"
+_DYNAMO_GRAPHS = ("adapter", "caption_step")  # exported by torch.export's exporter (see `_Graph.dynamo`)
 
 
 @dataclass
@@ -52,6 +55,7 @@ class _Graph:
     outputs: list[str]
     dynamic: dict[str, dict[int, str]]
     dynamo: bool = False
+    largest: dict[str, int] = field(default_factory=dict)  # a dynamic axis' largest size, where the model has one
 
 
 @dataclass
@@ -98,6 +102,12 @@ def export_onnx(config: RegionSpotConfig | str | Path, out: str | Path, *, adapt
             "build (give --adapter to export trained weights)"
         )
     model = build_regionspot(config).eval()
+    if model.caption_beams > 1 and model.caption_decoder is not None:
+        log.warning(
+            "caption.num_beams %d: the exported captioner decodes greedily (one beam); captions may differ from "
+            "the torch predictor's beam search",
+            model.caption_beams,
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _write_tokenizer(model, out / TOKENIZER)
@@ -140,6 +150,7 @@ def _graphs(model: RegionSpot, tokenizer: SimpleTokenizer, sizes: _Sizes) -> dic
     sam_size = torch.tensor(_sam_input_size(sizes, sam.image_size))
     names = _EXAMPLE_NAMES[: sizes.names]
     return {
+        **_head_graphs(model, sizes),
         "image": _Graph(
             graphs.ImageGraph(model),
             {
@@ -182,6 +193,23 @@ def _graphs(model: RegionSpot, tokenizer: SimpleTokenizer, sizes: _Sizes) -> dic
             ["masks"],
             {"mask_logits": {0: "regions"}, "masks": {0: "regions", 1: "height", 2: "width"}},
         ),
+        "point_masks": _Graph(
+            graphs.PointMasksGraph(model),
+            {
+                "image_embedding": decoder_inputs["image_embedding"],
+                "point_coords": decoder_inputs["point_coords"][:, :2],
+                "point_labels": decoder_inputs["point_labels"][:, :2],
+                "input_size": sam_size,
+                "original_size": torch.tensor([sizes.height, sizes.width]),
+            },
+            ["mask_logits", "mask_scores"],
+            {
+                "point_coords": {0: "regions", 1: "points"},
+                "point_labels": {0: "regions", 1: "points"},
+                "mask_logits": {0: "regions", 2: "height", 3: "width"},
+                "mask_scores": {0: "regions"},
+            },
+        ),
         "adapter": _Graph(
             graphs.AdapterGraph(model),
             {"region_tokens": torch.randn(1, regions * tokens_per_region, sam.token_dim), "clip_tokens": clip_tokens},
@@ -215,6 +243,52 @@ def _graphs(model: RegionSpot, tokenizer: SimpleTokenizer, sizes: _Sizes) -> dic
     }
 
 
+def _head_graphs(model: RegionSpot, sizes: _Sizes) -> dict[str, _Graph]:
+    """The captioner's step graph and the VQA projector's graph, for a model that has them."""
+    head_graphs = {}
+    condition = torch.randn(sizes.regions, region_condition_dim(model.sam, model.clip))
+    if model.caption_decoder is not None:
+        decoder, tokenizer = model.caption_decoder, model.caption_tokenizer
+        length = min(sizes.points + 2, decoder.max_length)
+        tokens = torch.randint(0, tokenizer.vocab_size, (sizes.regions, length))
+        tokens[:, 0] = tokenizer.bos_id
+        head_graphs["caption_step"] = _Graph(
+            graphs.CaptionStepGraph(decoder),
+            {"condition": condition, "tokens": tokens},
+            ["next_logits"],
+            {"condition": {0: "regions"}, "tokens": {0: "regions", 1: "length"}, "next_logits": {0: "regions"}},
+            dynamo=True,  # the tracer bakes the number of regions of the prefix's view
+            largest={"length": decoder.max_length},
+        )
+    if model.vqa is not None:
+        head_graphs["vqa_projector"] = _Graph(
+            graphs.ProjectorGraph(model.vqa.projector),
+            {"conditions": condition},
+            ["embeddings"],
+            {"conditions": {0: "regions"}, "embeddings": {0: "regions"}},
+        )
+    return head_graphs
+
+
+def _heads_manifest(config: RegionSpotConfig, model: RegionSpot) -> dict:
+    """What a deployment needs besides the head graphs: the captioner's token ids (into CLIP's BPE, whose
+    tokenizer.json decodes them), BOS, EOS and length; the VQA head's LLM folder, which stays a Hugging Face model."""
+    heads = {}
+    if model.caption_decoder is not None:
+        tokenizer = model.caption_tokenizer
+        heads["caption"] = {
+            "token_ids": config.caption.token_ids,  # None: all of CLIP's BPE
+            "bos_id": tokenizer.bos_id,
+            "eos_id": tokenizer.eos_id,
+            "max_length": model.caption_decoder.max_length,
+            "num_beams_trained_with": model.caption_beams,
+            "decoding": "greedy",
+        }
+    if model.vqa is not None:
+        heads["vqa"] = {"llm": config.vqa.llm, "tokens_per_region": model.vqa.projector.tokens_per_region}
+    return heads
+
+
 def _sam_input_size(sizes: _Sizes, sam_size: int) -> tuple[int, int]:
     scale = sam_size / max(sizes.height, sizes.width)
     return int(sizes.height * scale + 0.5), int(sizes.width * scale + 0.5)
@@ -239,7 +313,11 @@ def _export_graph(name: str, graph: _Graph, path: Path, *, check: dict[str, torc
     if graph.dynamo:
         dims: dict[str, torch.export.Dim] = {}
         options["dynamic_shapes"] = {
-            k: {axis: dims.setdefault(n, torch.export.Dim(n)) for axis, n in graph.dynamic.get(k, {}).items()} or None
+            k: {
+                axis: dims.setdefault(n, torch.export.Dim(n, max=graph.largest.get(n)))
+                for axis, n in graph.dynamic.get(k, {}).items()
+            }
+            or None
             for k in graph.inputs
         }
     else:
@@ -331,25 +409,32 @@ def _write_tokenizer(model: RegionSpot, path: Path) -> SimpleTokenizer:
     return tokenizer
 
 
+def checkpoint_digests(config: RegionSpotConfig) -> dict[str, dict[str, str] | None]:
+    """The path and SHA-256 of each checkpoint `config` names (None for a part without one), as the manifest
+    records them: what a deployment, or a cached export, compares with the files it holds."""
+    return {
+        part: None if path is None else {"path": str(path), "sha256": file_sha256(Path(path))}
+        for part, path in (
+            ("sam", config.sam.checkpoint),
+            ("clip", config.clip.checkpoint),
+            ("adapter", config.adapter.checkpoint),
+        )
+    }
+
+
 def _manifest(config: RegionSpotConfig, model: RegionSpot, files: dict, out: Path) -> dict:
     sam, clip = model.sam, model.clip
     preprocess = open_clip.get_model_preprocess_cfg(clip.model)
     return {
         "format": FORMAT,
         "regionspot_version": regionspot.__version__,
-        "opset": {name: OPSET_DYNAMO if name == "adapter" else OPSET for name in files},
+        "opset": {name: OPSET_DYNAMO if name in _DYNAMO_GRAPHS else OPSET for name in files},
         "onnx_version": onnx.__version__,
         "torch_version": torch.__version__,
         "backbones": {"sam": config.sam.variant, "clip": config.clip.model_name, "clip_precision": "float32"},
-        "checkpoints": {
-            part: None if path is None else {"path": str(path), "sha256": file_sha256(Path(path))}
-            for part, path in (
-                ("sam", config.sam.checkpoint),
-                ("clip", config.clip.checkpoint),
-                ("adapter", config.adapter.checkpoint),
-            )
-        },
-        "not_exported": [name for name, part in (("captioner", model.caption_decoder), ("vqa", model.vqa)) if part],
+        "checkpoints": checkpoint_digests(config),
+        "not_exported": ["vqa_llm"] if model.vqa is not None else [],
+        "heads": _heads_manifest(config, model),
         "preprocessing": {
             "sam_size": sam.image_size,
             "sam_pixel_mean": sam.sam.pixel_mean.flatten().tolist(),

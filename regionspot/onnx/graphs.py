@@ -14,7 +14,9 @@ import torch
 from segment_anything.utils.onnx import SamOnnxModel
 from torch import nn
 
+from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.modeling.preprocess import resize_for_clip
+from regionspot.modeling.region_projector import RegionProjector
 from regionspot.modeling.regionspot import _FEATURE_NORM_EPS, RegionSpot
 from regionspot.modeling.sam import _MULTIMASK_TOKENS, _SINGLE_MASK_TOKEN
 from regionspot.transforms import mask_prompt_logits
@@ -64,6 +66,32 @@ class DecoderGraph(nn.Module):
         multimask = self.encoder.multimask
         scores = scores[:, 1:] if multimask else scores[:, :1]
         return hidden[:, _MULTIMASK_TOKENS if multimask else _SINGLE_MASK_TOKEN], scores
+
+
+class PointMasksGraph(nn.Module):
+    """SAM's decoder as its automatic mask generator calls it (`SamPredictor.predict_torch`, multimask output, one
+    point per region): image_embedding (1, C, e, e), point_coords (n, P, 2) in SAM's input frame, point_labels
+    (n, P), input_size and original_size (2,) int64 -> mask logits (n, 3, H, W) at the image's size (not
+    thresholded: the generator's stability score needs them) and SAM's predicted IoU (n, 3)."""
+
+    def __init__(self, model: RegionSpot) -> None:
+        super().__init__()
+        self.sam = model.sam.sam
+        self.prompts = SamOnnxModel(model.sam.sam, return_single_mask=False)
+
+    def forward(self, image_embedding, point_coords, point_labels, input_size, original_size):
+        sparse = self.prompts._embed_points(point_coords, point_labels)
+        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        logits, scores = self.sam.mask_decoder.predict_masks(
+            image_embeddings=image_embedding,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+        logits = self.sam.postprocess_masks(
+            logits[:, 1:], (input_size[0], input_size[1]), (original_size[0], original_size[1])
+        )
+        return logits, scores[:, 1:]
 
 
 class AdapterGraph(nn.Module):
@@ -131,3 +159,28 @@ class MaskPromptGraph(nn.Module):
 
     def forward(self, masks: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
         return mask_prompt_logits(self.encoder, masks, resized=(input_size[0], input_size[1]))
+
+
+class CaptionStepGraph(nn.Module):
+    """One step of the captioner's decoding, without a key-value cache: condition (N, D) + tokens so far (N, L) int64,
+    BOS first -> (N, V) logits of the next token (`CaptionDecoder.forward`'s last position). Greedy decoding calls
+    it once per token (`regionspot.onnx.caption`)."""
+
+    def __init__(self, decoder: CaptionDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, condition: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder(condition, tokens)[:, -1].float()
+
+
+class ProjectorGraph(nn.Module):
+    """The VQA head's region projector (in evaluation: its running statistics): (R, D) region conditions -> (R, T, H)
+    LLM input embeddings (`RegionProjector.forward`). The LLM that reads them stays a Hugging Face model."""
+
+    def __init__(self, projector: RegionProjector) -> None:
+        super().__init__()
+        self.projector = projector
+
+    def forward(self, conditions: torch.Tensor) -> torch.Tensor:
+        return self.projector(conditions).float()

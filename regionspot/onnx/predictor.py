@@ -1,11 +1,13 @@
-"""`OnnxRegionPredictor`: `RegionSpotPredictor`'s `set_image` / `predict` on the exported ONNX graphs, without torch.
+"""`OnnxRegionPredictor`: `RegionSpotPredictor`'s `set_image` / `predict` / `predict_everything` / `predict_images` on
+the exported ONNX graphs, without torch.
 
-Imports onnxruntime, numpy, Pillow and Hugging Face `tokenizers` only (`pip install regionspot[onnx]`); its input
-checks are `regionspot.checks`, the torch predictor's own, so a bad input gets the same error from either.
+Imports onnxruntime, numpy, Pillow, PyYAML and Hugging Face `tokenizers` only (`pip install regionspot[onnx]`); its
+input checks are `regionspot.checks`, the torch predictor's own, so a bad input gets the same error from either.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import OrderedDict
@@ -18,7 +20,18 @@ import onnxruntime
 from PIL import Image
 from tokenizers import Tokenizer
 
-from regionspot.checks import CheckedPrompts, check_prompts, check_request, sam_input_shape, to_rgb_uint8
+from regionspot.checks import (
+    CheckedPrompts,
+    about_image,
+    check_image_batch,
+    check_integer,
+    check_prompts,
+    check_request,
+    sam_input_shape,
+    to_rgb_uint8,
+)
+from regionspot.config import MaskGeneratorSettings
+from regionspot.onnx.everything import generate_masks
 from regionspot.predictions import RegionPredictions
 
 FORMAT = "regionspot-onnx-1"  # the manifest format `regionspot.onnx.export` writes
@@ -115,15 +128,12 @@ class OnnxRegionPredictor:
 
         Raises:
             RuntimeError, TypeError, ValueError: as `RegionSpotPredictor.predict`; ValueError for caption=True
-                (the captioner is not exported).
+                (captions are not run here yet).
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict(...)")
         vocabulary = check_request(vocabulary, top_k, activation)
-        if caption:
-            raise ValueError(
-                "caption=True needs the captioner, which the ONNX export leaves out: use RegionSpotPredictor"
-            )
+        _check_no_caption(caption)
         prompts = check_prompts(
             self._image["original_size"], boxes=boxes, points=points, point_labels=point_labels, masks=masks
         )
@@ -149,6 +159,106 @@ class OnnxRegionPredictor:
             mask_scores=scores[rows, best],
             boxes=prompts.boxes,
             all_scores=probs if return_all_scores else None,
+        )
+
+    def predict_images(
+        self,
+        images: Sequence[Any],
+        *,
+        boxes: Sequence[Any],
+        vocabulary: Sequence[str],
+        top_k: int = 5,
+        activation: str = "softmax",
+        return_all_scores: bool = False,
+        caption: bool = False,
+        batch_size: int = 8,
+    ) -> list[RegionPredictions]:
+        """As `RegionSpotPredictor.predict_images`: the boxes of several images, the image `set_image` set left
+        alone. The image graph takes one image at a time, so `batch_size` is checked but changes nothing here.
+
+        Raises:
+            TypeError, ValueError: as `RegionSpotPredictor.predict_images` (a refused image, or box of an image, is
+                named: "image 3 (index 2): box 1 (index 0) has no area ..."); ValueError for caption=True.
+        """
+        check_image_batch(images, boxes, batch_size)
+        vocabulary = check_request(vocabulary, top_k, activation)
+        _check_no_caption(caption)
+        current, results = self._image, []
+        try:
+            for i, (image, image_boxes) in enumerate(zip(images, boxes, strict=True)):
+                with about_image(i):
+                    rgb = to_rgb_uint8(image)
+                    check_prompts(rgb.shape[:2], boxes=image_boxes)  # before the costly image graph
+                    self._image = self.embed(rgb)
+                    prediction = self.predict(
+                        vocabulary=vocabulary, boxes=image_boxes, top_k=top_k, activation=activation,
+                        return_all_scores=return_all_scores,
+                    )  # fmt: skip
+                results.append(prediction)
+        finally:
+            self._image = current
+        return results
+
+    def predict_everything(
+        self,
+        *,
+        vocabulary: Sequence[str],
+        top_k: int = 5,
+        activation: str = "softmax",
+        return_all_scores: bool = False,
+        caption: bool = False,
+        points_per_side: int = MaskGeneratorSettings.points_per_side,
+        pred_iou_thresh: float = MaskGeneratorSettings.pred_iou_thresh,
+        stability_score_thresh: float = MaskGeneratorSettings.stability_score_thresh,
+    ) -> RegionPredictions:
+        """As `RegionSpotPredictor.predict_everything`: SAM's automatic mask generator (in numpy,
+        `regionspot.onnx.everything`, on the point_masks graph and the embedding `set_image` made), then every mask
+        named from the box around it; its masks and `mask_scores` (SAM's predicted IoU, clipped to [0, 1]) are the
+        generator's. None, with a `NothingKeptWarning`, when the generator keeps no mask.
+
+        Raises:
+            RuntimeError, TypeError, ValueError: as `predict`; ValueError also for points_per_side < 1, and for an
+                export made before the point_masks graph (export it again).
+        """
+        if self._image is None:
+            raise RuntimeError("call set_image(image) before predict_everything(...)")
+        vocabulary = check_request(vocabulary, top_k, activation)
+        check_integer(points_per_side, name="points_per_side")
+        _check_no_caption(caption)
+        if "point_masks" not in self._sessions:
+            raise ValueError(f"{self.folder} has no point_masks graph (an older export): export the model again")
+        kept = generate_masks(
+            self._decode_points,
+            image_size=self._image["original_size"],
+            points_per_side=points_per_side,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            mask_threshold=self.manifest["preprocessing"]["mask_threshold"],
+        )
+        if len(kept.masks) == 0:
+            return _no_regions(self._image["original_size"], len(vocabulary), top_k, return_all_scores)
+        result = self.predict(  # the generator's masks replace SAM's decoder's: tokens only, the faster decoding
+            vocabulary=vocabulary, boxes=kept.boxes, top_k=top_k, activation=activation,
+            return_all_scores=return_all_scores, return_masks=False,
+        )  # fmt: skip
+        return dataclasses.replace(result, masks=kept.masks, mask_scores=np.clip(kept.scores, 0, 1))
+
+    def _decode_points(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 2) points in the image's pixels, one region each -> (n, 3, H, W) mask logits and (n, 3) predicted
+        IoUs (the point_masks graph; each point is followed by SAM's padding point, as its prompt encoder pads)."""
+        (height, width), (new_h, new_w) = self._image["original_size"], self._image["input_size"]
+        coords = np.zeros((len(points), 2, 2), np.float32)
+        coords[:, 0] = points * np.array([new_w / width, new_h / height])
+        labels = np.tile(np.array([1.0, _PAD], np.float32), (len(points), 1))
+        return self._sessions["point_masks"].run(
+            None,
+            {
+                "image_embedding": self._image["sam"],
+                "point_coords": coords,
+                "point_labels": labels,
+                "input_size": np.array(self._image["input_size"], dtype=np.int64),
+                "original_size": np.array(self._image["original_size"], dtype=np.int64),
+            },
         )
 
     def encode_vocabulary(self, names: Sequence[str]) -> np.ndarray:
@@ -235,6 +345,27 @@ class OnnxRegionPredictor:
                 for i in range(0, len(mask_logits), _MASK_UPSCALE_CHUNK)
             ]
         )
+
+
+def _check_no_caption(caption: bool) -> None:
+    if caption:
+        raise ValueError(
+            "caption=True needs the captioner, which OnnxRegionPredictor does not run yet (its caption_step graph "
+            "reads the region condition, which is not exported): use RegionSpotPredictor"
+        )
+
+
+def _no_regions(size: tuple[int, int], num_classes: int, top_k: int, all_scores: bool) -> RegionPredictions:
+    k = min(top_k, num_classes)
+    return RegionPredictions(
+        labels=[],
+        class_ids=np.zeros((0, k), np.int64),
+        scores=np.zeros((0, k), np.float32),
+        masks=np.zeros((0, *size), bool),
+        mask_scores=np.zeros(0, np.float32),
+        boxes=np.zeros((0, 4), np.float32),
+        all_scores=np.zeros((0, num_classes), np.float32) if all_scores else None,
+    )
 
 
 def _read_manifest(folder: Path, *, verify: bool) -> dict[str, Any]:

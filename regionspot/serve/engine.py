@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
+from regionspot.everything import NothingKeptWarning
 from regionspot.serve.requests import BadRequest, Query, encode_masks
 
 log = logging.getLogger(__name__)
@@ -55,18 +57,27 @@ class Engine:
             cached = self._select_image(query)
             embedded = time.perf_counter()
             try:
-                result = self.predictor.predict(vocabulary=query.vocabulary, **query.prompts, **query.options)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", NothingKeptWarning)
+                    result = self._predict(query)
                 answers = self._ask(query) if query.question is not None else None
             except (TypeError, ValueError) as err:
                 raise BadRequest(400, str(err)) from None
             done = time.perf_counter()
+        notes = [str(w.message) for w in caught if issubclass(w.category, NothingKeptWarning)]
         return {
             "image_id": query.image_id,
             "cached": cached,
             "regions": _regions(result),
+            **({"notes": notes} if notes else {}),
             **({"answers": answers} if answers is not None else {}),
             "timing_ms": {"embed": round(1000 * (embedded - start), 2), "regions": round(1000 * (done - embedded), 2)},
         }
+
+    def _predict(self, query: Query) -> Any:
+        if query.everything is None:
+            return self.predictor.predict(vocabulary=query.vocabulary, **query.prompts, **query.options)
+        return self.predictor.predict_everything(vocabulary=query.vocabulary, **query.everything, **query.options)
 
     def _select_image(self, query: Query) -> bool:
         """Make the query's image the predictor's, embedding it unless cached. Returns whether it was cached."""
@@ -104,7 +115,7 @@ class Engine:
 
     def _ask(self, query: Query) -> list[str]:
         if not hasattr(self.predictor, "ask"):
-            raise ValueError("questions need the VQA head, which the ONNX export leaves out: serve the torch model")
+            raise ValueError("questions need the VQA head's LLM, which the ONNX export leaves out: serve torch")
         boxes = query.prompts.get("boxes")
         if boxes is None:
             raise ValueError("a question needs boxes: <region1> is boxes[0]")

@@ -50,10 +50,13 @@ class Query:
     prompts: dict[str, Any] = field(default_factory=dict)  # boxes, points, point_labels, masks: as given
     options: dict[str, Any] = field(default_factory=dict)  # top_k, activation, return_masks, caption
     question: str | None = None
+    everything: dict[str, Any] | None = None  # predict_everything's generator settings, when asked to segment all
 
 
 _OPTIONS = ("top_k", "activation", "return_masks", "caption")
-_KNOWN = {"image", "image_id", "vocabulary", "boxes", "points", "point_labels", "masks", "question", *_OPTIONS}
+_EVERYTHING = ("points_per_side", "pred_iou_thresh", "stability_score_thresh")
+_KNOWN = {"image", "image_id", "vocabulary", "boxes", "points", "point_labels", "masks", "question", "everything",
+          *_OPTIONS}  # fmt: skip
 
 
 def parse_query(body: bytes, limits: Limits) -> Query:
@@ -62,7 +65,8 @@ def parse_query(body: bytes, limits: Limits) -> Query:
     Body: {"image": base64 of an image file, or "image_id": from an earlier answer; "vocabulary": [names];
     "boxes": [[x1, y1, x2, y2], ...], "points": [[[x, y], ...], ...], "point_labels": [[1 | 0, ...], ...],
     "masks": [COCO RLE {"size": [H, W], "counts": str}, ...]; "top_k", "activation", "return_masks", "caption",
-    "question"}.
+    "question"; or, in place of prompts, "everything": true or {"points_per_side", "pred_iou_thresh",
+    "stability_score_thresh"} to segment everything (the predictor's `predict_everything`)}.
 
     Raises:
         BadRequest: 400 for malformed JSON, unknown fields, an undecodable image; 413 over a limit.
@@ -94,7 +98,23 @@ def parse_query(body: bytes, limits: Limits) -> Query:
     if question is not None and not isinstance(question, str):
         raise BadRequest(400, f"question must be a string, got {type(question).__name__}")
     options = {k: request[k] for k in _OPTIONS if k in request}
-    return Query(image, image_id, request.get("vocabulary"), prompts, options, question)
+    everything = _everything(request, prompts)
+    return Query(image, image_id, request.get("vocabulary"), prompts, options, question, everything)
+
+
+def _everything(request: dict, prompts: dict) -> dict[str, Any] | None:
+    """The request's "everything" settings ({} for true), or None; 400 with prompts, a question or return_masks."""
+    value = request.get("everything", False)
+    if value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict) or set(value) - set(_EVERYTHING):
+        raise BadRequest(400, f"everything must be true or an object with some of {list(_EVERYTHING)}, got {value!r}")
+    clash = sorted(set(prompts) | {k for k in ("question", "return_masks") if k in request})
+    if clash:
+        raise BadRequest(400, f"everything finds its own regions: leave out {clash}")
+    return value
 
 
 def _check_counts(request: dict, limits: Limits) -> None:
