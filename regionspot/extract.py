@@ -301,8 +301,11 @@ def finalise(out: Path) -> dict[str, Any]:
 def build_extraction_module(model_config: RegionSpotConfig, *, backbone_precision: str):
     """The training module (its frozen step is the one used here), backbones in `backbone_precision`."""
     from regionspot.training.module import RegionSpotModule
+    from regionspot.training.settings import BackboneSettings
 
-    module = RegionSpotModule(model_config=model_config, backbone_precision=backbone_precision)
+    module = RegionSpotModule(
+        model_config=model_config, backbones=BackboneSettings(backbone_precision=backbone_precision)
+    )
     module.model.cast_backbones(module.backbone_dtype())
     return module.eval()
 

@@ -14,6 +14,7 @@ from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.toy import write_colour_boxes
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
+from regionspot.training.settings import grouped_settings
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TINY = "tiny"
@@ -58,7 +59,7 @@ def make_trainer(root, **kwargs) -> L.Trainer:
 def make_module(config: RegionSpotConfig | None = None, **kwargs) -> RegionSpotModule:
     torch.manual_seed(0)
     config = config or RegionSpotConfig.from_yaml(TINY)
-    return RegionSpotModule(model_config=config, **{"lr": 3e-3, "warmup_steps": 3, **kwargs})
+    return RegionSpotModule(**grouped_settings({"model_config": config, "lr": 3e-3, "warmup_steps": 3, **kwargs}))
 
 
 def adapter_state(module: RegionSpotModule) -> dict[str, torch.Tensor]:
@@ -284,8 +285,8 @@ def test_frozen_cache_reuses_backbone_outputs_and_changes_nothing(toy_data, tmp_
     moved = [b + 1.0 for b in boxes[:2]]  # other boxes on the same pixels: other SAM tokens
     cached.frozen_features(images[:2], moved)
     assert calls == [4, 2]
-    assert len(cached._frozen_cache) == 5  # least recently used dropped first
-    for entry in cached._frozen_cache.values():  # each holds its own memory, not a view of its whole batch
+    assert len(cached.frozen_cache.entries) == 5  # least recently used dropped first
+    for entry in cached.frozen_cache.entries.values():  # each holds its own memory, not a view of its whole batch
         assert (
             entry.clip_tokens.untyped_storage().nbytes() == entry.clip_tokens.numel() * entry.clip_tokens.element_size()
         )
