@@ -1,8 +1,8 @@
 """Run the frozen backbones once over a detection data set and keep what they give, for training without them.
 The command, `regionspot-extract` (regionspot.commands.extract), says how to run it.
 
-Each image goes through the training module's own frozen-feature step (`RegionSpotModule.frozen_features`: the
-model's one preprocessing, prompts and `RegionSpot.frozen_features`), and SAM's region tokens and mask scores of
+Each image goes through the model's one frozen-feature step (`RegionSpot.frozen_features`: its one preprocessing,
+the boxes as `RegionPrompts`, SAM and CLIP), the step training runs, and SAM's region tokens and mask scores of
 its boxes (with --clip-maps, CLIP's token map; with --flips, the same for the mirrored image) are written to
 WebDataset tar shards (`regionspot.data.feature_cache` describes the folder). Each process writes its own shards
 (shard k on rank k mod world size); a shard is written to a temporary file, fsynced and renamed, then recorded
@@ -31,6 +31,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
+from regionspot.build import build_regionspot
 from regionspot.config import RegionSpotConfig
 from regionspot.data.augment import hflip
 from regionspot.data.detection import DatasetConfig, DetectionDataset, build_dataset
@@ -49,6 +50,7 @@ from regionspot.data.feature_cache import (
     shard_name,
 )
 from regionspot.files import atomic_path, file_sha256, write_json_atomic
+from regionspot.modeling.regionspot import RegionSpot
 from regionspot.run_identity import listing_digest
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # sizes (`regionspot.run_identity.listing_digest`).
 _PLAN_KEYS = ("backbone_digest", "checkpoint_sha256", "dataset_digest", "images_digest", "dtype", "backbone_precision",
               "clip_maps", "flips", "shard_size")  # fmt: skip
+_EXTRACTION_PRECISIONS = ("float32", "bfloat16")
 
 
 def plan(
@@ -152,7 +155,8 @@ def extract_rank(
     """Extract this rank's shards (k with k mod world_size == rank) that are not finished yet.
 
     Args:
-        module: a `RegionSpotModule` whose backbones are on the device and in the dtype to run.
+        module: the `RegionSpot` model (`build_extraction_module`), its backbones on the device and in the dtype
+            to run.
         dataset: the data set of the manifest, without augmentation.
 
     Returns:
@@ -217,12 +221,12 @@ def write_shard(out: Path, index: int, entries) -> dict[str, Any]:
     return record
 
 
-def _entries(module, dataset: DetectionDataset, batch: list[tuple[int, dict[str, Any]]], manifest: dict[str, Any]):
+def _entries(model, dataset: DetectionDataset, batch: list[tuple[int, dict[str, Any]]], manifest: dict[str, Any]):
     """(WebDataset sample, meta) of every entry of a batch of (index, sample): one per image, two with flips."""
     views = {(index, False): s for index, s in batch if "skipped" not in s}
     if manifest["flips"]:
         views |= {(index, True): _flipped(s) for (index, _), s in list(views.items())}
-    frozen = _frozen(module, [s["image"] for s in views.values()], [s["boxes"] for s in views.values()])
+    frozen = _frozen(model, [s["image"] for s in views.values()], [s["boxes"] for s in views.values()])
     features = dict(zip(views, frozen, strict=True))
     dtype = STORAGE_DTYPES[manifest["dtype"]]
     for index, sample in batch:
@@ -263,15 +267,15 @@ def _flipped(sample: dict[str, Any]) -> dict[str, Any]:
     return {**sample, "image": image, "boxes": torch.from_numpy(np.asarray(boxes, dtype=np.float32))}
 
 
-def _frozen(module, images, boxes):
-    """The training module's own frozen step, under bf16 autocast when the backbones run in bf16 (as training)."""
+def _frozen(model: RegionSpot, images, boxes):
+    """The model's frozen step, under bf16 autocast when the backbones run in bf16 (as training)."""
     if not images:  # every image of the batch was skipped
         return []
-    device = module.device
-    bf16 = module.backbone_dtype() == torch.bfloat16
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    backbone = next(model.sam.parameters())
+    bf16 = backbone.dtype == torch.bfloat16
+    autocast = torch.autocast(backbone.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     with torch.inference_mode(), autocast:
-        return module.frozen_features(images, boxes)
+        return model.frozen_features(images, boxes)
 
 
 def finalise(out: Path) -> dict[str, Any]:
@@ -298,16 +302,14 @@ def finalise(out: Path) -> dict[str, Any]:
     return manifest
 
 
-def build_extraction_module(model_config: RegionSpotConfig, *, backbone_precision: str):
-    """The training module (its frozen step is the one used here), backbones in `backbone_precision`."""
-    from regionspot.training.module import RegionSpotModule
-    from regionspot.training.settings import BackboneSettings
-
-    module = RegionSpotModule(
-        model_config=model_config, backbones=BackboneSettings(backbone_precision=backbone_precision)
-    )
-    module.model.cast_backbones(module.backbone_dtype())
-    return module.eval()
+def build_extraction_module(model_config: RegionSpotConfig, *, backbone_precision: str) -> RegionSpot:
+    """The model whose frozen step the extraction runs, in eval mode, its backbones in `backbone_precision`
+    ("float32" or "bfloat16"; the command resolves "auto" by the device)."""
+    if backbone_precision not in _EXTRACTION_PRECISIONS:
+        raise ValueError(f"backbone_precision must be one of {_EXTRACTION_PRECISIONS}, got {backbone_precision!r}")
+    model = build_regionspot(model_config)
+    model.cast_backbones(getattr(torch, backbone_precision))
+    return model.eval()
 
 
 def run_ranks(fabric, args: argparse.Namespace) -> None:
@@ -330,9 +332,9 @@ def run_ranks(fabric, args: argparse.Namespace) -> None:
     if fabric.global_rank == 0:
         prepare(out, manifest, restart=args.restart)
     fabric.barrier()
-    module = build_extraction_module(model_config, backbone_precision=precision).to(fabric.device)
+    model = build_extraction_module(model_config, backbone_precision=precision).to(fabric.device)
     extract_rank(
-        module=module,
+        module=model,
         dataset=dataset,
         out=out,
         manifest=manifest,

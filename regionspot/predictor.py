@@ -17,10 +17,11 @@ from PIL import Image
 from regionspot.checks import check_integer, check_request, numbered
 from regionspot.config import MaskGeneratorSettings
 from regionspot.modeling.preprocess import PreparedImage
+from regionspot.modeling.prompts import RegionPrompts
 from regionspot.modeling.regionspot import FrozenFeatures, ImageEmbeddings, RegionSpot
 from regionspot.modeling.sam import build_mask_generator, sam_everything
 from regionspot.predictions import RegionPredictions
-from regionspot.transforms import prepare_prompts, to_rgb_uint8
+from regionspot.transforms import to_rgb_uint8
 
 
 class RegionSpotPredictor:
@@ -86,7 +87,7 @@ class RegionSpotPredictor:
             RuntimeError: before `set_image`. TypeError: for a vocabulary that is not a list of strings, a
                 top_k that is not an integer, or prompts that are not numbers. ValueError: for an empty
                 vocabulary, a blank or repeated name, top_k < 1, an unknown activation, caption without a
-                captioner, or prompts `prepare_prompts` refuses (boxes are clipped to the image; one with no
+                captioner, or prompts `RegionPrompts.check` refuses (boxes are clipped to the image; one with no
                 area left inside it, inverted, or NaN/infinite is refused, never dropped, and named as the app
                 numbers boxes, from 1, with its index: "box 1 (index 0)").
         """
@@ -95,18 +96,13 @@ class RegionSpotPredictor:
         vocabulary = check_request(vocabulary, top_k, activation)
         self._check_captioner(caption)
         image = self._image.images[0]
-        prompts, clipped = prepare_prompts(
-            self.model.sam,
-            image_size=image.original_size,
-            boxes=boxes,
-            points=points,
-            point_labels=point_labels,
-            masks=masks,
+        prompts = RegionPrompts.check(
+            image.original_size, boxes=boxes, points=points, point_labels=point_labels, masks=masks
         )
-        frozen = self.model.decode_regions(self._image, [prompts], with_masks=return_masks)[0]
+        frozen = self.model.frozen_features(self._image, [prompts], with_masks=return_masks)[0]
         return self._predictions(
-            frozen, image if return_masks else None, clipped, vocabulary, top_k=top_k, activation=activation,
-            all_scores=return_all_scores, caption=caption,
+            frozen, image if return_masks else None, prompts.clipped_boxes, vocabulary, top_k=top_k,
+            activation=activation, all_scores=return_all_scores, caption=caption,
         )  # fmt: skip
 
     @torch.no_grad()
@@ -150,21 +146,21 @@ class RegionSpotPredictor:
         self._check_captioner(caption)
         results: list[RegionPredictions] = []
         for start in range(0, len(images), batch_size):
-            prepared, checked = [], []
+            prepared, prompts = [], []
             for i in range(start, min(start + batch_size, len(images))):
                 with _about_image(i):
                     image = self.model.preprocessor(to_rgb_uint8(images[i]))
-                    checked.append(prepare_prompts(self.model.sam, image_size=image.original_size, boxes=boxes[i]))
+                    prompts.append(RegionPrompts.check(image.original_size, boxes=boxes[i]))
                 prepared.append(image)
-            frozen = self.model.frozen_features(prepared, [prompts for prompts, _ in checked], with_masks=True)
+            frozen = self.model.frozen_features(prepared, prompts, with_masks=True)
             features = self.model.region_features(frozen)
             captions = self.model.caption_regions(frozen, features) if caption else [None] * len(frozen)
             results += [
                 self._predictions(
-                    f, image, clipped, vocabulary, features=x, top_k=top_k, activation=activation,
+                    f, image, p.clipped_boxes, vocabulary, features=x, top_k=top_k, activation=activation,
                     all_scores=return_all_scores, captions=c,
                 )
-                for f, x, image, (_, clipped), c in zip(frozen, features, prepared, checked, captions, strict=True)
+                for f, x, image, p, c in zip(frozen, features, prepared, prompts, captions, strict=True)
             ]  # fmt: skip
         return results
 
@@ -280,7 +276,7 @@ class RegionSpotPredictor:
 
         Raises:
             RuntimeError: before `set_image`. ValueError: a model without a VQA head (a `vqa:` section), an empty
-                question, a tag naming a region not given (`<region3>` with two boxes), or boxes `prepare_prompts`
+                question, a tag naming a region not given (`<region3>` with two boxes), or boxes `RegionPrompts.check`
                 refuses.
         """
         if self._image is None:
@@ -288,9 +284,8 @@ class RegionSpotPredictor:
         questions = [question] if isinstance(question, str) else list(question)
         if not questions:
             raise ValueError("ask needs a question")
-        image = self._image.images[0]
-        prompts, _ = prepare_prompts(self.model.sam, image_size=image.original_size, boxes=boxes)
-        frozen = self.model.decode_regions(self._image, [prompts])[0]
+        prompts = RegionPrompts.check(self._image.images[0].original_size, boxes=boxes)
+        frozen = self.model.frozen_features(self._image, [prompts])[0]
         conversations = [[*history, (q, None)] for q in questions]
         answers = self.model.answer(
             [frozen] * len(questions), conversations, max_new_tokens=max_new_tokens, do_sample=do_sample,

@@ -20,7 +20,6 @@ unreadable image file.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -272,11 +271,11 @@ class CachedDetectionDataset(Dataset):
         if self.max_regions is not None and len(keep) > self.max_regions:
             keep = np.sort(rng.choice(len(keep), self.max_regions, replace=False))
         frozen = FrozenFeatures(
-            region_tokens=tensors["region_tokens"][keep],
-            mask_scores=tensors["mask_scores"][keep].float(),
+            region_tokens=tensors["region_tokens"],
+            mask_scores=tensors["mask_scores"].float(),
             clip_tokens=tensors["clip_tokens"],
-            region_boxes=tensors["region_boxes"][keep],
-        )
+            region_boxes=tensors["region_boxes"],
+        ).select(keep)
         sample = {
             "image": None,
             "frozen": frozen,
@@ -334,16 +333,7 @@ def load_feature_cache(
 
 def cached_frozen(batch: dict[str, Any], *, device: torch.device, dtype: torch.dtype) -> list[FrozenFeatures]:
     """A cached batch's frozen outputs on `device`, tokens and maps in `dtype` (the backbones' dtype of the run)."""
-    return [
-        dataclasses.replace(
-            f,
-            region_tokens=f.region_tokens.to(device, dtype),
-            mask_scores=f.mask_scores.to(device),
-            clip_tokens=f.clip_tokens.to(device, dtype),
-            region_boxes=f.region_boxes.to(device),
-        )
-        for f in batch["frozen"]
-    ]
+    return [f.to(device, dtype) for f in batch["frozen"]]
 
 
 def collate_with_features(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:

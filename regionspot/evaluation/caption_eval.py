@@ -29,7 +29,6 @@ from regionspot.evaluation.runner import METRICS_FILE, PartWriter, read_part_rec
 from regionspot.files import write_json_atomic
 from regionspot.modeling.regionspot import FrozenFeatures, RegionSpot
 from regionspot.run_identity import RUN_FILE, check_or_record, dataset_digests, run_identity
-from regionspot.transforms import prepare_prompts
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +171,7 @@ def usable_items(dataset: DetectionDataset, batch: list[tuple[int, dict]]) -> tu
 
 def frozen_of(model: RegionSpot, items: list[dict]) -> list[FrozenFeatures]:
     """The model's frozen-feature step for data set items, their boxes as the regions."""
-    prepared = [model.preprocessor(item["image"]) for item in items]
-    prompts = [
-        prepare_prompts(model.sam, image_size=image.original_size, boxes=item["boxes"])[0]
-        for image, item in zip(prepared, items, strict=True)
-    ]
-    return model.frozen_features(prepared, prompts)
+    return model.frozen_features([item["image"] for item in items], [item["boxes"] for item in items])
 
 
 def caption_batch(model: RegionSpot, dataset: DetectionDataset, batch: list[tuple[int, dict]]) -> list[dict]:

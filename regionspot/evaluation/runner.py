@@ -40,10 +40,11 @@ from regionspot.evaluation.sources import (
     keep_boxes_inside,
 )
 from regionspot.files import file_sha256, write_json_atomic
+from regionspot.modeling.prompts import RegionPrompts
 from regionspot.modeling.regionspot import ACTIVATIONS
 from regionspot.modeling.sam import build_mask_generator, sam_everything
 from regionspot.run_identity import check_or_record, path_digest, run_identity
-from regionspot.transforms import clip_boxes, prepare_prompts
+from regionspot.transforms import clip_boxes
 from regionspot.vocabulary import vocabulary_from_categories
 
 log = logging.getLogger(__name__)
@@ -355,8 +356,8 @@ class _ImageRecogniser:
                 embedded = dataclasses.replace(
                     embedded, sam=embedded.sam.float(), clip_tokens=embedded.clip_tokens.float()
                 )
-            prompts, _ = prepare_prompts(self.model.sam, image_size=frame.shape[:2], boxes=frame_boxes)
-            frozen = self.model.decode_regions(embedded, [prompts], with_masks=sam_masks)[0]
+            prompts = RegionPrompts.check(frame.shape[:2], boxes=frame_boxes)
+            frozen = self.model.frozen_features(embedded, [prompts], with_masks=sam_masks)[0]
             return detect_regions(
                 self.model,
                 frozen,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
@@ -18,6 +19,7 @@ from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.modeling.clip import ClipBackbone
 from regionspot.modeling.preprocess import ImagePreprocessor, PreparedImage
+from regionspot.modeling.prompts import RegionPrompts
 from regionspot.modeling.region_lm import RegionLanguageModel, Turn
 from regionspot.modeling.sam import SamPrompts, SamRegionEncoder
 
@@ -54,6 +56,28 @@ class FrozenFeatures:
     clip_tokens: torch.Tensor  # (L, D) CLIP's token map of the image
     region_boxes: torch.Tensor  # (N, 4) float32 where each prompt puts its region: x1, y1, x2, y2 / image size
     mask_logits: torch.Tensor | None = None  # (N, T, 4h, 4w) SAM's low-resolution masks, when asked for
+
+    def select(self, regions: torch.Tensor | np.ndarray) -> FrozenFeatures:
+        """Some of the N regions (`regions`: their indices, or a boolean mask over them); the CLIP map is kept."""
+        return replace(
+            self,
+            region_tokens=self.region_tokens[regions],
+            mask_scores=self.mask_scores[regions],
+            region_boxes=self.region_boxes[regions],
+            mask_logits=None if self.mask_logits is None else self.mask_logits[regions],
+        )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> FrozenFeatures:
+        """On `device`, with the backbones' outputs (region tokens, CLIP map, mask logits) in `dtype` when given
+        (e.g. the run's backbone dtype); mask scores and region boxes keep theirs (float32)."""
+        return replace(
+            self,
+            region_tokens=self.region_tokens.to(device, dtype),
+            mask_scores=self.mask_scores.to(device),
+            clip_tokens=self.clip_tokens.to(device, dtype),
+            region_boxes=self.region_boxes.to(device),
+            mask_logits=None if self.mask_logits is None else self.mask_logits.to(device, dtype),
+        )
 
 
 @dataclass
@@ -199,16 +223,45 @@ class RegionSpot(nn.Module):
         ]
 
     def frozen_features(
-        self, images: Sequence[PreparedImage], prompts: Sequence[SamPrompts], *, with_masks: bool = False
+        self,
+        images: Sequence[PreparedImage | np.ndarray] | ImageEmbeddings,
+        prompts: Sequence[RegionPrompts | SamPrompts | torch.Tensor | np.ndarray],
+        *,
+        with_masks: bool = False,
     ) -> list[FrozenFeatures]:
-        """The one frozen-feature step: B prepared images and their prompts -> B `FrozenFeatures`.
+        """The one frozen-feature step, under every caller: B images and their prompts -> B `FrozenFeatures`.
 
         SAM's image encoder and CLIP run once per image, batched; SAM's mask decoder runs over the prompts of
         all images together. Nothing here trains, so it runs without gradients.
+
+        Args:
+            images: B prepared images (`preprocessor`), B (H, W, 3) uint8 RGB arrays (prepared here), or their
+                `embed_images` output (an image embedded once for many requests, or embedded apart).
+            prompts: per image, its `RegionPrompts` (in the pixels of the image they were checked against), its
+                (N, 4) x1, y1, x2, y2 boxes in its pixels (checked here, as `RegionPrompts.check`), or `SamPrompts`
+                already in SAM's frame.
+            with_masks: also keep SAM's low-resolution mask logits; off, the decoder skips mask upscaling.
         """
-        if len(images) != len(prompts):
-            raise ValueError(f"{len(images)} images but {len(prompts)} prompt sets")
-        return self.decode_regions(self.embed_images(images), prompts, with_masks=with_masks)
+        if isinstance(images, ImageEmbeddings):
+            embedded, prepared = images, images.images
+        else:
+            preprocess = self.preprocessor
+            embedded, prepared = None, [i if isinstance(i, PreparedImage) else preprocess(i) for i in images]
+        if len(prepared) != len(prompts):
+            raise ValueError(f"{len(prepared)} images but {len(prompts)} prompt sets")
+        sam_prompts = [self._sam_prompts(p, image) for p, image in zip(prompts, prepared, strict=True)]
+        if embedded is None:
+            embedded = self.embed_images(prepared)
+        return self.decode_regions(embedded, sam_prompts, with_masks=with_masks)
+
+    def _sam_prompts(
+        self, prompts: RegionPrompts | SamPrompts | torch.Tensor | np.ndarray, image: PreparedImage
+    ) -> SamPrompts:
+        if isinstance(prompts, SamPrompts):
+            return prompts
+        if not isinstance(prompts, RegionPrompts):
+            prompts = RegionPrompts.check(image.original_size, boxes=prompts)
+        return prompts.sam_prompts(self.sam)
 
     def region_features(self, frozen: Sequence[FrozenFeatures]) -> list[torch.Tensor]:
         """Fuse each image's regions with its CLIP map: the adapter over a batch of B images.
