@@ -265,9 +265,9 @@ def test_ddp_two_cpu_processes_keep_identical_adapters(toy_data, tmp_path, monke
 def test_frozen_cache_reuses_backbone_outputs_and_changes_nothing(toy_data, tmp_path, monkeypatch):
     cached, plain = make_module(frozen_cache_size=5), make_module()
     calls = []
-    run_frozen = cached._run_frozen
+    run_frozen = cached.model.frozen_features
     monkeypatch.setattr(
-        cached, "_run_frozen", lambda images, boxes: calls.append(len(images)) or run_frozen(images, boxes)
+        cached.model, "frozen_features", lambda images, boxes: calls.append(len(images)) or run_frozen(images, boxes)
     )
     batch = next(iter(make_data(toy_data).val_dataloader()))  # 8 images
     images, boxes = batch["images"][:4], batch["boxes"][:4]

@@ -6,7 +6,6 @@ next-token losses); the training module calls it once a step and logs what it re
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -182,15 +181,7 @@ class Objective:
         kept: tuple[list, list, list] = ([], [], [])
         for image_frozen, image_features, image_captions in zip(frozen, features, captions, strict=True):
             keep = torch.randperm(len(image_captions))[:limit].sort().values  # the caller seeds torch per step
-            kept[0].append(
-                dataclasses.replace(
-                    image_frozen,
-                    region_tokens=image_frozen.region_tokens[keep],
-                    mask_scores=image_frozen.mask_scores[keep],
-                    region_boxes=image_frozen.region_boxes[keep],
-                    mask_logits=None,
-                )
-            )
+            kept[0].append(image_frozen.select(keep))
             kept[1].append(image_features[keep])
             kept[2].append([image_captions[i] for i in keep.tolist()])
         return kept

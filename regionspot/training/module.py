@@ -34,7 +34,6 @@ from regionspot.training.frozen_cache import FrozenOutputCache
 from regionspot.training.schedule import OptimizerSettings, apply_settings, changed_settings, schedule_of
 from regionspot.training.settings import SETTING_NAMES, BackboneSettings, check_heads, flat_settings, grouped_settings
 from regionspot.training.validation import ValidationSettings, log_validation_ap, val_detections
-from regionspot.transforms import prepare_prompts
 from regionspot.vocabulary import read_class_names
 
 log = logging.getLogger(__name__)
@@ -165,24 +164,13 @@ class RegionSpotModule(L.LightningModule):
             images: B prepared images, or B (H, W, 3) uint8 arrays (a data batch's; prepared here, on the CPU).
             boxes: B float tensors (N_i, 4), x1, y1, x2, y2 in that image's pixels.
         """
-        return self.frozen_cache(images, boxes, self._run_frozen)
+        return self.frozen_cache(images, boxes, self.model.frozen_features)
 
     def _batch_frozen(self, batch: dict[str, Any]) -> list[FrozenFeatures]:
         """A batch's frozen outputs: read from its feature cache (the backbones do not run), else computed."""
         if "frozen" in batch:
             return cached_frozen(batch, device=self.device, dtype=self.backbone_dtype())
         return self.frozen_features(batch["images"], batch["boxes"])
-
-    def _run_frozen(
-        self, images: Sequence[PreparedImage | np.ndarray], boxes: Sequence[torch.Tensor]
-    ) -> list[FrozenFeatures]:
-        preprocess, sam = self.model.preprocessor, self.model.sam
-        prepared = [image if isinstance(image, PreparedImage) else preprocess(image) for image in images]
-        prompts = [
-            prepare_prompts(sam, image_size=image.original_size, boxes=image_boxes)[0]
-            for image, image_boxes in zip(prepared, boxes, strict=True)
-        ]
-        return self.model.frozen_features(prepared, prompts)
 
     def forward(
         self, images: Sequence[PreparedImage | np.ndarray], boxes: Sequence[torch.Tensor], dataset: str
