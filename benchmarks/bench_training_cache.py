@@ -27,7 +27,7 @@ from regionspot.commands.extract import main as extract_main
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.feature_cache import read_manifest
 from regionspot.data.toy import write_colour_boxes
-from regionspot.training import RegionDataModule, RegionSpotModule
+from regionspot.training import BackboneSettings, OptimizerSettings, RegionDataModule, RegionSpotModule
 
 
 class StepTimer(L.Callback):
@@ -51,7 +51,11 @@ class StepTimer(L.Callback):
 def steps_per_s(config_path: Path, dataset: DatasetConfig, args: argparse.Namespace) -> float:
     config = RegionSpotConfig.from_yaml(config_path)
     # As train.py builds it: without the image encoders when the data come from a cache.
-    module = RegionSpotModule(model_config=config, lr=1e-4, warmup_steps=1, image_encoders=dataset.features is None)
+    module = RegionSpotModule(
+        model_config=config,
+        optimizer=OptimizerSettings(lr=1e-4, warmup_steps=1),
+        backbones=BackboneSettings(image_encoders=dataset.features is None),
+    )
     flips_only = AugmentConfig(flip_prob=0.5, short_edges=[], crop_prob=0.0)
     data = RegionDataModule(
         train={"toy": dataset}, batch_size=args.batch_size, num_workers=0, augment=flips_only, max_regions=None

@@ -18,7 +18,7 @@ from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.toy import write_colour_boxes
 from regionspot.evaluation.cli import run as evaluate_main
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
-from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
+from regionspot.training import OptimizerSettings, RegionDataModule, RegionSpotModule, export_adapter
 from regionspot.transforms import prepare_prompts
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -96,7 +96,9 @@ def trained(toy_data, tmp_path_factory):
     """The adapter and the captioner trained together on the toy captions; returns (module, trainer, run folder)."""
     root = tmp_path_factory.mktemp("caption_run")
     torch.manual_seed(0)
-    module = RegionSpotModule(model_config=caption_config(toy_data), lr=3e-3, warmup_steps=3)
+    module = RegionSpotModule(
+        model_config=caption_config(toy_data), optimizer=OptimizerSettings(lr=3e-3, warmup_steps=3)
+    )
     untrained = {k: v.clone() for k, v in module.model.caption_decoder.state_dict().items()}
     trainer = make_trainer(
         root, max_steps=60, limit_val_batches=1.0, val_check_interval=60, check_val_every_n_epoch=None
@@ -156,7 +158,9 @@ def test_frozen_adapter_stays_as_given(toy_data, tmp_path):
     adapter = build_regionspot(config).adapter
     save_file({k: v.contiguous() for k, v in adapter.state_dict().items()}, str(tmp_path / "a.safetensors"))
     config.adapter.checkpoint = str(tmp_path / "a.safetensors")
-    module = RegionSpotModule(model_config=config, train_adapter=False, lr=3e-3, warmup_steps=1)
+    module = RegionSpotModule(
+        model_config=config, train_adapter=False, optimizer=OptimizerSettings(lr=3e-3, warmup_steps=1)
+    )
     before = {k: v.clone() for k, v in module.model.adapter.state_dict().items()}
     make_trainer(tmp_path, max_steps=4, limit_val_batches=0).fit(module, datamodule=caption_data(toy_data))
     for name, tensor in module.model.adapter.state_dict().items():

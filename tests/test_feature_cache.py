@@ -15,7 +15,7 @@ from regionspot.commands.extract import main as extract_main
 from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.feature_cache import MANIFEST, backbone_digest
 from regionspot.data.toy import write_colour_boxes
-from regionspot.training import RegionDataModule, RegionSpotModule
+from regionspot.training import BackboneSettings, OptimizerSettings, RegionDataModule, RegionSpotModule
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TINY = "tiny"
@@ -36,7 +36,11 @@ def toy(tmp_path_factory) -> dict:
 def _train(dataset: DatasetConfig, root, *, image_encoders: bool = True) -> RegionSpotModule:
     torch.manual_seed(0)
     config = RegionSpotConfig.from_yaml(TINY)
-    module = RegionSpotModule(model_config=config, lr=3e-3, warmup_steps=2, image_encoders=image_encoders)
+    module = RegionSpotModule(
+        model_config=config,
+        optimizer=OptimizerSettings(lr=3e-3, warmup_steps=2),
+        backbones=BackboneSettings(image_encoders=image_encoders),
+    )
     data = RegionDataModule(train={"toy": dataset}, batch_size=4, num_workers=0, augment=FLIPS_ONLY, max_regions=None)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -168,7 +172,9 @@ def test_data_that_read_images_are_refused_without_the_image_encoders(toy, tmp_p
         ({"cached": cached, "photos": images}, None, "photos read images"),
         ({"cached": cached}, images, "data.val read images"),
     ):
-        module = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY), image_encoders=False)
+        module = RegionSpotModule(
+            model_config=RegionSpotConfig.from_yaml(TINY), backbones=BackboneSettings(image_encoders=False)
+        )
         data = RegionDataModule(train=train, val=val, num_workers=0)
         trainer = L.Trainer(
             accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, use_distributed_sampler=False
@@ -176,7 +182,9 @@ def test_data_that_read_images_are_refused_without_the_image_encoders(toy, tmp_p
         with pytest.raises(ValueError, match=f"model.image_encoders is false, but {named}"):
             trainer.fit(module, data)
     # Called on images anyway (e.g. in a notebook), the model says what is missing and why.
-    module = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY), image_encoders=False)
+    module = RegionSpotModule(
+        model_config=RegionSpotConfig.from_yaml(TINY), backbones=BackboneSettings(image_encoders=False)
+    )
     image = torch.zeros(32, 40, 3, dtype=torch.uint8).numpy()
     with pytest.raises(RuntimeError, match=r"SAM's image encoder was not built \(image_encoders=False"):
         module.frozen_features([image], [torch.tensor([[2.0, 2.0, 20.0, 20.0]])])
@@ -192,7 +200,9 @@ def _validate(module: RegionSpotModule, val: DatasetConfig) -> dict[str, float]:
 def test_validation_from_a_cache_scores_as_validation_from_the_images(toy):
     torch.manual_seed(0)
     online = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY))
-    cached = RegionSpotModule(model_config=RegionSpotConfig.from_yaml(TINY), image_encoders=False)
+    cached = RegionSpotModule(
+        model_config=RegionSpotConfig.from_yaml(TINY), backbones=BackboneSettings(image_encoders=False)
+    )
     cached.model.adapter.load_state_dict(online.model.adapter.state_dict())
     from_images = _validate(online, DatasetConfig(ann_file=str(toy["ann"]), image_dir=str(toy["images"])))
     from_cache = _validate(cached, DatasetConfig(features=str(toy["features"])))

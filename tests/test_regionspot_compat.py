@@ -40,6 +40,7 @@ from regionspot.evaluation.runner import EvalSettings, evaluate, plan_run
 from regionspot.modeling.adapter import RegionFusionAdapter
 from regionspot.modeling.clip import PROMPT_TEMPLATES, ClipBackbone, build_clip
 from regionspot.modeling.losses import region_focal_loss
+from regionspot.modeling.objective import Objective
 from regionspot.modeling.preprocess import ImagePreprocessor
 from regionspot.training.module import RegionSpotModule
 from regionspot.transforms import prepare_prompts
@@ -322,7 +323,7 @@ def test_training_step_reduces_as_loss_reduction_says(tiny_config, image, monkey
     losses = {}
     for reduction in ("boxes", "images"):
         torch.manual_seed(0)
-        module = RegionSpotModule(model_config=tiny_config, loss_reduction=reduction).eval()
+        module = RegionSpotModule(model_config=tiny_config, objective=Objective(loss_reduction=reduction)).eval()
         monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)
         module.use_data(vocabularies={"toy": ["red", "green", "blue"]})
         losses[reduction] = module.training_step(batch, 0)
@@ -331,7 +332,7 @@ def test_training_step_reduces_as_loss_reduction_says(tiny_config, image, monkey
     assert_close(losses["images"], per_image[0] + per_image[1])
     assert_close(losses["boxes"], region_focal_loss(torch.cat(logits), torch.cat(labels)))
     with pytest.raises(ValueError, match="loss_reduction must be one of"):
-        RegionSpotModule(model_config=tiny_config, loss_reduction="sum")
+        RegionSpotModule(model_config=tiny_config, objective=Objective(loss_reduction="sum"))
 
 
 def test_candidates_are_the_most_probable_pairs_before_the_box_scores():

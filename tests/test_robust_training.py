@@ -22,8 +22,12 @@ from regionspot import RegionSpotPredictor
 from regionspot.commands.train import main
 from regionspot.data.toy import write_colour_boxes
 from regionspot.modeling.adapter import RegionFusionAdapter, RegionSelfAttention
-from regionspot.training.fault_tolerance import PARTIAL_SUFFIX, AtomicCheckpointIO, UnreadableCheckpointError
-from regionspot.training.module import BAD_STEPS_KEY
+from regionspot.training.fault_tolerance import (
+    BAD_STEPS_KEY,
+    PARTIAL_SUFFIX,
+    AtomicCheckpointIO,
+    UnreadableCheckpointError,
+)
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -53,14 +57,14 @@ class Poison(L.Callback):
 def poisoned_module(monkeypatch, nan_steps: set[int], **kwargs):
     """A module whose naming losses are NaN at `nan_steps`."""
     module = make_module(**kwargs)
-    naming_losses = module._naming_losses
+    naming_losses = module.objective._naming_losses
 
     def losses(*args):
         focal, softmax = naming_losses(*args)
         poison = float("nan") if module.global_step in nan_steps else 1.0
         return focal * poison, softmax * poison
 
-    monkeypatch.setattr(module, "_naming_losses", losses)
+    monkeypatch.setattr(module.objective, "_naming_losses", losses)
     return module
 
 
@@ -101,7 +105,7 @@ def test_the_nan_stop_advice_works_a_lower_lr_on_resume_applies_and_the_message_
     (group,) = scheduler.optimizer.param_groups
     assert scheduler.base_lrs == [3e-4] and group["weight_decay"] == 0.05
     assert group["lr"] == pytest.approx(3e-4 * scheduler.lr_lambdas[0](scheduler.last_epoch))
-    assert trainer.global_step == 9 and resumed._bad_steps.skipped == 5
+    assert trainer.global_step == 9 and resumed.guard.bad_steps.skipped == 5
 
 
 def test_the_schedule_given_on_resume_replaces_the_checkpoints(toy_data, tmp_path):

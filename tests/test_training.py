@@ -14,6 +14,7 @@ from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.data.toy import write_colour_boxes
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
+from regionspot.training.settings import grouped_settings
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TINY = "tiny"
@@ -58,7 +59,7 @@ def make_trainer(root, **kwargs) -> L.Trainer:
 def make_module(config: RegionSpotConfig | None = None, **kwargs) -> RegionSpotModule:
     torch.manual_seed(0)
     config = config or RegionSpotConfig.from_yaml(TINY)
-    return RegionSpotModule(model_config=config, **{"lr": 3e-3, "warmup_steps": 3, **kwargs})
+    return RegionSpotModule(**grouped_settings({"model_config": config, "lr": 3e-3, "warmup_steps": 3, **kwargs}))
 
 
 def adapter_state(module: RegionSpotModule) -> dict[str, torch.Tensor]:
@@ -264,9 +265,9 @@ def test_ddp_two_cpu_processes_keep_identical_adapters(toy_data, tmp_path, monke
 def test_frozen_cache_reuses_backbone_outputs_and_changes_nothing(toy_data, tmp_path, monkeypatch):
     cached, plain = make_module(frozen_cache_size=5), make_module()
     calls = []
-    run_frozen = cached._run_frozen
+    run_frozen = cached.model.frozen_features
     monkeypatch.setattr(
-        cached, "_run_frozen", lambda images, boxes: calls.append(len(images)) or run_frozen(images, boxes)
+        cached.model, "frozen_features", lambda images, boxes: calls.append(len(images)) or run_frozen(images, boxes)
     )
     batch = next(iter(make_data(toy_data).val_dataloader()))  # 8 images
     images, boxes = batch["images"][:4], batch["boxes"][:4]
@@ -284,8 +285,8 @@ def test_frozen_cache_reuses_backbone_outputs_and_changes_nothing(toy_data, tmp_
     moved = [b + 1.0 for b in boxes[:2]]  # other boxes on the same pixels: other SAM tokens
     cached.frozen_features(images[:2], moved)
     assert calls == [4, 2]
-    assert len(cached._frozen_cache) == 5  # least recently used dropped first
-    for entry in cached._frozen_cache.values():  # each holds its own memory, not a view of its whole batch
+    assert len(cached.frozen_cache.entries) == 5  # least recently used dropped first
+    for entry in cached.frozen_cache.entries.values():  # each holds its own memory, not a view of its whole batch
         assert (
             entry.clip_tokens.untyped_storage().nbytes() == entry.clip_tokens.numel() * entry.clip_tokens.element_size()
         )

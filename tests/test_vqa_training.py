@@ -23,7 +23,7 @@ from regionspot.data import AugmentConfig, DatasetConfig
 from regionspot.demo.language_model import write_tiny_causal_lm
 from regionspot.demo.synthetic import generate_dataset
 from regionspot.evaluation.cli import run as evaluate_main
-from regionspot.training import RegionDataModule, RegionSpotModule, export_adapter
+from regionspot.training import OptimizerSettings, RegionDataModule, RegionSpotModule, export_adapter
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TINY = "tiny"
@@ -69,7 +69,7 @@ def trained(qa_data, tmp_path_factory):
     data, llm = qa_data
     root = tmp_path_factory.mktemp("vqa_run")
     torch.manual_seed(0)
-    module = RegionSpotModule(model_config=vqa_config(llm), lr=3e-3, warmup_steps=3)
+    module = RegionSpotModule(model_config=vqa_config(llm), optimizer=OptimizerSettings(lr=3e-3, warmup_steps=3))
     datamodule = qa_datamodule(data, batch_size=8, flip_prob=0.5)
     trainer = make_trainer(root, max_steps=40)
     trainer.fit(module, datamodule=datamodule)
@@ -112,7 +112,7 @@ def test_export_rebuilds_the_head_and_evaluate_vqa_scores_and_resumes(trained, q
 
 def test_the_vqa_head_learns_at_its_own_rate(qa_data):
     _, llm = qa_data
-    module = RegionSpotModule(model_config=vqa_config(llm), lr=1e-3, vqa_lr=3e-3)
+    module = RegionSpotModule(model_config=vqa_config(llm), optimizer=OptimizerSettings(lr=1e-3, vqa_lr=3e-3))
     optimizer = module.configure_optimizers()["optimizer"]
     recogniser, vqa = optimizer.param_groups
     assert (recogniser["initial_lr"], vqa["initial_lr"]) == (1e-3, 3e-3)
@@ -138,7 +138,9 @@ def test_a_head_without_a_loss_in_a_step_is_left_alone(qa_data, tmp_path):
     weight decay)."""
     data, llm = qa_data
     torch.manual_seed(0)
-    module = RegionSpotModule(model_config=vqa_config(llm), lr=3e-3, warmup_steps=1, weight_decay=0.1)
+    module = RegionSpotModule(
+        model_config=vqa_config(llm), optimizer=OptimizerSettings(lr=3e-3, warmup_steps=1, weight_decay=0.1)
+    )
     datamodule = qa_datamodule(data, batch_size=4, detection=True)
     snapshots = _VqaSnapshots()
     make_trainer(tmp_path, max_steps=12, callbacks=[snapshots]).fit(module, datamodule=datamodule)
@@ -167,7 +169,7 @@ def test_an_llm_that_trains_is_in_training_mode(qa_data, tmp_path, llm_training)
     data, llm = qa_data
     config = vqa_config(llm)
     config.vqa.llm_training = llm_training
-    module = RegionSpotModule(model_config=config, lr=1e-3, warmup_steps=1)
+    module = RegionSpotModule(model_config=config, optimizer=OptimizerSettings(lr=1e-3, warmup_steps=1))
     datamodule = qa_datamodule(data, batch_size=2)
     modes = _LlmModes()
     make_trainer(tmp_path, max_steps=2, callbacks=[modes]).fit(module, datamodule=datamodule)

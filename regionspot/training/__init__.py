@@ -1,5 +1,5 @@
-"""Training with Lightning (the model package never imports it): module, data module, callbacks, export, and
-fault tolerance (atomic checkpoints, a checkpoint on SIGTERM).
+"""Training with Lightning (the model package never imports it): module and its grouped settings, data module,
+callbacks, export, and fault tolerance (atomic checkpoints, a checkpoint on SIGTERM).
 
 The public names load on first use (PEP 562), so that `regionspot-train --help` answers before Lightning loads.
 """
@@ -14,17 +14,24 @@ if TYPE_CHECKING:
     from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, ValidationScores
     from regionspot.training.datamodule import RegionDataModule
     from regionspot.training.export import export_adapter, read_training_checkpoint, save_adapter
-    from regionspot.training.fault_tolerance import AtomicCheckpointIO, PreemptionCheckpoint
+    from regionspot.training.fault_tolerance import AtomicCheckpointIO, FaultToleranceSettings, PreemptionCheckpoint
     from regionspot.training.module import RegionSpotModule
+    from regionspot.training.schedule import OptimizerSettings
+    from regionspot.training.settings import BackboneSettings
+    from regionspot.training.validation import ValidationSettings
 
 __all__ = [
     "AtomicCheckpointIO",
+    "BackboneSettings",
     "ExportAdapter",
+    "FaultToleranceSettings",
     "ImagesPerSecond",
+    "OptimizerSettings",
     "PreemptionCheckpoint",
     "RegionDataModule",
     "RegionSpotModule",
     "ValidationScores",
+    "ValidationSettings",
     "export_adapter",
     "read_training_checkpoint",
     "save_adapter",
@@ -35,7 +42,10 @@ __getattr__, __dir__ = lazy_exports(
         "regionspot.training.callbacks": ["ExportAdapter", "ImagesPerSecond", "ValidationScores"],
         "regionspot.training.datamodule": ["RegionDataModule"],
         "regionspot.training.export": ["export_adapter", "read_training_checkpoint", "save_adapter"],
-        "regionspot.training.fault_tolerance": ["AtomicCheckpointIO", "PreemptionCheckpoint"],
+        "regionspot.training.fault_tolerance": ["AtomicCheckpointIO", "FaultToleranceSettings", "PreemptionCheckpoint"],
         "regionspot.training.module": ["RegionSpotModule"],
+        "regionspot.training.schedule": ["OptimizerSettings"],
+        "regionspot.training.settings": ["BackboneSettings"],
+        "regionspot.training.validation": ["ValidationSettings"],
     },
 )

@@ -4,9 +4,14 @@ packaged config (regionspot.configs)."""
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import pickle
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from regionspot.configs import resolve_config
 from regionspot.training.callbacks import ExportAdapter, ImagesPerSecond, StepProgressBar, ValidationScores
@@ -27,6 +33,17 @@ from regionspot.training.fault_tolerance import (
 )
 from regionspot.training.module import RegionSpotModule
 from regionspot.training.schedule import OPTIMIZER_SETTINGS
+from regionspot.training.settings import flat_docs, flat_signature, grouped_settings
+
+
+def training_module(**settings) -> RegionSpotModule:
+    """A `RegionSpotModule` from its settings by name, as a training YAML's `model:` section and the command line
+    (`--model.lr`) name them."""
+    return RegionSpotModule(**grouped_settings(settings))
+
+
+training_module.__signature__ = flat_signature(RegionSpotModule)  # what LightningCLI reads
+training_module.__doc__ = f"{inspect.cleandoc(training_module.__doc__)}\n\n{flat_docs()}"
 
 
 @dataclass
@@ -72,7 +89,8 @@ class RegionSpotCLI(LightningCLI):
         strict = {"allow_abbrev": False}
         kwargs.setdefault("parser_kwargs", {**strict, **{name: strict for name in self.subcommands()}})
         args = sys.argv[1:] if args is None else args
-        super().__init__(RegionSpotModule, RegionDataModule, args=resolve_config_names(args), **kwargs)
+        with lightning_notices_left_out():
+            super().__init__(training_module, RegionDataModule, args=resolve_config_names(args), **kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -119,6 +137,30 @@ class RegionSpotCLI(LightningCLI):
             added.append(StepProgressBar())
         kwargs["callbacks"] = [*_as_list(trainer_config.get("callbacks")), *added]
         return super().instantiate_trainer(**kwargs)
+
+
+@contextmanager
+def lightning_notices_left_out() -> Iterator[None]:
+    """Lightning's notices that a run of this command cannot act on, left out of its output while it runs."""
+    tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+
+    def no_tips(record: logging.LogRecord) -> bool:  # the training output is not the place for product tips
+        return "💡 Tip" not in record.getMessage()
+
+    with warnings.catch_warnings():
+        # The frozen backbones are in eval mode by design (the module says so once, at fit start).
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+        # The training batches are a function of the step (MixedBatchSampler's start_batch): a run resumed mid-epoch
+        # goes on with the very batches an uninterrupted one reads (tests/test_robust_resume.py), which Lightning
+        # cannot see.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        # Lightning 2.6 asks torch's pytree in a way torch 2.14 deprecates, once per run: not ours to act on.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        tips.addFilter(no_tips)
+        try:
+            yield
+        finally:
+            tips.removeFilter(no_tips)
 
 
 def _needs_image_encoders(train, val) -> bool:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.accelerators import CUDAAccelerator
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch.utils.data import DataLoader
 
 from regionspot.data.augment import AugmentConfig
@@ -24,10 +22,6 @@ from regionspot.modeling.preprocess import ImagePreprocessor
 
 log = logging.getLogger(__name__)
 TOY_IMAGES = {"train": 64, "val": 16}  # images of a toy set, by its file's stem (others: as many as "train")
-# The training batches are a function of the step (MixedBatchSampler's start_batch): a run resumed mid-epoch goes on
-# with the very batches an uninterrupted one reads (tests/test_robust_resume.py), which Lightning cannot see.
-_MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
-warnings.filterwarnings("ignore", message=_MID_EPOCH_WARNING, category=PossibleUserWarning)
 
 
 class RegionDataModule(L.LightningDataModule):

@@ -31,7 +31,12 @@ from regionspot.checkpoint import (
 from regionspot.config import RegionSpotConfig
 from regionspot.files import atomic_path, write_text_atomic
 from regionspot.modeling.adapter import RegionFusionAdapter
-from regionspot.training.module import CONFIG_KEY, HEAD_PARTS
+from regionspot.modeling.regionspot import RegionSpot
+
+# The parts a training checkpoint holds (the frozen backbones come from the model config's files): the adapter,
+# also when it is kept frozen under a captioner (a checkpoint is then whole), the caption decoder and the VQA head.
+HEAD_PARTS = ("adapter", "caption_decoder", "vqa")
+CONFIG_KEY = "regionspot_model_config"  # the model config in a training checkpoint, as a plain dict
 
 # RegionSpot's adapters by (CLIP width, text dim): what to give as --config.
 _REGIONSPOT_VARIANTS = {
@@ -89,6 +94,14 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path, config: dict[str, 
     tensors = {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
     with atomic_path(path) as partial:  # a reader (an evaluation, a resumed export) never sees half a file
         save_file(tensors, str(partial), metadata={"regionspot_model_config": json.dumps(config)})
+
+
+def checkpointed(model: RegionSpot, key: str) -> bool:
+    """Whether a training checkpoint holds the weight `key` of `RegionSpotModule.state_dict()`: the heads' do, except
+    a VQA head's LLM weights that do not train (a frozen LLM comes from its folder, as the backbones from theirs)."""
+    if key.startswith("model.vqa."):
+        return key.removeprefix("model.vqa.") in model.vqa.trained_state_dict()
+    return key.startswith(tuple(f"model.{part}." for part in HEAD_PARTS))
 
 
 def read_training_checkpoint(path: str | Path) -> tuple[dict[str, dict[str, torch.Tensor]], RegionSpotConfig]:

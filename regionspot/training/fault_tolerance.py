@@ -7,15 +7,20 @@
 - `PreemptionCheckpoint`: on SIGTERM (pre-emption; SLURM's requeue sends it too) Lightning ends the run after
   the step in flight; this saves a checkpoint first, where the next run's resume looks for it.
 - `NonFiniteSteps`: a step whose loss or gradients are NaN or infinite changes no weight; too many in a row stop
-  the run (see `RegionSpotModule.max_bad_steps_in_a_row`).
+  the run (`FaultToleranceSettings.max_bad_steps_in_a_row`).
+- `StepGuard`: the training module's callback that skips those steps, drops the gradients of heads no loss
+  reached, and counts the training images that could not be used (stopping when too many could not).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import re
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from regionspot.files import PARTIAL, atomic_path
+
+log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = PARTIAL  # a checkpoint being written; never ends in .ckpt, so "last" never picks one
 
@@ -173,3 +180,134 @@ class NonFiniteSteps:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.skipped, self.in_a_row = int(state["skipped"]), int(state["in_a_row"])
+
+
+BAD_STEPS_KEY = "regionspot_bad_steps"  # NonFiniteSteps' counts in a checkpoint
+_SKIP_CHECK_EVERY = 50  # steps between checks of the skipped share (a collective on every rank)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultToleranceSettings:
+    """When a run gives up on its data or its steps.
+
+    Args:
+        max_skipped_fraction: stop with an error when more than this share of the training images read (checked
+            every 50 steps and at each epoch's end) could not be used, e.g. unreadable files.
+        max_bad_steps_in_a_row: a step whose loss or gradients are NaN or infinite is skipped (no weight changes;
+            counted as `train/skipped_steps`); after this many in a row the run saves its `last` checkpoint and
+            stops with an error.
+    """
+
+    max_skipped_fraction: float = 0.5
+    max_bad_steps_in_a_row: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(f"max_skipped_fraction must lie in [0, 1], got {self.max_skipped_fraction}")
+        if self.max_bad_steps_in_a_row < 1:
+            raise ValueError(f"max_bad_steps_in_a_row must be >= 1, got {self.max_bad_steps_in_a_row}")
+
+
+class StepGuard(L.Callback):
+    """Keeps a run going through bad data and bad steps, on every rank alike.
+
+    The module tells it each step's loss, the heads a loss reached and the images read (`record_step`). Before the
+    optimizer steps, a step whose loss or a gradient is NaN or infinite loses its gradients: AdamW then leaves the
+    weights and its moments as they were; the step still counts, so the data and the schedule go on as in any other
+    run. Likewise the heads no loss reached on any rank since the last step lose their (zero) gradients, so AdamW
+    leaves them alone instead of coasting on its momentum and decaying their weights: a VQA head trained on a third
+    of the steps moves on those steps only. Images a batch could not use are counted (`data/skipped_images`).
+
+    Args:
+        settings: when to stop.
+        heads: the model's trained parts by attribute name, as `record_step` names them.
+    """
+
+    def __init__(self, settings: FaultToleranceSettings, *, heads: Sequence[str]) -> None:
+        self.settings = settings
+        self.heads = tuple(heads)
+        self.bad_steps = NonFiniteSteps(settings.max_bad_steps_in_a_row)
+        self.skipped: Counter = Counter()
+        self.images_read = 0  # on this rank, kept or skipped
+        self._loss: torch.Tensor | None = None
+        self._reached: set[str] = set()  # the heads a loss reached since the last optimizer step
+        self._images: tuple[str, list] = ("", [])  # the step's data set and image ids, for the log
+
+    def record_step(self, *, loss: torch.Tensor, reached: Iterable[str], dataset: str, image_ids: list) -> None:
+        self._loss, self._images = loss.detach(), (dataset, image_ids)
+        self._reached |= set(reached)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int):
+        skipped = batch.get("skipped") or {}
+        self.images_read += len(batch["images"]) + sum(skipped.values())
+        if not skipped:
+            return
+        self.skipped.update(skipped)
+        log.warning("skipped images in a batch: %s (so far on this rank: %s)", skipped, dict(self.skipped))
+        pl_module.log("data/skipped_images", float(sum(self.skipped.values())), reduce_fx="max")
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        trained = [p for p in pl_module.parameters() if p.requires_grad]
+        bad = trainer.strategy.reduce_boolean_decision(NonFiniteSteps.is_bad(self._loss, trained), all=False)
+        self._loss = None
+        self._drop_unreached_gradients(trainer, pl_module)
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            log.warning(
+                "step %d: NaN or infinite loss or gradients; the optimizer step is skipped (data set %s, images %s)",
+                trainer.global_step,
+                *self._images,
+            )
+        self.bad_steps.record(bad)
+        pl_module.log("train/skipped_steps", float(self.bad_steps.skipped), batch_size=1)
+
+    def _drop_unreached_gradients(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        reached = torch.tensor([head in self._reached for head in self.heads], device=pl_module.device)
+        reached = trainer.strategy.reduce(reached.float(), reduce_op="sum") > 0  # a loss on any rank counts
+        self._reached = set()
+        for head, was_reached in zip(self.heads, reached.tolist(), strict=True):
+            module = getattr(pl_module.model, head)
+            if not was_reached and module is not None:
+                for p in module.parameters():
+                    p.grad = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % _SKIP_CHECK_EVERY == 0:
+            self._stop_if_too_many_skipped(trainer)
+        if self.bad_steps.too_many:
+            self._stop_after_bad_steps(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_too_many_skipped(trainer)
+
+    def _stop_after_bad_steps(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save the run where a resume finds it (its weights are those before the bad steps), then stop."""
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        count, step, lr = self.bad_steps.in_a_row, trainer.global_step, pl_module.hparams["lr"]
+        raise RuntimeError(
+            f"the {count} optimizer steps before step {step} all had a NaN or infinite loss or gradient and were "
+            f"skipped (model.max_bad_steps_in_a_row={self.settings.max_bad_steps_in_a_row}): stopping. The weights "
+            f"are those before them; the run is saved in {path}. Check the data those steps read (the warnings name "
+            f"their images), then rerun the same command with a lower rate and --ckpt_path {path} (e.g. "
+            f"--model.lr={lr / 10:g}): a resumed run takes the rate, schedule and weight decay it is given"
+        )
+
+    def _stop_if_too_many_skipped(self, trainer: L.Trainer) -> None:
+        """Stop (on every rank at once) when more than `max_skipped_fraction` of the images read were unusable."""
+        fraction = sum(self.skipped.values()) / max(self.images_read, 1)
+        limit = self.settings.max_skipped_fraction
+        if trainer.strategy.reduce_boolean_decision(self.images_read > 0 and fraction > limit, all=False):
+            raise RuntimeError(
+                f"{fraction:.0%} of the {self.images_read} training images read on this rank could not be used "
+                f"({dict(self.skipped)}), more than model.max_skipped_fraction={limit}: "
+                "check data.train.<name>.image_dir and the files it names (the log names each skipped one)"
+            )
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[BAD_STEPS_KEY] = self.bad_steps.state_dict()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if BAD_STEPS_KEY in checkpoint:
+            self.bad_steps.load_state_dict(checkpoint[BAD_STEPS_KEY])
+            self.bad_steps.in_a_row = 0  # a resumed run (a lower lr, mended data) gets the whole allowance again

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch.optim.lr_scheduler import LambdaLR
@@ -37,10 +39,35 @@ class WarmupMultiStep:
         return factor
 
 
-# The settings a resumed run takes from its command line, not from the checkpoint (whose optimizer and scheduler
-# state Lightning restores, rates and schedule included).
-OPTIMIZER_SETTINGS = ("lr", "vqa_lr", "weight_decay", "warmup_steps", "warmup_start_factor", "lr_milestones",
-                      "lr_gamma")  # fmt: skip
+@dataclass(frozen=True, kw_only=True)
+class OptimizerSettings:
+    """AdamW and its schedule (RegionSpot's defaults). A resumed run takes these from its command line, not from the
+    checkpoint (whose optimizer and scheduler state Lightning restores, rates and schedule included).
+
+    Args:
+        lr: AdamW's learning rate (RegionSpot: 2.5e-5).
+        vqa_lr: the VQA head's learning rate (its projector, and the LLM's weights that train); None: `lr`. An
+            LLM's LoRA weights or projector usually want another rate than the recogniser's adapter.
+        weight_decay: AdamW's weight decay (RegionSpot: 1e-4).
+        warmup_steps: steps of linear warm-up (RegionSpot: 1000).
+        warmup_start_factor: the rate's factor at step 0 of the warm-up.
+        lr_milestones: steps at which the rate is multiplied by `lr_gamma` (RegionSpot: 350k, 420k).
+        lr_gamma: that factor (RegionSpot: 0.1).
+    """
+
+    lr: float = 2.5e-5
+    vqa_lr: float | None = None
+    weight_decay: float = 1e-4
+    warmup_steps: int = 1000
+    warmup_start_factor: float = 0.001
+    lr_milestones: Sequence[int] = (350_000, 420_000)
+    lr_gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        schedule_of(dataclasses.asdict(self))  # checks the schedule's settings
+
+
+OPTIMIZER_SETTINGS = tuple(field.name for field in dataclasses.fields(OptimizerSettings))
 
 
 def schedule_of(hparams: Mapping[str, Any]) -> WarmupMultiStep:
