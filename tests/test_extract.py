@@ -15,6 +15,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import killable
 import pytest
 import torch
 from PIL.Image import open as open_image
@@ -242,26 +243,6 @@ def _extraction_with_slow_workers(out: str, toy, module, reading: str) -> None:
     extract_rank(module=module, dataset=dataset, out=Path(out), manifest=_manifest(toy), batch_size=1, num_workers=2)
 
 
-def _children(pid: int) -> set[int]:
-    """Live (not zombie) processes whose parent is `pid`."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended while listed
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_kill_9_of_the_extractor_leaves_no_loader_worker_behind(toy, module, tmp_path):
     reading = tmp_path / "reading"
     reading.mkdir()
@@ -276,14 +257,14 @@ def test_kill_9_of_the_extractor_leaves_no_loader_worker_behind(toy, module, tmp
             process.kill()
             raise AssertionError("the workers did not start")
         time.sleep(0.01)
-    workers = _children(process.pid)
+    workers = killable.children(process.pid)
     assert {int(p.name) for p in reading.iterdir()} <= workers
     os.kill(process.pid, signal.SIGKILL)
     process.join(30)
     deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(killable.alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    survivors = [pid for pid in workers if _alive(pid)]
+    survivors = [pid for pid in workers if killable.alive(pid)]
     for pid in survivors:  # not to leave them to the rest of the session
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f"{len(survivors)} of {len(workers)} loader workers outlived the extractor"
