@@ -9,7 +9,9 @@ differ (regionspot.training.module, `frozen_cache_size`).
 
 from __future__ import annotations
 
+import csv
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -277,3 +279,94 @@ def test_optimizer_settings_given_on_resume_apply_through_train_py(resume_from, 
     assert resumed.model.hparams.lr == 1e-4 and scheduler.base_lrs == [1e-4] and group["weight_decay"] == 0.05
     assert group["lr"] == pytest.approx(1e-4 * scheduler.lr_lambdas[0](scheduler.last_epoch))
     assert "resumed at step 2 with model.lr 0.002 -> 0.0001, model.weight_decay 0.0001 -> 0.05" in caplog.text
+
+
+def logged(run: Path) -> list[dict[str, str]]:
+    """The rows of the run's metrics.csv (whole lines only), without the throughput (a measured time)."""
+    path = run / "logs" / "metrics.csv"
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    rows = csv.DictReader(line for line in lines if line.endswith("\n"))
+    return [{k: v for k, v in row.items() if k != "train/images_per_sec"} for row in rows]
+
+
+def logged_steps(run: Path) -> list[int]:
+    return [int(row["step"]) for row in logged(run)]
+
+
+def test_a_run_killed_past_its_checkpoint_and_resumed_logs_one_run_equal_to_an_uninterrupted_one(toy, tmp_path):
+    """The shipped configs' checkpointing (a `last` checkpoint after each validation, here every 6 steps), a kill -9
+    two steps past the checkpoint of step 6, the same command: <root>/logs/metrics.csv continues, its rows of steps 6
+    and 7 (trained again) are dropped, and it ends with the rows of an uninterrupted run, value for value."""
+    at_validation = {"save_last": True}
+    main(fit_args(tmp_path / "whole", toy, checkpoints=at_validation))
+    run = tmp_path / "killed"
+    args = fit_args(run, toy, checkpoints=at_validation)
+    process = killable.start_training(args)
+    killable.wait_until(lambda: max(logged_steps(run), default=-1) >= 8, process)
+    assert killable.kill(process) == -signal.SIGKILL
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert max(logged_steps(run)) >= 8  # rows of the steps the resumed run trains again
+    main(args)
+    whole = logged(tmp_path / "whole")
+    assert logged_steps(run) == [int(row["step"]) for row in whole] and logged(run) == whole
+    assert sorted(p.name for p in (run / "logs").iterdir()) == ["config.yaml", "hparams.yaml", "metrics.csv"]
+
+
+def test_a_fresh_fit_into_a_root_holding_a_run_refuses_in_one_line_and_restart_starts_afresh(toy, tmp_path):
+    run = tmp_path / "run"
+    (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(run, toy)))
+    args = ["fit", "--config=tiny", f"--config={tmp_path / 'swap.yaml'}"]
+    main(args)
+    first, checkpoints = logged(run), sorted((run / "checkpoints").iterdir())
+    with pytest.raises(SystemExit) as refused:
+        main(args)
+    message = str(refused.value.code)
+    assert message.startswith(f"error: {run} holds an earlier run (") and "\n" not in message
+    assert "--ckpt_path last" in message and "--restart" in message
+    assert logged(run) == first and sorted((run / "checkpoints").iterdir()) == checkpoints  # untouched
+    main([*args, "--restart"])
+    assert logged_steps(run) == [int(row["step"]) for row in first]  # one run's rows, not two runs'
+
+
+def _training_with_stuck_workers(args: list[str], reading: str) -> None:
+    """train.py with 2 loader workers, each stuck for a minute in its first image (a huge file, a stalled network
+    file system)."""
+    from regionspot.data import detection
+
+    torch.set_num_threads(1)
+    decode = detection._decode
+
+    def stuck(read_image, source):
+        Path(reading, str(os.getpid())).touch()
+        time.sleep(60)
+        return decode(read_image, source)
+
+    detection._decode = stuck
+    main(args)
+
+
+def test_kill_9_of_the_trainer_leaves_no_loader_worker_behind(toy, tmp_path):
+    reading = tmp_path / "reading"
+    reading.mkdir()
+    (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(tmp_path / "run", toy)))
+    args = ["fit", "--config=tiny", f"--config={tmp_path / 'swap.yaml'}", "--data.num_workers=2"]
+    process = multiprocessing.get_context("fork").Process(  # not a daemon: a daemon may not have children
+        target=_training_with_stuck_workers, args=(args, str(reading))
+    )
+    process.start()
+    try:
+        killable.wait_until(lambda: len(list(reading.iterdir())) >= 2, process)  # both workers inside an image
+    except AssertionError:
+        process.kill()
+        raise
+    workers = {int(p.name) for p in reading.iterdir()}
+    assert workers <= killable.children(process.pid)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(30)
+    deadline = time.monotonic() + 5
+    while any(killable.alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [pid for pid in workers if killable.alive(pid)]
+    for pid in survivors:  # not to leave them to the rest of the session
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"{len(survivors)} of {len(workers)} loader workers outlived the trainer"
