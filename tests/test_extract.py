@@ -247,26 +247,9 @@ def test_kill_9_of_the_extractor_leaves_no_loader_worker_behind(toy, module, tmp
     reading = tmp_path / "reading"
     reading.mkdir()
     prepare(tmp_path / "out", _manifest(toy))
-    process = multiprocessing.get_context("fork").Process(  # not a daemon: a daemon may not have children
-        target=_extraction_with_slow_workers, args=(str(tmp_path / "out"), toy, module, str(reading))
-    )
-    process.start()
-    deadline = time.monotonic() + 60
-    while len(list(reading.iterdir())) < 2:  # both workers are in the middle of an image
-        if not process.is_alive() or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("the workers did not start")
-        time.sleep(0.01)
-    workers = killable.children(process.pid)
-    assert {int(p.name) for p in reading.iterdir()} <= workers
-    os.kill(process.pid, signal.SIGKILL)
-    process.join(30)
-    deadline = time.monotonic() + 5
-    while any(killable.alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    survivors = [pid for pid in workers if killable.alive(pid)]
-    for pid in survivors:  # not to leave them to the rest of the session
-        os.kill(pid, signal.SIGKILL)
+    args = (str(tmp_path / "out"), toy, module, str(reading))
+    process, workers = killable.start_with_stuck_workers(_extraction_with_slow_workers, args, reading)
+    survivors = killable.survivors_of_kill_9(process, workers)
     assert not survivors, f"{len(survivors)} of {len(workers)} loader workers outlived the extractor"
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing
 import os
 import random
 import signal
@@ -350,23 +349,6 @@ def test_kill_9_of_the_trainer_leaves_no_loader_worker_behind(toy, tmp_path):
     reading.mkdir()
     (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(tmp_path / "run", toy)))
     args = ["fit", "--config=tiny", f"--config={tmp_path / 'swap.yaml'}", "--data.num_workers=2"]
-    process = multiprocessing.get_context("fork").Process(  # not a daemon: a daemon may not have children
-        target=_training_with_stuck_workers, args=(args, str(reading))
-    )
-    process.start()
-    try:
-        killable.wait_until(lambda: len(list(reading.iterdir())) >= 2, process)  # both workers inside an image
-    except AssertionError:
-        process.kill()
-        raise
-    workers = {int(p.name) for p in reading.iterdir()}
-    assert workers <= killable.children(process.pid)
-    os.kill(process.pid, signal.SIGKILL)
-    process.join(30)
-    deadline = time.monotonic() + 5
-    while any(killable.alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    survivors = [pid for pid in workers if killable.alive(pid)]
-    for pid in survivors:  # not to leave them to the rest of the session
-        os.kill(pid, signal.SIGKILL)
+    process, workers = killable.start_with_stuck_workers(_training_with_stuck_workers, (args, str(reading)), reading)
+    survivors = killable.survivors_of_kill_9(process, workers)
     assert not survivors, f"{len(survivors)} of {len(workers)} loader workers outlived the trainer"
