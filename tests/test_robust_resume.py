@@ -15,6 +15,7 @@ import os
 import random
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import killable
@@ -217,7 +218,8 @@ def started_at(cli: RegionSpotCLI) -> list[int]:
 @pytest.mark.parametrize("config", TRAINING_CONFIGS)
 def test_every_shipped_training_config_continues_from_its_checkpoint_with_the_same_command(config, toy, tmp_path):
     """Pre-empted at step 2 (SIGTERM: a `last` checkpoint of step 2), then the same command plus --ckpt_path last,
-    with the config's own ModelCheckpoint and logger: the run starts at step 2, not 0, and ends at max_steps."""
+    with the config's own ModelCheckpoint and logger: the run starts at step 2, not 0, ends at max_steps, and its
+    metrics.csv holds each step once."""
     run = tmp_path / "run"
     (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(run, toy)))
     args = ["fit", f"--config={config}", f"--config={tmp_path / 'swap.yaml'}"]
@@ -227,6 +229,7 @@ def test_every_shipped_training_config_continues_from_its_checkpoint_with_the_sa
     resumed = RegionSpotCLI(args=[*args, signal_at(-1), "--ckpt_path=last"])
     assert started_at(resumed) == [2] and resumed.trainer.global_step == 4
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert_logged_once(run, steps=4)  # one log, continued (not a logs/version_N per run)
 
 
 @pytest.mark.parametrize("config", TRAINING_CONFIGS)
@@ -241,6 +244,7 @@ def test_every_shipped_training_config_under_slurm_continues_after_a_requeue(con
     assert requests.read_text().split() == ["requeue", "4242"]
     requeued = RegionSpotCLI(args=[*args, signal_at(-1)])
     assert started_at(requeued) == [2] and requeued.trainer.global_step == 4
+    assert_logged_once(run, steps=4)  # the first job's rows of steps 2 and 3 dropped, logged again
 
 
 def test_old_step_checkpoints_are_pruned_as_configured_across_a_resume(toy, tmp_path):
@@ -290,6 +294,14 @@ def logged(run: Path) -> list[dict[str, str]]:
 
 def logged_steps(run: Path) -> list[int]:
     return [int(row["step"]) for row in logged(run)]
+
+
+def assert_logged_once(run: Path, *, steps: int) -> None:
+    """The run's metrics.csv holds steps 0 to `steps` - 1 in order, each with as many rows (a config that adds a
+    LearningRateMonitor logs two a step)."""
+    logged = logged_steps(run)
+    assert logged == sorted(logged) and set(logged) == set(range(steps)), logged
+    assert len(set(Counter(logged).values())) == 1, logged
 
 
 def test_a_run_killed_past_its_checkpoint_and_resumed_logs_one_run_equal_to_an_uninterrupted_one(toy, tmp_path):
