@@ -364,3 +364,20 @@ def test_kill_9_of_the_trainer_leaves_no_loader_worker_behind(toy, tmp_path):
     process, workers = killable.start_with_stuck_workers(_training_with_stuck_workers, (args, str(reading)), reading)
     survivors = killable.survivors_of_kill_9(process, workers)
     assert not survivors, f"{len(survivors)} of {len(workers)} loader workers outlived the trainer"
+
+
+def test_a_resumed_fit_logs_to_the_same_offline_wandb_run(toy, tmp_path, monkeypatch):
+    """wandb offline (no network): the pre-empted run and its resume log to offline runs of one id, the id kept in
+    logs/wandb_run_id (a resume that started a new wandb run would add a folder of another id)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    swap = swapped_in(run, toy) | {"logging": {"wandb": True, "offline": True}}
+    (tmp_path / "swap.yaml").write_text(json.dumps(swap))
+    args = ["fit", "--config=tiny", f"--config={tmp_path / 'swap.yaml'}"]
+    with pytest.raises(SystemExit):
+        main([*args, signal_at(2)])
+    main([*args, "--ckpt_path=last"])
+    run_id = (run / "logs" / "wandb_run_id").read_text().strip()
+    # A folder per run, named by its start time to the second and its id (the two may share one).
+    offline_runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert offline_runs and all(name.endswith(f"-{run_id}") for name in offline_runs), offline_runs
