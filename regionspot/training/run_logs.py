@@ -4,8 +4,9 @@ Lightning's CSVLogger opens a new `logs/version_N` for every run (and deletes a 
 folder it opens), so a run resumed with `--ckpt_path last` logged its steps in a second folder and no file held the
 whole run. Here `fit` always logs to `<root>/logs/metrics.csv`; a resumed run keeps the rows the checkpoint's run
 logged before the checkpoint's step and drops those logged after it (those steps are trained again, and logged
-again), so the file reads as one uninterrupted run. Each row is written when it is logged: a kill loses none of the
-rows before its checkpoint. wandb continues the same run id, kept in `<root>/logs/wandb_run_id`.
+again), so the file reads as one uninterrupted run. Each row is written when it is logged (Lightning's writer keeps
+100 steps in memory), so a kill loses only a row logged in the instant after a step checkpoint was saved (see
+docs/training.md). wandb continues the same run id, kept in `<root>/logs/wandb_run_id`.
 
 A `fit` without `--ckpt_path` into a root that holds an earlier run refuses (`earlier_run_files`), unless given
 `--restart`, which deletes that run's logs and checkpoints first.
