@@ -13,14 +13,11 @@ or whose bytes differ from it is done again. Unreadable images are skipped and c
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import json
 import logging
 import math
 import os
-import signal
-import sys
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
@@ -50,12 +47,12 @@ from regionspot.data.feature_cache import (
     member_offsets,
     shard_name,
 )
+from regionspot.data.workers import die_with_parent
 from regionspot.files import atomic_path, file_sha256, write_json_atomic
 from regionspot.modeling.regionspot import RegionSpot
 from regionspot.run_identity import listing_digest
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # What a rerun must agree on with the manifest already in the folder (else its shards would mix two extractions).
 # The backbones' weights by content (a checkpoint replaced behind the same name), the images by a listing of names and
 # sizes (`regionspot.run_identity.listing_digest`).
@@ -177,19 +174,6 @@ def extract_rank(
         write_shard(out, index, (e for batch in loader for e in _entries(module, dataset, batch, manifest)))
         written.append(index)
     return written
-
-
-def die_with_parent(parent: int, worker_id: int = 0) -> None:
-    """A DataLoader worker's `worker_init_fn`: the kernel kills the worker when its parent dies (Linux's
-    PR_SET_PDEATHSIG), so that a kill -9 of the extractor leaves no worker behind, holding its memory and /dev/shm.
-    PyTorch's own check notices a dead parent only between two items, and a worker can spend minutes in one (a huge
-    image, a stalled network file system). If the parent died before this ran, the worker exits at once."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            log.warning("worker %d: prctl(PR_SET_PDEATHSIG) failed (errno %d)", worker_id, ctypes.get_errno())
-    if os.getppid() != parent:
-        os._exit(1)
 
 
 def write_shard(out: Path, index: int, entries) -> dict[str, Any]:

@@ -152,3 +152,48 @@ class SignalAt(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+def children(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is `pid`."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while listed
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_with_stuck_workers(target: Callable, args: tuple, reading: Path) -> tuple[multiprocessing.Process, set[int]]:
+    """Fork `target(*args)`, a run whose loader workers each touch `reading`/<pid> and then stay inside an image, and
+    wait until 2 have; return the process and those workers' pids."""
+    process = multiprocessing.get_context("fork").Process(target=target, args=args)  # a daemon may not have children
+    process.start()
+    wait_until(lambda: len(list(reading.iterdir())) >= 2, process)
+    workers = {int(p.name) for p in reading.iterdir()}
+    assert workers <= children(process.pid)
+    return process, workers
+
+
+def survivors_of_kill_9(process: multiprocessing.Process, workers: set[int]) -> list[int]:
+    """SIGKILL `process`, give its `workers` 5 s to die, then kill those still alive (not to leave them to the rest of
+    the session) and return them."""
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(30)
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    survivors = [pid for pid in workers if alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    return survivors

@@ -15,6 +15,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import killable
 import pytest
 import torch
 from synthetic_boxes import extraction_args, one_cpu_thread  # noqa: F401 (a fixture)
@@ -242,50 +243,13 @@ def _extraction_with_slow_workers(out: str, toy, module, reading: str) -> None:
     extract_rank(module=module, dataset=dataset, out=Path(out), manifest=_manifest(toy), batch_size=1, num_workers=2)
 
 
-def _children(pid: int) -> set[int]:
-    """Live (not zombie) processes whose parent is `pid`."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended while listed
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.add(int(stat.parent.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_kill_9_of_the_extractor_leaves_no_loader_worker_behind(toy, module, tmp_path):
     reading = tmp_path / "reading"
     reading.mkdir()
     prepare(tmp_path / "out", _manifest(toy))
-    process = multiprocessing.get_context("fork").Process(  # not a daemon: a daemon may not have children
-        target=_extraction_with_slow_workers, args=(str(tmp_path / "out"), toy, module, str(reading))
-    )
-    process.start()
-    deadline = time.monotonic() + 60
-    while len(list(reading.iterdir())) < 2:  # both workers are in the middle of an image
-        if not process.is_alive() or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("the workers did not start")
-        time.sleep(0.01)
-    workers = _children(process.pid)
-    assert {int(p.name) for p in reading.iterdir()} <= workers
-    os.kill(process.pid, signal.SIGKILL)
-    process.join(30)
-    deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    survivors = [pid for pid in workers if _alive(pid)]
-    for pid in survivors:  # not to leave them to the rest of the session
-        os.kill(pid, signal.SIGKILL)
+    args = (str(tmp_path / "out"), toy, module, str(reading))
+    process, workers = killable.start_with_stuck_workers(_extraction_with_slow_workers, args, reading)
+    survivors = killable.survivors_of_kill_9(process, workers)
     assert not survivors, f"{len(survivors)} of {len(workers)} loader workers outlived the extractor"
 
 

@@ -113,7 +113,7 @@ def test_random_backbones_come_from_the_config_seed_and_the_adapter_from_the_cal
 def test_a_moved_run_folder_loads_and_evaluate_gives_validations_ap(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     RegionSpotCLI(args=["fit", f"--config={TINY_TRAIN}", "--trainer.max_steps=4", "--trainer.val_check_interval=4"])
-    rows = list(csv.DictReader((tmp_path / "runs/tiny/logs/version_0/metrics.csv").read_text().splitlines()))
+    rows = list(csv.DictReader((tmp_path / "runs/tiny/logs/metrics.csv").read_text().splitlines()))
     val_ap = float(next(r["val/AP"] for r in rows if r.get("val/AP")))
     shutil.move(tmp_path / "runs/tiny", tmp_path / "elsewhere")
     (tmp_path / "other").mkdir()

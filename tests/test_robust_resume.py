@@ -9,11 +9,13 @@ differ (regionspot.training.module, `frozen_cache_size`).
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 
 import killable
@@ -216,7 +218,8 @@ def started_at(cli: RegionSpotCLI) -> list[int]:
 @pytest.mark.parametrize("config", TRAINING_CONFIGS)
 def test_every_shipped_training_config_continues_from_its_checkpoint_with_the_same_command(config, toy, tmp_path):
     """Pre-empted at step 2 (SIGTERM: a `last` checkpoint of step 2), then the same command plus --ckpt_path last,
-    with the config's own ModelCheckpoint and logger: the run starts at step 2, not 0, and ends at max_steps."""
+    with the config's own ModelCheckpoint and logger: the run starts at step 2, not 0, ends at max_steps, and its
+    metrics.csv holds each step once."""
     run = tmp_path / "run"
     (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(run, toy)))
     args = ["fit", f"--config={config}", f"--config={tmp_path / 'swap.yaml'}"]
@@ -226,6 +229,7 @@ def test_every_shipped_training_config_continues_from_its_checkpoint_with_the_sa
     resumed = RegionSpotCLI(args=[*args, signal_at(-1), "--ckpt_path=last"])
     assert started_at(resumed) == [2] and resumed.trainer.global_step == 4
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert_logged_once(run, steps=4)  # one log, continued (not a logs/version_N per run)
 
 
 @pytest.mark.parametrize("config", TRAINING_CONFIGS)
@@ -240,6 +244,7 @@ def test_every_shipped_training_config_under_slurm_continues_after_a_requeue(con
     assert requests.read_text().split() == ["requeue", "4242"]
     requeued = RegionSpotCLI(args=[*args, signal_at(-1)])
     assert started_at(requeued) == [2] and requeued.trainer.global_step == 4
+    assert_logged_once(run, steps=4)  # the first job's rows of steps 2 and 3 dropped, logged again
 
 
 def test_old_step_checkpoints_are_pruned_as_configured_across_a_resume(toy, tmp_path):
@@ -277,3 +282,102 @@ def test_optimizer_settings_given_on_resume_apply_through_train_py(resume_from, 
     assert resumed.model.hparams.lr == 1e-4 and scheduler.base_lrs == [1e-4] and group["weight_decay"] == 0.05
     assert group["lr"] == pytest.approx(1e-4 * scheduler.lr_lambdas[0](scheduler.last_epoch))
     assert "resumed at step 2 with model.lr 0.002 -> 0.0001, model.weight_decay 0.0001 -> 0.05" in caplog.text
+
+
+def logged(run: Path) -> list[dict[str, str]]:
+    """The rows of the run's metrics.csv (whole lines only), without the throughput (a measured time)."""
+    path = run / "logs" / "metrics.csv"
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    rows = csv.DictReader(line for line in lines if line.endswith("\n"))
+    return [{k: v for k, v in row.items() if k != "train/images_per_sec"} for row in rows]
+
+
+def logged_steps(run: Path) -> list[int]:
+    return [int(row["step"]) for row in logged(run)]
+
+
+def assert_logged_once(run: Path, *, steps: int) -> None:
+    """The run's metrics.csv holds steps 0 to `steps` - 1 in order, each with as many rows (a config that adds a
+    LearningRateMonitor logs two a step)."""
+    logged = logged_steps(run)
+    assert logged == sorted(logged) and set(logged) == set(range(steps)), logged
+    assert len(set(Counter(logged).values())) == 1, logged
+
+
+def test_a_run_killed_past_its_checkpoint_and_resumed_logs_one_run_equal_to_an_uninterrupted_one(toy, tmp_path):
+    """The shipped configs' checkpointing (a `last` checkpoint after each validation, here every 6 steps), a kill -9
+    two steps past the checkpoint of step 6, the same command: <root>/logs/metrics.csv continues, its rows of steps 6
+    and 7 (trained again) are dropped, and it ends with the rows of an uninterrupted run, value for value."""
+    at_validation = {"save_last": True}
+    main(fit_args(tmp_path / "whole", toy, checkpoints=at_validation))
+    run = tmp_path / "killed"
+    args = fit_args(run, toy, checkpoints=at_validation)
+    process = killable.start_training(args)
+    killable.wait_until(lambda: max(logged_steps(run), default=-1) >= 8, process)
+    assert killable.kill(process) == -signal.SIGKILL
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    assert max(logged_steps(run)) >= 8  # rows of the steps the resumed run trains again
+    main(args)
+    whole = logged(tmp_path / "whole")
+    assert logged_steps(run) == [int(row["step"]) for row in whole] and logged(run) == whole
+    assert sorted(p.name for p in (run / "logs").iterdir()) == ["config.yaml", "hparams.yaml", "metrics.csv"]
+
+
+def test_a_fresh_fit_into_a_root_holding_a_run_refuses_in_one_line_and_restart_starts_afresh(toy, tmp_path):
+    run = tmp_path / "run"
+    (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(run, toy)))
+    args = ["fit", "--config=tiny", f"--config={tmp_path / 'swap.yaml'}"]
+    main(args)
+    first, checkpoints = logged(run), sorted((run / "checkpoints").iterdir())
+    with pytest.raises(SystemExit) as refused:
+        main(args)
+    message = str(refused.value.code)
+    assert message.startswith(f"error: {run} holds an earlier run (") and "\n" not in message
+    assert "--ckpt_path last" in message and "--restart" in message
+    assert logged(run) == first and sorted((run / "checkpoints").iterdir()) == checkpoints  # untouched
+    main([*args, "--restart"])
+    assert logged_steps(run) == [int(row["step"]) for row in first]  # one run's rows, not two runs'
+
+
+def _training_with_stuck_workers(args: list[str], reading: str) -> None:
+    """train.py with 2 loader workers, each stuck for a minute in its first image (a huge file, a stalled network
+    file system)."""
+    from regionspot.data import detection
+
+    torch.set_num_threads(1)
+    decode = detection._decode
+
+    def stuck(read_image, source):
+        Path(reading, str(os.getpid())).touch()
+        time.sleep(60)
+        return decode(read_image, source)
+
+    detection._decode = stuck
+    main(args)
+
+
+def test_kill_9_of_the_trainer_leaves_no_loader_worker_behind(toy, tmp_path):
+    reading = tmp_path / "reading"
+    reading.mkdir()
+    (tmp_path / "swap.yaml").write_text(json.dumps(swapped_in(tmp_path / "run", toy)))
+    args = ["fit", "--config=tiny", f"--config={tmp_path / 'swap.yaml'}", "--data.num_workers=2"]
+    process, workers = killable.start_with_stuck_workers(_training_with_stuck_workers, (args, str(reading)), reading)
+    survivors = killable.survivors_of_kill_9(process, workers)
+    assert not survivors, f"{len(survivors)} of {len(workers)} loader workers outlived the trainer"
+
+
+def test_a_resumed_fit_logs_to_the_same_offline_wandb_run(toy, tmp_path, monkeypatch):
+    """wandb offline (no network): the pre-empted run and its resume log to offline runs of one id, the id kept in
+    logs/wandb_run_id (a resume that started a new wandb run would add a folder of another id)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    swap = swapped_in(run, toy) | {"logging": {"wandb": True, "offline": True}}
+    (tmp_path / "swap.yaml").write_text(json.dumps(swap))
+    args = ["fit", "--config=tiny", f"--config={tmp_path / 'swap.yaml'}"]
+    with pytest.raises(SystemExit):
+        main([*args, signal_at(2)])
+    main([*args, "--ckpt_path=last"])
+    run_id = (run / "logs" / "wandb_run_id").read_text().strip()
+    # A folder per run, named by its start time to the second and its id (the two may share one).
+    offline_runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert offline_runs and all(name.endswith(f"-{run_id}") for name in offline_runs), offline_runs

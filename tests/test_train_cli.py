@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from safetensors.torch import load_file
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
@@ -20,6 +20,7 @@ from regionspot.configs import KINDS
 from regionspot.data.toy import write_colour_boxes
 from regionspot.training import ValidationScores
 from regionspot.training.cli import LoggingConfig, RegionSpotCLI, build_loggers
+from regionspot.training.run_logs import ContinuedCSVLogger
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 TRAIN_CONFIGS = sorted(p for p in KINDS["training"].glob("*.yaml") if p.name != "fsdp.yaml")
@@ -111,7 +112,7 @@ def test_fit_on_the_tiny_config_writes_the_adapter_and_export_matches_it(tmp_pat
     run = tmp_path / "run"
     adapter, model_yaml = run / "adapter.safetensors", run / "adapter.yaml"
     assert adapter.is_file() and RegionSpotConfig.from_yaml(model_yaml).adapter.checkpoint == str(adapter)
-    log_dir = run / "logs" / "version_0"
+    log_dir = run / "logs"  # the same folder in every run of the command: a resumed run continues its metrics.csv
     rows = list(csv.DictReader((log_dir / "metrics.csv").open()))
     assert any(r.get("val/AP") for r in rows) and any(r.get("train/images_per_sec") for r in rows)
     export_main(["--ckpt", str(run / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "exported.safetensors")])
@@ -161,10 +162,27 @@ def test_export_explains_a_wrong_file(tmp_path):
 def test_loggers_are_wandb_offline_with_a_csv_fallback(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     loggers = build_loggers(tmp_path, LoggingConfig(run_name="r"))
-    assert [type(x).__name__ for x in loggers] == ["CSVLogger", "WandbLogger"]
+    assert [type(x) for x in loggers] == [ContinuedCSVLogger, WandbLogger]
     import os
 
     assert os.environ["WANDB_MODE"] == "offline"  # no network, no login prompt
-    assert [type(x) for x in build_loggers(tmp_path, LoggingConfig(wandb=False))] == [CSVLogger]
+    assert [type(x) for x in build_loggers(tmp_path, LoggingConfig(wandb=False))] == [ContinuedCSVLogger]
+    assert [type(x) for x in build_loggers(tmp_path, LoggingConfig(wandb=False), fitting=False)] == [CSVLogger]
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert [type(x) for x in build_loggers(tmp_path, LoggingConfig())] == [CSVLogger]
+    assert [type(x) for x in build_loggers(tmp_path, LoggingConfig())] == [ContinuedCSVLogger]
+
+
+def test_a_resumed_fit_continues_the_wandb_run_and_a_fresh_one_starts_another(tmp_path, monkeypatch):
+    """The run id is kept in <root>/logs/wandb_run_id and given to wandb.init with resume="allow"."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+    def wandb_init(**options) -> dict:
+        (wandb_logger,) = [x for x in build_loggers(tmp_path, LoggingConfig(), **options) if isinstance(x, WandbLogger)]
+        return wandb_logger._wandb_init
+
+    first = wandb_init(resuming=False)
+    assert first["resume"] == "allow" and (tmp_path / "logs" / "wandb_run_id").read_text().strip() == first["id"]
+    assert wandb_init(resuming=True)["id"] == first["id"]
+    restarted = wandb_init(resuming=False)["id"]
+    assert restarted != first["id"] and wandb_init(resuming=True)["id"] == restarted
+    assert wandb_init(fitting=False)["id"] is None  # a validate run is a run of its own

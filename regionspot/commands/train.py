@@ -43,12 +43,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from regionspot.training.cli import RegionSpotCLI
     from regionspot.training.fault_tolerance import UnreadableCheckpointError
+    from regionspot.training.run_logs import EarlierRunError
 
     try:
         RegionSpotCLI(args=argv)
     except SIGTERMException as stopped:  # pre-empted, checkpoint saved: exit as a terminated process, not as done
         raise SystemExit(128 + signal.SIGTERM) from stopped
-    except UnreadableCheckpointError as err:  # a one-line message says which file and what to do
+    except (UnreadableCheckpointError, EarlierRunError) as err:  # a one-line message says which file and what to do
         raise SystemExit(f"error: {err}") from err
 
 

@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from jsonargparse import ActionYesNo
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -32,6 +35,7 @@ from regionspot.training.fault_tolerance import (
     why_unreadable,
 )
 from regionspot.training.module import RegionSpotModule
+from regionspot.training.run_logs import LOGS, ContinuedCSVLogger, ContinuedLogs, refuse_or_restart, wandb_run_id
 from regionspot.training.schedule import OPTIMIZER_SETTINGS
 from regionspot.training.settings import flat_docs, flat_signature, grouped_settings
 
@@ -56,9 +60,19 @@ class LoggingConfig:
     offline: bool = True  # offline runs can be uploaded later with `wandb sync <dir>`
 
 
-def build_loggers(save_dir: str | Path, config: LoggingConfig) -> list[Logger]:
-    """A CSV logger under `<save_dir>/logs`, and a wandb logger beside it when wandb is wanted and usable."""
-    loggers: list[Logger] = [CSVLogger(save_dir, name="logs")]
+def build_loggers(
+    save_dir: str | Path, config: LoggingConfig, *, fitting: bool = True, resuming: bool = False
+) -> list[Logger]:
+    """A CSV logger, and a wandb logger beside it when wandb is wanted and usable.
+
+    Args:
+        fitting: a `fit`, which logs to `<save_dir>/logs` in every run of a command (`run_logs`), and to the wandb
+            run whose id `<save_dir>/logs/wandb_run_id` keeps; else (`validate`) a new `logs/validate/version_N`
+            and a new wandb run.
+        resuming: the `fit` continues from a checkpoint: it continues the earlier run's wandb run.
+    """
+    csv_logger = ContinuedCSVLogger(save_dir) if fitting else CSVLogger(Path(save_dir) / LOGS, name="validate")
+    loggers: list[Logger] = [csv_logger]
     if not config.wandb or os.environ.get("WANDB_MODE") == "disabled":
         return loggers
     try:
@@ -70,8 +84,11 @@ def build_loggers(save_dir: str | Path, config: LoggingConfig) -> list[Logger]:
     if config.offline:
         os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
+    run: dict[str, str] = {}
+    if fitting:  # the same wandb run across resumes
+        run = {"id": wandb_run_id(save_dir, resuming=resuming), "resume": "allow"}
     loggers.append(
-        WandbLogger(project=config.project, name=config.run_name, save_dir=str(save_dir), offline=config.offline)
+        WandbLogger(project=config.project, name=config.run_name, save_dir=str(save_dir), offline=config.offline, **run)
     )
     return loggers
 
@@ -84,6 +101,7 @@ class RegionSpotCLI(LightningCLI):
 
     def __init__(self, *, args: list[str] | None = None, **kwargs) -> None:
         kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run logs to the same folder
         kwargs.setdefault("trainer_defaults", {"use_distributed_sampler": False})
         # No abbreviations: a misspelt `--trainer.max_step` is an error, not `--trainer.max_steps`.
         strict = {"allow_abbrev": False}
@@ -101,6 +119,10 @@ class RegionSpotCLI(LightningCLI):
         parser.add_lightning_class_args(ImagesPerSecond, "throughput")
         parser.add_lightning_class_args(ExportAdapter, "export")
         parser.add_class_arguments(LoggingConfig, "logging")
+        parser.add_argument(
+            "--restart", action=ActionYesNo, default=False,
+            help="fit: discard the earlier run's logs and checkpoints in trainer.default_root_dir and start afresh",
+        )  # fmt: skip
         # A run whose data all come from feature caches never builds the image encoders (nearly all the weights).
         parser.link_arguments(
             ("data.train", "data.val"), "model.image_encoders", compute_fn=_needs_image_encoders, apply_on="parse"
@@ -125,18 +147,36 @@ class RegionSpotCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer_config = self._get(self.config_init, "trainer", default={})
         root = trainer_config.get("default_root_dir") or os.getcwd()
-        if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = build_loggers(root, self._get(self.config_init, "logging"))
         for callback in _as_list(trainer_config.get("callbacks")):
             pin_checkpoint_folder(callback, root)  # where the same command plus --ckpt_path last looks
+        fitting = self.config.get("subcommand") == "fit"
+        resuming = fitting and self._resumes(root)
+        if fitting and not resuming:  # a fresh run never mixes its logs and checkpoints with an earlier one's
+            restart = self._get(self.config, "restart")
+            refuse_or_restart(root, self._checkpoint_folder(trainer_config, root), restart=restart)
+        if trainer_config.get("logger") in (None, True):
+            logging_config = self._get(self.config_init, "logging")
+            kwargs["logger"] = build_loggers(root, logging_config, fitting=fitting, resuming=resuming)
         plugins = _as_list(trainer_config.get("plugins"))
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        added = [PreemptionCheckpoint(), ValidationScores()]
+        added = [PreemptionCheckpoint(), ValidationScores(), ContinuedLogs()]
         if trainer_config.get("enable_progress_bar") is not False:
             added.append(StepProgressBar())
         kwargs["callbacks"] = [*_as_list(trainer_config.get("callbacks")), *added]
         return super().instantiate_trainer(**kwargs)
+
+    def _resumes(self, root: str) -> bool:
+        """Whether `fit` continues from a checkpoint: `--ckpt_path` given, or a SLURM job that Lightning resumes
+        from the newest `hpc_ckpt_N.ckpt` in `root` by itself."""
+        if self._get(self.config, "ckpt_path") is not None:
+            return True
+        return SLURMEnvironment.detect() and any(Path(root).glob("hpc_ckpt_*.ckpt"))
+
+    @staticmethod
+    def _checkpoint_folder(trainer_config, root: str) -> str:
+        folders = [c.dirpath for c in _as_list(trainer_config.get("callbacks")) if isinstance(c, ModelCheckpoint)]
+        return next((folder for folder in folders if folder), f"{root}/checkpoints")
 
 
 @contextmanager

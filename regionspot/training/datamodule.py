@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader
 
@@ -18,6 +21,7 @@ from regionspot.data.detection import DatasetConfig, DetectionDataset
 from regionspot.data.feature_cache import CachedDetectionDataset, collate_with_features, read_ground_truth
 from regionspot.data.sampling import MixedBatchSampler, MixedDetectionDataset, ShardSampler
 from regionspot.data.toy import write_colour_boxes
+from regionspot.data.workers import die_with_parent
 from regionspot.modeling.preprocess import ImagePreprocessor
 
 log = logging.getLogger(__name__)
@@ -175,8 +179,17 @@ class RegionDataModule(L.LightningDataModule):
             collate_fn=PreparingCollate(self.preprocessor) if in_workers else collate_with_features,
             pin_memory=pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=functools.partial(init_worker, os.getpid(), self._world()[0]),
             **kwargs,
         )
+
+
+def init_worker(parent: int, rank: int, worker_id: int) -> None:
+    """A loader worker's start: it dies with the trainer (`die_with_parent`), and is seeded as Lightning seeds the
+    workers of a loader that has no `worker_init_fn` of its own (`seed_everything(workers=True)`, as LightningCLI)."""
+    die_with_parent(parent, worker_id)
+    if os.environ.get("PL_SEED_WORKERS") == "1":
+        pl_worker_init_function(worker_id, rank=rank)
 
 
 class PreparingCollate:
