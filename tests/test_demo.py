@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from functools import partial
 
 import numpy as np
 import pytest
@@ -18,16 +16,16 @@ from regionspot.data.coco import load_annotations
 from regionspot.demo.backbones import (
     DEMO_SAM,
     POSITION_SCALE,
-    _sam_inputs,
+    _point_loss,
     attribute_phrases,
     fit_backbones,
-    fit_sam_points,
+    fit_sam,
 )
 from regionspot.demo.synthetic import _shape_mask, choose_heldout, generate_dataset, load_split, make_classes
 from regionspot.evaluation import score_detections
 from regionspot.evaluation.lvis_eval import _LVISFromDict
 from regionspot.evaluation.subsets import restrict_to_categories, score_category_subsets
-from regionspot.modeling.sam import SamRegionEncoder, build_sam
+from regionspot.modeling.sam import SamRegions, build_sam
 from regionspot.predictor import RegionSpotPredictor
 
 # 2 x 2 x 2 = 8 classes, 2 held out; 200 small training images are enough for r, c and f groups to exist.
@@ -243,11 +241,7 @@ def test_fitted_backbones_lower_their_losses_and_load_through_build_regionspot(s
     train |= {"images": images, "annotations": [a for a in train["annotations"] if a["image_id"] in kept]}
     few = small_dataset.root / "train_few.json"  # beside train.json, so the image paths resolve
     few.write_text(json.dumps(train))
-    fitted = fit_backbones(
-        ann_file=few, out_dir=tmp_path, seed=0, sam_steps=6, clip_steps=6, batch_size=4,
-        after_sam=partial(math.factorial, 5),  # a job for the core that SAM's shorter fit leaves free
-    )  # fmt: skip
-    assert fitted.after_sam == 120
+    fitted = fit_backbones(ann_file=few, out_dir=tmp_path, seed=0, sam_steps=6, clip_steps=6, batch_size=4)
     for curve in (fitted.sam_losses, fitted.clip_losses):
         assert np.mean(curve[-3:]) < curve[0]
     config = RegionSpotConfig.from_yaml("demo")
@@ -282,22 +276,39 @@ def test_every_object_has_a_caption_that_names_its_class_first(small_dataset):
         assert ann["caption"].startswith(f"a {names[ann['category_id']]} ")
 
 
-def test_sams_point_fit_trains_its_prompt_side_only(small_dataset):
+def test_sams_fit_trains_the_point_prompts_the_mask_generator_sends(small_dataset):
     examples = load_split(small_dataset.annotation_files["pretrain"])[:8]
     torch.manual_seed(0)
-    sam = build_sam(variant=DEMO_SAM)
-    inputs, boxes, targets = _sam_inputs(SamRegionEncoder(sam=sam), examples)
-    state = {name: value.clone() for name, value in sam.state_dict().items()}
-    losses = fit_sam_points(
-        sam, examples, inputs=inputs, boxes=boxes, targets=targets, rng=np.random.default_rng(0), steps=30,
-        batch_size=4, lr=1e-2,
-    )  # fmt: skip
-    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    state = build_sam(variant=DEMO_SAM).state_dict()  # what fit_sam starts from: the same seed, the same build
+    sam, losses = fit_sam(examples, seed=0, steps=30, iou_head_steps=5, batch_size=4, lr=1e-2)
+    assert len(losses) == 35 and np.mean(losses[25:30]) < np.mean(losses[:5])
     changed = {name for name, value in sam.state_dict().items() if not torch.equal(value, state[name])}
-    assert {name.split(".")[0] for name in changed} == {"prompt_encoder", "mask_decoder"}
-    assert {name for name in changed if name.startswith("prompt_encoder")} == {
-        "prompt_encoder.point_embeddings.1.weight",  # a positive point, as the generator's grid gives
-        "prompt_encoder.not_a_point_embed.weight",  # the padding SAM adds to a prompt of points alone
-    }
-    assert {"mask_decoder.iou_prediction_head.layers.2.weight", "mask_decoder.mask_tokens.weight"} <= changed
-    assert all(parameter.requires_grad for parameter in sam.parameters())  # as it was, for whoever fits it next
+    # a positive point, the padding SAM adds to a prompt of points alone, and the box corners all learn
+    assert {
+        "prompt_encoder.point_embeddings.1.weight",
+        "prompt_encoder.not_a_point_embed.weight",
+        "prompt_encoder.point_embeddings.2.weight",
+    } <= changed
+    # the three multimask outputs the generator reads, and the IoU head it thresholds
+    for index in (1, 2, 3):
+        assert f"mask_decoder.output_hypernetworks_mlps.{index}.layers.2.weight" in changed
+    assert "mask_decoder.iou_prediction_head.layers.2.weight" in changed
+
+
+def test_point_loss_asks_a_point_on_no_object_for_an_empty_mask_and_a_zero_iou():
+    sam = build_sam(variant=DEMO_SAM)
+    masks = torch.zeros(1, 128, 128, dtype=torch.bool)
+    masks[0, 32:96, 32:96] = True  # one object; a point on it (0) and one beside it (-1)
+    under = torch.tensor([0, -1])
+    inside = torch.full((32, 32), -20.0)
+    inside[8:24, 8:24] = 20.0  # SAM's 4x-coarser mask grid: exactly the object
+    right = SamRegions(
+        tokens=torch.zeros(2, 3, 64),
+        mask_scores=torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]),  # each mask's true IoU (empty = 0)
+        mask_logits=torch.stack([torch.stack([inside, -inside, -inside]), torch.full((3, 32, 32), -20.0)]),
+    )
+    wrong = dataclasses.replace(right, mask_logits=right.mask_logits.flip(0), mask_scores=right.mask_scores.flip(0))
+    # dice cannot reach 0 on an empty target (1 - 1 / (sum of probabilities + 1)): the right masks score about 0.5
+    assert _point_loss(sam, [wrong], [masks], [under]) > _point_loss(sam, [right], [masks], [under]) + 1.0
+    with pytest.raises(ValueError, match="square images"):
+        _point_loss(sam, [right], [masks[:, :100]], [under])
