@@ -53,15 +53,16 @@ def test_shortened_demo_learns_far_above_chance(tmp_path, monkeypatch, capsys):
     assert yaml.safe_load((tmp_path / "train/adapter.yaml").read_text())["adapter"]["box_attention"] is True
     assert set(summary["timings_s"]) == {
         "generate data",
-        "fit stand-in backbones, blind VQA baseline beside",
-        "train adapter + captioner + VQA (train.py)",
+        "fit stand-in backbones",
+        "train adapter + captioner + VQA (train.py), the blind VQA baseline beside",
         "evaluate (evaluate.py)",
         "caption and score (evaluate.py captions)",
         "answer and score (evaluate.py vqa)",
-        "segment everything (predict_everything)",
+        "segment everything (predict_everything), beside steps 4-6",
     }
     everything = summary["everything_metrics"]  # scored, whatever this short a fit finds
     assert everything["images"] == EVERYTHING_IMAGES and 0 <= everything["found"] <= 1
+    assert 0 <= everything["nothing_kept"] <= EVERYTHING_IMAGES
     assert "held-out AP" in format_table(summary["metrics"])
     # The captioner learns too: measured at this size (seed 0, 2026-12-02), CIDEr-D 1.17 against 0.96 for the
     # most frequent training caption and 0.87 for the top-1 name in the template.

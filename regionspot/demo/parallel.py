@@ -10,7 +10,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 A = TypeVar("A")
@@ -42,10 +43,17 @@ def run_side_by_side(jobs: Sequence[Callable[[], T]]) -> list[T]:
         return [future.result() for future in futures]
 
 
-def in_order(jobs: Sequence[Callable[[], T]]) -> list[T]:
-    """Run `jobs` one after the other and return their results: a lane of `run_side_by_side` that holds several jobs
-    (`partial(in_order, [first, second])`), so that a short job and the one after it share a core."""
-    return [job() for job in jobs]
+@contextmanager
+def running_beside(job: Callable[[], T]) -> Iterator[Future[T]]:
+    """Start `job` in its own spawned process, on one core's share of torch threads, while the `with` block runs
+    here; the block gets its future, and leaving the block waits for the job. A job must pickle, as above.
+
+        with running_beside(partial(score, model)) as scored:
+            train()
+        scores = scored.result()
+    """
+    with _pool(1, threads=threads_per_job(2)) as pool:
+        yield pool.submit(job)
 
 
 def map_in_processes(

@@ -6,10 +6,12 @@ import json
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from regionspot.demo.backbones import fit_backbones
 from regionspot.demo.captioning import baseline_captions, caption_rows, format_caption_table
 from regionspot.demo.everything import format_everything_table, segment_everything
 from regionspot.demo.language_model import write_tiny_causal_lm
-from regionspot.demo.parallel import cores, threads_per_job
+from regionspot.demo.parallel import cores, running_beside, threads_per_job
 from regionspot.demo.picture import draw_predictions
 from regionspot.demo.synthetic import GeneratedDataset, generate_dataset
 from regionspot.demo.vqa import format_vqa_table, majority_answers, train_blind_baseline
@@ -41,6 +43,7 @@ from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.training.cli import RegionSpotCLI
 
 # The packaged configs, so that the demo runs from any working directory and from an installed wheel.
+T = TypeVar("T")
 TRAIN_CONFIG = resolve_config("demo", kind="training")
 MODEL_CONFIG = resolve_config("demo", kind="model")
 COLUMNS = ("AP", "APr", "APc", "APf", "seen AP", "held-out AP", "seen top-1", "held-out top-1")
@@ -73,8 +76,7 @@ class DemoSize:
     num_val: int
     num_test: int
     num_pretrain: int
-    sam_steps: int
-    sam_point_steps: int  # SAM's second fit, for the automatic mask generator (`fit_sam_points`)
+    sam_steps: int  # on boxes and points together (`regionspot.demo.backbones.fit_sam`)
     clip_steps: int
     adapter_steps: int  # steps on the detection data (names and captions)
     qa_steps: int  # steps on the region questions, mixed in among them (the blind baseline gets as many)
@@ -85,11 +87,11 @@ class DemoSize:
 # 4500: 89% of its own boxes). 2500 detection steps, not 2000: with box attention the adapter then names more of the
 # held-out boxes (seed 1: 55.2 -> 62.9%, seed 0: 78.0 -> 80.0; docs/demo.md, "Top-1 names")
 FULL = DemoSize(
-    num_train=1500, num_val=100, num_test=200, num_pretrain=9000, sam_steps=600, sam_point_steps=0, clip_steps=4000,
+    num_train=1500, num_val=100, num_test=200, num_pretrain=9000, sam_steps=1400, clip_steps=4000,
     adapter_steps=2500, qa_steps=1000,
 )  # fmt: skip
 QUICK = DemoSize(
-    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, sam_point_steps=0, clip_steps=500,
+    num_train=400, num_val=24, num_test=100, num_pretrain=600, sam_steps=60, clip_steps=500,
     adapter_steps=300, qa_steps=600,
 )  # fmt: skip
 
@@ -121,7 +123,66 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
     timings: dict[str, float] = {}
 
     _say(1, f"drawing a synthetic LVIS-format data set of coloured, textured shapes into {out / 'data'}")
+    with _timed(timings, "generate data"):
+        data, adapter_train, adapter_gt = _generate_data(out, size=size, seed=seed)
+
+    _say(2, "fitting tiny stand-ins for SAM and CLIP side by side, writing a tiny LLM (real weights cannot be "
+            "downloaded)")  # fmt: skip
+    with _timed(timings, "fit stand-in backbones"):
+        model_yaml = _fit_stand_in_backbones(data, out, seed=seed, size=size, train_gt=adapter_gt)
+
+    _say(3, _training_note(model_yaml, Path(train_config)))
+    with (
+        running_beside(_blind_baseline(data, out, size=size, seed=seed)) as blind,
+        _timed(timings, "train adapter + captioner + VQA (train.py), the blind VQA baseline beside"),
+        warnings.catch_warnings(),  # the demo hands the CLI its own arguments, as intended
+    ):
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        RegionSpotCLI(args=_train_args(train_config, out, model_yaml, adapter_train, data, size))
+    blind_answers, _ = blind.result()
+
+    model, test_file = str(out / "train" / "adapter.yaml"), data.annotation_files["test"]
+    segmenting = partial(_timed_job, partial(segment_everything, model, test_file, max_images=EVERYTHING_IMAGES))
+    with running_beside(segmenting) as everything:
+        _say(4, "evaluating through evaluate.py: the test split's ground-truth boxes, all 36 names, official "
+                f"LVIS API (beside steps 4-6, step 7 segments the first {EVERYTHING_IMAGES} test images)")  # fmt: skip
+        metrics, detections = _evaluate(out, data, model, timings=timings)
+        _say(5, "captioning every test box through evaluate.py captions; against two baselines (pycocoevalcap)")
+        caption_metrics, captions = _caption(out, data, model, adapter_gt, detections, timings=timings)
+        _say(6, "answering every test question through evaluate.py vqa; against the blind LM and the majority answer")
+        vqa_metrics = _answer(out, data, model, blind_answers, timings=timings)
+    _say(7, "segment everything (predict_everything at its defaults: SAM's automatic mask generator, published "
+            "thresholds), each mask named: done beside steps 4-6")  # fmt: skip
+    (everything_metrics, _), timings["segment everything (predict_everything), beside steps 4-6"] = everything.result()
+
+    _say(8, f"drawing test images with their labels and captions into {out / 'demo.png'}")
+    picture = draw_predictions(gt=load_annotations(test_file), detections=detections, image_dir=data.root,
+                               out_file=out / "demo.png", captions=captions)  # fmt: skip
+    summary = {
+        "metrics": metrics, "caption_metrics": caption_metrics, "vqa_metrics": vqa_metrics,
+        "everything_metrics": everything_metrics, "timings_s": timings, "picture": str(picture),
+    }  # fmt: skip
+    write_json_atomic(out / "demo_metrics.json", summary, indent=2)
+    return summary
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Time the `with` block into `timings[step]`."""
     start = time.perf_counter()
+    yield
+    timings[step] = time.perf_counter() - start
+
+
+def _timed_job(job: Callable[[], T]) -> tuple[T, float]:
+    """`job()` and the seconds it took: the time of a step that runs beside others."""
+    start = time.perf_counter()
+    return job(), time.perf_counter() - start
+
+
+def _generate_data(out: Path, *, size: DemoSize, seed: int) -> tuple[GeneratedDataset, Path, dict[str, Any]]:
+    """Step 1: draw the data set; write the adapter's training split (see below). Returns the data set, that
+    split's file and its ground truth."""
     data = generate_dataset(
         out_dir=out / "data",
         seed=seed,
@@ -134,95 +195,68 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
         workers=cores(),
     )
     train_gt = load_annotations(data.annotation_files["train"])
-    seen_ids, heldout_ids = train_gt["train_category_ids"], train_gt["heldout_category_ids"]
     # The adapter trains on the class-balanced pretraining split, as RegionSpot trains on broad detection sets
     # (Objects365, V3Det, OpenImages) and is scored on LVIS, whose long-tailed training split only sets the
     # frequency groups; the held-out classes' annotations are removed from it, as open-vocabulary LVIS removes
     # the novel ones, so its vocabulary names the seen classes alone and no held-out object is ever a target.
     adapter_train = out / "data" / "pretrain_seen.json"
+    seen_ids = train_gt["train_category_ids"]
     adapter_gt = restrict_to_categories(load_annotations(data.annotation_files["pretrain"]), [], seen_ids)[0]
     write_json_atomic(adapter_train, adapter_gt, indent=None)
-    timings["generate data"] = time.perf_counter() - start
+    return data, adapter_train, adapter_gt
 
-    _say(
-        2,
-        "fitting tiny stand-ins for SAM and CLIP, writing a tiny LLM (real weights cannot be downloaded); after "
-        "SAM's fit, the blind VQA baseline learns the questions without the regions",
-    )
-    start = time.perf_counter()
-    model_yaml, blind_answers = _fit_stand_in_backbones(data, out, seed=seed, size=size, train_gt=adapter_gt)
-    timings["fit stand-in backbones, blind VQA baseline beside"] = time.perf_counter() - start
 
+def _training_note(model_yaml: Path, train_config: Path) -> str:
     boxed = RegionSpotConfig.from_yaml(model_yaml).adapter.box_attention
-    distilled = _model_settings(Path(train_config)).get("distill_loss_weight", 0)
-    _say(
-        3,
+    distilled = _model_settings(train_config).get("distill_loss_weight", 0)
+    return (
         f"training the adapter{BOX_ATTENTION_NOTE if boxed else ''}{DISTILL_NOTE if distilled else ''}, the caption "
-        "decoder and the VQA head through "
-        f"train.py's LightningCLI ({Path(train_config).name}); SAM and CLIP stay frozen",
+        f"decoder and the VQA head through train.py's LightningCLI ({train_config.name}); SAM and CLIP stay "
+        "frozen. Beside it, the blind VQA baseline learns the questions without the regions"
     )
-    start = time.perf_counter()
-    with warnings.catch_warnings():  # the demo hands the CLI its own arguments, as intended
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        RegionSpotCLI(args=_train_args(train_config, out, model_yaml, adapter_train, data, size))
-    timings["train adapter + captioner + VQA (train.py)"] = time.perf_counter() - start
 
-    _say(4, "evaluating through evaluate.py: the test split's ground-truth boxes, all 36 names, official LVIS API")
-    start = time.perf_counter()
-    shutil.rmtree(out / "eval", ignore_errors=True)  # new weights: never resume the detections of an older run
-    test_file = data.annotation_files["test"]
-    model = str(out / "train" / "adapter.yaml")
-    evaluate_main(["--config", model, "--ann", str(test_file), "--images", str(data.root), "--out", str(out / "eval")])
-    timings["evaluate (evaluate.py)"] = time.perf_counter() - start
 
+def _evaluate(out: Path, data: GeneratedDataset, model: str, *, timings: dict[str, float]):
+    """Step 4: evaluate.py on the test split; the AP rows of RegionSpot and chance, and the detections."""
+    with _timed(timings, "evaluate (evaluate.py)"):
+        shutil.rmtree(out / "eval", ignore_errors=True)  # new weights: never resume the detections of an older run
+        test_file = data.annotation_files["test"]
+        evaluate_main(["--config", model, "--ann", str(test_file), "--images", str(data.root), "--out",
+                       str(out / "eval")])  # fmt: skip
+    train_gt = load_annotations(data.annotation_files["train"])
+    subsets = {"seen": train_gt["train_category_ids"], "held-out": train_gt["heldout_category_ids"]}
     test_gt = load_annotations(test_file)
     detections = json.loads((out / "eval" / DETECTIONS_FILE).read_text())
-    subsets = {"seen": seen_ids, "held-out": heldout_ids}
     metrics = {
         "regionspot": _row(test_gt, detections, subsets),
         "chance": _mean_rows([_row(test_gt, _chance_detections(test_gt, seed=s), subsets) for s in range(3)]),
     }
+    return metrics, detections
 
-    _say(5, "captioning every test box through evaluate.py captions; scoring against two baselines (pycocoevalcap)")
-    start = time.perf_counter()
-    shutil.rmtree(out / "captions", ignore_errors=True)
-    evaluate_main(["captions", "--config", model, "--ann", str(test_file), "--images", str(data.root),
-                   "--out", str(out / "captions")])  # fmt: skip
-    captions = json.loads((out / "captions" / CAPTIONS_FILE).read_text())
-    systems = {"regionspot captioner": captions, **baseline_captions(train_gt=adapter_gt, test_gt=test_gt,
-                                                                      detections=detections)}  # fmt: skip
-    scored = {"regionspot captioner": json.loads((out / "captions" / METRICS_FILE).read_text())}
-    caption_metrics = caption_rows(test_gt, systems, heldout_ids=heldout_ids, scored=scored)
-    timings["caption and score (evaluate.py captions)"] = time.perf_counter() - start
 
-    _say(6, "answering every test question through evaluate.py vqa; against the blind LM and the majority answer")
-    start = time.perf_counter()
-    shutil.rmtree(out / "vqa", ignore_errors=True)
-    qa_test = data.question_files["test"]
-    answered = evaluate_main(["vqa", "--config", model, "--ann", str(qa_test), "--images", str(data.root),
-                              "--out", str(out / "vqa")])  # fmt: skip
-    vqa_metrics = _vqa_rows(data, answered, blind_answers)
-    timings["answer and score (evaluate.py vqa)"] = time.perf_counter() - start
+def _caption(out: Path, data: GeneratedDataset, model: str, adapter_gt: dict, detections: list, *, timings):
+    """Step 5: evaluate.py captions on the test boxes, scored with two baselines; the rows and the captions."""
+    with _timed(timings, "caption and score (evaluate.py captions)"):
+        shutil.rmtree(out / "captions", ignore_errors=True)
+        test_file = data.annotation_files["test"]
+        evaluate_main(["captions", "--config", model, "--ann", str(test_file), "--images", str(data.root),
+                       "--out", str(out / "captions")])  # fmt: skip
+        captions = json.loads((out / "captions" / CAPTIONS_FILE).read_text())
+        test_gt = load_annotations(test_file)
+        systems = {"regionspot captioner": captions, **baseline_captions(train_gt=adapter_gt, test_gt=test_gt,
+                                                                          detections=detections)}  # fmt: skip
+        scored = {"regionspot captioner": json.loads((out / "captions" / METRICS_FILE).read_text())}
+        heldout_ids = load_annotations(data.annotation_files["train"])["heldout_category_ids"]
+        return caption_rows(test_gt, systems, heldout_ids=heldout_ids, scored=scored), captions
 
-    _say(
-        7,
-        f"segmenting everything in the first {EVERYTHING_IMAGES} test images (predict_everything at its defaults: "
-        "SAM's automatic mask generator, published thresholds) and naming each mask",
-    )
-    start = time.perf_counter()
-    everything, _ = segment_everything(model, test_file, max_images=EVERYTHING_IMAGES)
-    timings["segment everything (predict_everything)"] = time.perf_counter() - start
 
-    _say(8, f"drawing test images with their labels and captions into {out / 'demo.png'}")
-    picture = draw_predictions(
-        gt=test_gt, detections=detections, image_dir=data.root, out_file=out / "demo.png", captions=captions
-    )
-    summary = {
-        "metrics": metrics, "caption_metrics": caption_metrics, "vqa_metrics": vqa_metrics,
-        "everything_metrics": everything, "timings_s": timings, "picture": str(picture),
-    }  # fmt: skip
-    write_json_atomic(out / "demo_metrics.json", summary, indent=2)
-    return summary
+def _answer(out: Path, data: GeneratedDataset, model: str, blind_answers: list[list[str]], *, timings):
+    """Step 6: evaluate.py vqa on the test questions; the rows of the VQA head, the blind LM and the majority."""
+    with _timed(timings, "answer and score (evaluate.py vqa)"):
+        shutil.rmtree(out / "vqa", ignore_errors=True)
+        answered = evaluate_main(["vqa", "--config", model, "--ann", str(data.question_files["test"]),
+                                  "--images", str(data.root), "--out", str(out / "vqa")])  # fmt: skip
+        return _vqa_rows(data, answered, blind_answers)
 
 
 def _say(step: int, what: str) -> None:
@@ -231,9 +265,8 @@ def _say(step: int, what: str) -> None:
 
 def _fit_stand_in_backbones(
     data: GeneratedDataset, out: Path, *, seed: int, size: DemoSize, train_gt: dict[str, Any]
-) -> tuple[Path, list[list[str]]]:
-    """Write the tiny LLM, fit the tiny SAM and CLIP and, after SAM, the blind baseline (its test answers are
-    returned); write the model YAML that points at them, with the
+) -> Path:
+    """Write the tiny LLM, fit the tiny SAM and CLIP; write the model YAML that points at them, with the
     captioner's vocabulary (the CLIP BPE tokens the training captions use: a shortlist, as a tiny decoder's
     49,408-way softmax would cost more than the rest of its step) and a vqa: section (the LLM trains in full: it
     starts random, a stand-in as SAM and CLIP are)."""
@@ -243,11 +276,8 @@ def _fit_stand_in_backbones(
         out_dir=out / "backbones",
         seed=seed,
         sam_steps=size.sam_steps,
-        sam_point_steps=size.sam_point_steps,
         clip_steps=size.clip_steps,
-        after_sam=_blind_baseline(data, out, size=size, seed=seed),
     )
-    blind_answers, _ = fitted.after_sam
     config = RegionSpotConfig.from_yaml(MODEL_CONFIG)
     # absolute: the model YAML is then read the same from any working directory
     config.sam.checkpoint, config.clip.checkpoint = (
@@ -264,7 +294,7 @@ def _fit_stand_in_backbones(
     )
     model_yaml = out / "model.yaml"
     write_text_atomic(model_yaml, yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return model_yaml, blind_answers
+    return model_yaml
 
 
 def _blind_baseline(data: GeneratedDataset, out: Path, *, size: DemoSize, seed: int):
@@ -325,6 +355,7 @@ def _train_args(train_config: str, out: Path, model_yaml: Path, train_file: Path
         "--model.lr_milestones", f"[{round(LR_DECAY_AT * steps)}]",
         "--trainer.val_check_interval", str(steps),
         "--trainer.default_root_dir", str(out / "train"),
+        "--restart",  # new stand-ins every run: never continue an older run's adapter
     ]  # fmt: skip
 
 
