@@ -89,22 +89,17 @@ def _adapter_path(config: RegionSpotConfig) -> Path | None:
     )
 
 
+# The `caption:` fields that are CaptionDecoder's keyword arguments of the same names.
+_CAPTION_DECODER_FIELDS = ("width", "depth", "num_heads", "mlp_dim", "dropout", "max_length", "prefix_tokens")
+
+
 def _build_captioner(config: CaptionConfig | None, *, condition_dim: int) -> dict:
     """The caption decoder and tokenizer a `caption:` section describes (none without one), weights loaded."""
     if config is None:
         return {}
     tokenizer = CaptionTokenizer(token_ids=config.token_ids)
-    decoder = CaptionDecoder(
-        vocab_size=tokenizer.vocab_size,
-        condition_dim=condition_dim,
-        width=config.width,
-        depth=config.depth,
-        num_heads=config.num_heads,
-        mlp_dim=config.mlp_dim,
-        dropout=config.dropout,
-        max_length=config.max_length,
-        prefix_tokens=config.prefix_tokens,
-    )
+    sizes = {name: getattr(config, name) for name in _CAPTION_DECODER_FIELDS}
+    decoder = CaptionDecoder(vocab_size=tokenizer.vocab_size, condition_dim=condition_dim, **sizes)
     if config.checkpoint is not None:
         path = require_file(
             config.checkpoint,

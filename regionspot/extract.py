@@ -53,11 +53,12 @@ from regionspot.modeling.regionspot import RegionSpot
 from regionspot.run_identity import listing_digest
 
 log = logging.getLogger(__name__)
+# `plan`'s settings: the command's options of the same names (its backbone_precision "auto" resolved by the device).
+_SETTINGS = ("dtype", "backbone_precision", "clip_maps", "flips", "shard_size")
 # What a rerun must agree on with the manifest already in the folder (else its shards would mix two extractions).
 # The backbones' weights by content (a checkpoint replaced behind the same name), the images by a listing of names and
 # sizes (`regionspot.run_identity.listing_digest`).
-_PLAN_KEYS = ("backbone_digest", "checkpoint_sha256", "dataset_digest", "images_digest", "dtype", "backbone_precision",
-              "clip_maps", "flips", "shard_size")  # fmt: skip
+_PLAN_KEYS = ("backbone_digest", "checkpoint_sha256", "dataset_digest", "images_digest", *_SETTINGS)
 _EXTRACTION_PRECISIONS = ("float32", "bfloat16")
 
 
@@ -300,24 +301,15 @@ def build_extraction_module(model_config: RegionSpotConfig, *, backbone_precisio
 def run_ranks(fabric, args: argparse.Namespace) -> None:
     model_config, data = RegionSpotConfig.from_yaml(args.config), _data_config(args)
     dataset = build_dataset(args.name, data)
-    precision = args.backbone_precision
-    if precision == "auto":
-        precision = "bfloat16" if fabric.device.type == "cuda" else "float32"
-    manifest = plan(
-        model_config=model_config,
-        data=data,
-        dataset=dataset,
-        clip_maps=args.clip_maps,
-        flips=args.flips,
-        dtype=args.dtype,
-        backbone_precision=precision,
-        shard_size=args.shard_size,
-    )
+    settings = {name: getattr(args, name) for name in _SETTINGS}
+    if settings["backbone_precision"] == "auto":
+        settings["backbone_precision"] = "bfloat16" if fabric.device.type == "cuda" else "float32"
+    manifest = plan(model_config=model_config, data=data, dataset=dataset, **settings)
     out = Path(args.out)
     if fabric.global_rank == 0:
         prepare(out, manifest, restart=args.restart)
     fabric.barrier()
-    model = build_extraction_module(model_config, backbone_precision=precision).to(fabric.device)
+    model = build_extraction_module(model_config, backbone_precision=settings["backbone_precision"]).to(fabric.device)
     extract_rank(
         module=model,
         dataset=dataset,

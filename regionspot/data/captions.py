@@ -28,7 +28,6 @@ from regionspot.data.detection import (
     check_image_dir,
     coco_style_dataset,
     image_record,
-    log_skipped,
     region_key,
     usable_caption,
     xywh_box,
@@ -103,7 +102,6 @@ def _load_visual_genome(
             records.append(image_record(image_id, str(path), found))
         else:
             skipped["image_without_boxes"] += 1
-    log_skipped(name, len(records), skipped)
     return DetectionDataset(
         name=name,
         vocabulary=[],

@@ -175,7 +175,7 @@ class DetectionDataset(Dataset):
         augment_config: training augmentations, or None (validation).
         max_regions: at most this many boxes per image (a random subset), or None for all; a region-QA record
             always keeps all its boxes.
-        skipped: counts of what indexing skipped, by reason.
+        skipped: counts of what indexing skipped, by reason (logged here, once per data set).
         ground_truth: the COCO/LVIS(-style) annotation dict (for scoring), if the source has one.
     """
 
@@ -192,6 +192,7 @@ class DetectionDataset(Dataset):
         skipped: Counter | None = None,
         ground_truth: dict[str, Any] | None = None,
     ) -> None:
+        log_skipped(name, len(records), skipped or Counter())
         if not records:
             raise ValueError(f"data set {name!r} has no image with a usable box (skipped: {dict(skipped or {})})")
         self.name = name
@@ -368,13 +369,8 @@ def coco_style_dataset(
         except ValueError:
             skipped["image_without_file_name"] += 1
     by_image = _group_regions(data["annotations"], images, label_of, skipped, captions=captions)
-    records = []
-    for image_id, (_, file_name) in images.items():
-        if image_id in by_image:
-            records.append(image_record(image_id, str(Path(image_dir) / file_name), by_image[image_id]))
-        else:
-            skipped["image_without_boxes"] += 1
-    log_skipped(name, len(records), skipped)
+    files = ((image_id, str(Path(image_dir) / file_name)) for image_id, (_, file_name) in images.items())
+    records = _image_records(((image_id, file, by_image.get(image_id)) for image_id, file in files), skipped)
     return DetectionDataset(
         name=name,
         vocabulary=category_names(categories),
@@ -386,6 +382,18 @@ def coco_style_dataset(
         skipped=skipped,
         ground_truth=data,
     )
+
+
+def _image_records(images: Iterable[tuple[int, str | int, list[Region] | None]], skipped: Counter) -> list[ImageRecord]:
+    """The records of the (image id, source, regions) whose regions are not empty; the others are counted in
+    `skipped` as "image_without_boxes"."""
+    records = []
+    for image_id, source, regions in images:
+        if regions:
+            records.append(image_record(image_id, source, regions))
+        else:
+            skipped["image_without_boxes"] += 1
+    return records
 
 
 def _group_regions(
@@ -465,17 +473,14 @@ def load_hf_detection(
     class_names = _hf_class_names(dataset, name, captions=captions)
     image_ids = dataset["image_id"] if "image_id" in dataset.column_names else range(len(dataset))
     skipped: Counter = Counter()
-    records = []
-    for row, (image_id, objects) in enumerate(zip(image_ids, dataset["objects"], strict=True)):
-        regions = _hf_regions(
+    rows = (
+        (int(image_id), row, _hf_regions(
             objects, image_id=int(image_id), num_classes=len(class_names), bbox_format=bbox_format,
             captions=captions, skipped=skipped,
-        )  # fmt: skip
-        if regions:
-            records.append(image_record(int(image_id), row, regions))
-        else:
-            skipped["image_without_boxes"] += 1
-    log_skipped(name, len(records), skipped)
+        ))
+        for row, (image_id, objects) in enumerate(zip(image_ids, dataset["objects"], strict=True))
+    )  # fmt: skip
+    records = _image_records(rows, skipped)
     return DetectionDataset(
         name=name,
         vocabulary=list(class_names),

@@ -43,7 +43,6 @@ from regionspot.data.detection import (
     ImageRecord,
     check_image_dir,
     hf_table,
-    log_skipped,
     xywh_box,
 )
 from regionspot.images import load_image
@@ -133,7 +132,6 @@ def load_region_qa_dataset(
         table = hf_table(config)
         records, skipped = hf_region_qa(table, image_dir=config.image_dir)
         read_image = load_image if _holds_paths(table) else HFImageReader(table)
-    log_skipped(name, len(records), skipped)
     return DetectionDataset(
         name=name,
         vocabulary=[],  # no classes: what a region is, is what the conversation says

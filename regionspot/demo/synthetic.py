@@ -631,15 +631,16 @@ def _decode_segmentation(ann: dict[str, Any], size: tuple[int, int]) -> np.ndarr
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder to write the data set into")
+    parser.add_argument("--out", dest="out_dir", metavar="OUT", required=True, help="folder to write the data set into")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-train", type=int, default=1500)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--num-test", type=int, default=0)
     parser.add_argument("--num-pretrain", type=int, default=0, help="class-balanced images for the stand-ins")
     parser.add_argument(
-        "--no-heldout-in-pretrain", action="store_true", help="keep the held-out classes out of the pretraining split"
-    )
+        "--no-heldout-in-pretrain", action="store_false", dest="heldout_in_pretrain",
+        help="keep the held-out classes out of the pretraining split",
+    )  # fmt: skip
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument(
         "--object-size", type=float, nargs=2, default=(0.18, 0.38), metavar=("MIN", "MAX"),
@@ -652,22 +653,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-heldout", type=int, default=6)
     parser.add_argument("--questions-per-image", type=int, default=6, help="region questions per image (0: none)")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing images (same files for any number)")
-    args = parser.parse_args(argv)
-    data = generate_dataset(
-        out_dir=args.out,
-        seed=args.seed,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        num_test=args.num_test,
-        num_pretrain=args.num_pretrain,
-        image_size=args.image_size,
-        object_size=tuple(args.object_size),
-        objects_per_image=tuple(args.objects_per_image),
-        num_heldout=args.num_heldout,
-        questions_per_image=args.questions_per_image,
-        heldout_in_pretrain=not args.no_heldout_in_pretrain,
-        workers=args.workers,
-    )
+    options = vars(parser.parse_args(argv))  # its dests are generate_dataset's keywords
+    for pair in ("object_size", "objects_per_image"):  # nargs=2 gives a list; the keyword is a (low, high) tuple
+        options[pair] = tuple(options[pair])
+    data = generate_dataset(**options)
     print(f"wrote {', '.join(str(p) for p in data.annotation_files.values())} and {data.manifest}")
 
 

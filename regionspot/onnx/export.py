@@ -129,28 +129,48 @@ def export_onnx(config: RegionSpotConfig | str | Path, out: str | Path, *, adapt
 
 
 def _graphs(model: RegionSpot, tokenizer: SimpleTokenizer, sizes: _Sizes) -> dict[str, _Graph]:
-    """Every graph, with example inputs of `sizes`."""
-    sam = model.sam
-    side = sam.sam.prompt_encoder.image_embedding_size[0]
-    regions, grid = sizes.regions, sam.mask_input_size
-    decoder_inputs = {
-        "image_embedding": torch.randn(1, sam.token_dim, side, side),
-        "point_coords": torch.rand(regions, sizes.points + 2, 2) * sam.image_size,
-        "point_labels": torch.randint(-1, 4, (regions, sizes.points + 2)).float(),
-        "mask_input": torch.randn(regions, 1, *grid),
-        "has_mask_input": torch.ones(1),
-    }
-    prompt_axes = {
-        "point_coords": {0: "regions", 1: "points"},
-        "point_labels": {0: "regions", 1: "points"},
-        "mask_input": {0: "regions"},
-    }
-    tokens_per_region = model.sam.tokens_per_region
+    """Every graph, with example inputs of `sizes` (drawn in one order, so that a seed gives the same inputs)."""
+    decoder_inputs = _decoder_inputs(model, sizes)
     clip_tokens = torch.randn(1, _clip_token_count(model), model.clip.width)
-    sam_size = torch.tensor(_sam_input_size(sizes, sam.image_size))
-    names = _EXAMPLE_NAMES[: sizes.names]
     return {
         **_head_graphs(model, sizes),
+        **_sam_graphs(model, sizes, decoder_inputs),
+        **_clip_graphs(model, tokenizer, sizes, clip_tokens),
+    }
+
+
+def _decoder_inputs(model: RegionSpot, sizes: _Sizes) -> dict[str, torch.Tensor]:
+    """Example inputs of SAM's mask decoder: an image embedding and `sizes.regions` prompts of points and masks."""
+    sam = model.sam
+    side = sam.sam.prompt_encoder.image_embedding_size[0]
+    return {
+        "image_embedding": torch.randn(1, sam.token_dim, side, side),
+        "point_coords": torch.rand(sizes.regions, sizes.points + 2, 2) * sam.image_size,
+        "point_labels": torch.randint(-1, 4, (sizes.regions, sizes.points + 2)).float(),
+        "mask_input": torch.randn(sizes.regions, 1, *sam.mask_input_size),
+        "has_mask_input": torch.ones(1),
+    }
+
+
+_POINT_AXES = {"point_coords": {0: "regions", 1: "points"}, "point_labels": {0: "regions", 1: "points"}}
+
+
+def _decoder_graph(model: RegionSpot, decoder_inputs: dict[str, torch.Tensor], *, with_masks: bool) -> _Graph:
+    """SAM's mask decoder over any number of prompted regions, with or without its mask logits."""
+    outputs = ["region_tokens", "mask_scores", "mask_logits"] if with_masks else ["region_tokens", "mask_scores"]
+    return _Graph(
+        graphs.DecoderGraph(model, with_masks=with_masks),
+        decoder_inputs,
+        outputs,
+        {**_POINT_AXES, "mask_input": {0: "regions"}, **{name: {0: "regions"} for name in outputs}},
+    )
+
+
+def _sam_graphs(model: RegionSpot, sizes: _Sizes, decoder_inputs: dict[str, torch.Tensor]) -> dict[str, _Graph]:
+    """The image graph and SAM's graphs: decoder (with and without masks), mask prompts, masks, point masks."""
+    regions, sam_size = sizes.regions, torch.tensor(_sam_input_size(sizes, model.sam.image_size))
+    original_size = torch.tensor([sizes.height, sizes.width])
+    return {
         "image": _Graph(
             graphs.ImageGraph(model),
             {
@@ -160,23 +180,8 @@ def _graphs(model: RegionSpot, tokenizer: SimpleTokenizer, sizes: _Sizes) -> dic
             ["sam_embedding", "clip_tokens"],
             {"sam_pixels": {2: "sam_height", 3: "sam_width"}, "image": {2: "height", 3: "width"}},
         ),
-        "decoder": _Graph(
-            graphs.DecoderGraph(model, with_masks=True),
-            decoder_inputs,
-            ["region_tokens", "mask_scores", "mask_logits"],
-            {
-                **prompt_axes,
-                "region_tokens": {0: "regions"},
-                "mask_scores": {0: "regions"},
-                "mask_logits": {0: "regions"},
-            },
-        ),
-        "decoder_tokens": _Graph(
-            graphs.DecoderGraph(model, with_masks=False),
-            decoder_inputs,
-            ["region_tokens", "mask_scores"],
-            {**prompt_axes, "region_tokens": {0: "regions"}, "mask_scores": {0: "regions"}},
-        ),
+        "decoder": _decoder_graph(model, decoder_inputs, with_masks=True),
+        "decoder_tokens": _decoder_graph(model, decoder_inputs, with_masks=False),
         "mask_prompt": _Graph(
             graphs.MaskPromptGraph(model),
             {"masks": (torch.rand(regions, sizes.height, sizes.width) > 0.5).float(), "input_size": sam_size},
@@ -186,9 +191,9 @@ def _graphs(model: RegionSpot, tokenizer: SimpleTokenizer, sizes: _Sizes) -> dic
         "masks": _Graph(
             graphs.MaskGraph(model),
             {
-                "mask_logits": torch.randn(regions, 1, *grid),
+                "mask_logits": torch.randn(regions, 1, *model.sam.mask_input_size),
                 "input_size": sam_size,
-                "original_size": torch.tensor([sizes.height, sizes.width]),
+                "original_size": original_size,
             },
             ["masks"],
             {"mask_logits": {0: "regions"}, "masks": {0: "regions", 1: "height", 2: "width"}},
@@ -200,19 +205,28 @@ def _graphs(model: RegionSpot, tokenizer: SimpleTokenizer, sizes: _Sizes) -> dic
                 "point_coords": decoder_inputs["point_coords"][:, :2],
                 "point_labels": decoder_inputs["point_labels"][:, :2],
                 "input_size": sam_size,
-                "original_size": torch.tensor([sizes.height, sizes.width]),
+                "original_size": original_size,
             },
             ["mask_logits", "mask_scores"],
             {
-                "point_coords": {0: "regions", 1: "points"},
-                "point_labels": {0: "regions", 1: "points"},
+                **_POINT_AXES,
                 "mask_logits": {0: "regions", 2: "height", 3: "width"},
                 "mask_scores": {0: "regions"},
             },
         ),
+    }
+
+
+def _clip_graphs(
+    model: RegionSpot, tokenizer: SimpleTokenizer, sizes: _Sizes, clip_tokens: torch.Tensor
+) -> dict[str, _Graph]:
+    """The adapter (all regions against CLIP's token map), text and score graphs."""
+    regions, names = sizes.regions, _EXAMPLE_NAMES[: sizes.names]
+    region_tokens = torch.randn(1, regions * model.sam.tokens_per_region, model.sam.token_dim)
+    return {
         "adapter": _Graph(
             graphs.AdapterGraph(model),
-            {"region_tokens": torch.randn(1, regions * tokens_per_region, sam.token_dim), "clip_tokens": clip_tokens},
+            {"region_tokens": region_tokens, "clip_tokens": clip_tokens},
             ["region_features"],
             {"region_tokens": {1: "queries"}, "region_features": {1: "queries"}},
             dynamo=True,
