@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from skimage import data as skimage_data
+from tokenizers import Tokenizer
 from torchless import run_without_torch
 
 from regionspot import RegionSpotConfig, RegionSpotPredictor, build_regionspot
@@ -22,7 +23,7 @@ from regionspot.everything import NothingKeptWarning
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.modeling.regionspot import region_condition_dim
 from regionspot.onnx import OnnxRegionPredictor
-from regionspot.onnx.caption import greedy_caption_tokens
+from regionspot.onnx.caption import caption_vocabulary, greedy_caption_tokens
 from regionspot.onnx.export import export_onnx
 
 CORPUS = ["a red box on the left", "a blue circle at the top", "the green square is small", "what colour is it"]
@@ -81,6 +82,19 @@ def test_greedy_captions_are_the_torch_decoders_tokens(exported_heads):
     np.testing.assert_array_equal(got, want.numpy())
     assert greedy_caption_tokens(_session(folder, manifest, "caption_step"), np.zeros((0, condition.shape[1])),
                                  bos_id=1, eos_id=2, max_length=5).shape == (0, 0)  # fmt: skip
+
+
+def test_caption_text_without_torch_is_open_clips(exported_heads):
+    """The ONNX side's text (tokenizer.json's byte-level BPE) equals `CaptionTokenizer.decode`'s (open_clip's) for
+    rows over CLIP's whole vocabulary and over a shortlist with UNK, EOS and padding."""
+    folder, manifest, _ = exported_heads
+    tokenizer = Tokenizer.from_file(str(folder / manifest["text"]["tokenizer"]))
+    rng = np.random.default_rng(0)
+    for token_ids in (None, manifest["heads"]["caption"]["token_ids"]):
+        want = CaptionTokenizer(token_ids=token_ids)
+        head = {"token_ids": token_ids, "bos_id": want.bos_id, "eos_id": want.eos_id}
+        rows = rng.integers(0, want.vocab_size, (3000, 8)).tolist()
+        assert caption_vocabulary(head, tokenizer).decode(rows) == want.decode(rows)
 
 
 def test_the_vqa_projector_graph_matches_torch_and_the_llm_is_not_exported(exported_heads):
