@@ -2,10 +2,10 @@
 
 Every graph calls the package's own code (SAM's preprocessing and decoder, `ClipBackbone.feature_map` and
 `encode_prompt_tokens`, the adapter, `RegionSpot.classify`, `SamRegionEncoder.upscale_masks`,
-`mask_prompt_logits`); sizes that vary per image are inputs, so that one graph serves every image and any
-number of regions. Prompts reach the decoder as SAM's own ONNX export takes them (`segment_anything.utils.onnx`):
-points with labels, box corners as points labelled 2 and 3, a padding point labelled -1, and a mask input with a
-flag saying whether it is used.
+`mask_prompt_logits`, `region_condition_rows`); sizes that vary per image are inputs, so that one graph serves
+every image and any number of regions. Prompts reach the decoder as SAM's own ONNX export takes them
+(`segment_anything.utils.onnx`): points with labels, box corners as points labelled 2 and 3, a padding point
+labelled -1, and a mask input with a flag saying whether it is used.
 """
 
 from __future__ import annotations
