@@ -160,6 +160,15 @@ def check_request(vocabulary: Sequence[str], top_k: int, activation: str) -> lis
     return vocabulary
 
 
+def check_captioner(caption: bool, *, has_captioner: bool) -> None:
+    """Refuse caption=True for a model (or an export of one) without a captioner."""
+    if caption and not has_captioner:
+        raise ValueError(
+            "caption=True needs a model with a captioner: build it from a model config with a caption: "
+            "section (a run trained with one writes it into adapter.yaml)"
+        )
+
+
 def check_integer(value: int, *, name: str) -> None:
     """TypeError unless `value` is an integer (not a bool), ValueError unless it is at least 1."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from regionspot.checks import about_image, check_image_batch, check_integer, check_request
+from regionspot.checks import about_image, check_captioner, check_image_batch, check_integer, check_request
 from regionspot.config import MaskGeneratorSettings
 from regionspot.modeling.preprocess import PreparedImage
 from regionspot.modeling.prompts import RegionPrompts
@@ -284,11 +284,7 @@ class RegionSpotPredictor:
         return answers[0] if isinstance(question, str) else answers
 
     def _check_captioner(self, caption: bool) -> None:
-        if caption and self.model.caption_decoder is None:
-            raise ValueError(
-                "caption=True needs a model with a captioner: build it from a model config with a caption: "
-                "section (a run trained with one writes it into adapter.yaml)"
-            )
+        check_captioner(caption, has_captioner=self.model.caption_decoder is not None)
 
 
 def _no_regions(

@@ -8,7 +8,8 @@ from open_clip.tokenizer import SimpleTokenizer
 from synthetic_boxes import one_cpu_thread  # noqa: F401 (a fixture)
 
 from regionspot.modeling.caption_decoder import CaptionDecoder, KVCache, apply_rotary, rotary_tables
-from regionspot.modeling.caption_tokenizer import UNK_TEXT, CaptionTokenizer
+from regionspot.modeling.caption_tokenizer import CaptionTokenizer
+from regionspot.modeling.caption_vocabulary import UNK_TEXT
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -38,6 +38,26 @@ def region_condition_dim(sam: SamRegionEncoder, clip: ClipBackbone) -> int:
     return clip.embed_dim + sam.token_dim + BOX_COLUMNS
 
 
+def region_condition_rows(
+    features: torch.Tensor, tokens: torch.Tensor, mask_scores: torch.Tensor, boxes: torch.Tensor
+) -> torch.Tensor:
+    """`RegionSpot.region_condition` of R regions given as tensors (what the ONNX condition graph exports).
+
+    Args:
+        features: (R, T, E) region features; tokens: (R, T, C) SAM's region tokens; mask_scores: (R, T) SAM's
+            predicted IoUs, whose largest picks each region's token; boxes: (R, 4) its extent, fractions of the image.
+
+    Returns:
+        (R, E + C + 4) float32.
+    """
+    best = mask_scores.argmax(dim=1)
+    rows = torch.arange(best.shape[0], device=best.device)  # not len(): torch.export would fix R at the example's
+    fused = features[rows, best].float()  # (R, E)
+    tokens = tokens[rows, best].float()  # (R, C)
+    where = boxes.float() * 2 - 1  # (R, 4)
+    return torch.cat([F.layer_norm(part, part.shape[-1:]) for part in (fused, tokens)] + [where], dim=-1)
+
+
 @dataclass
 class ImageEmbeddings:
     """What the frozen image encoders give for a batch of B images, before any prompt."""
@@ -380,13 +400,12 @@ class RegionSpot(nn.Module):
         Args:
             frozen: B images' `FrozenFeatures`; features: their (N_i, T, E) region features.
         """
-        scores = torch.cat([f.mask_scores for f in frozen])  # (R, T)
-        best = scores.argmax(dim=1)
-        rows = torch.arange(len(best), device=best.device)
-        fused = torch.cat(list(features))[rows, best].float()  # (R, E)
-        tokens = torch.cat([f.region_tokens for f in frozen])[rows, best].float()  # (R, C)
-        where = torch.cat([f.region_boxes for f in frozen]).float() * 2 - 1  # (R, 4)
-        return torch.cat([F.layer_norm(part, part.shape[-1:]) for part in (fused, tokens)] + [where], dim=-1)
+        return region_condition_rows(
+            torch.cat(list(features)),
+            torch.cat([f.region_tokens for f in frozen]),
+            torch.cat([f.mask_scores for f in frozen]),
+            torch.cat([f.region_boxes for f in frozen]),
+        )
 
     def caption_loss(
         self, frozen: Sequence[FrozenFeatures], features: Sequence[torch.Tensor], captions: Sequence[Sequence[str]]

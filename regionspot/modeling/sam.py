@@ -29,6 +29,7 @@ from regionspot.boxes import xywh_to_xyxy
 from regionspot.checkpoint import check_release_digest, load_weights, model_part, read_state_dict, require_file
 from regionspot.config import MaskGeneratorSettings
 from regionspot.everything import STABILITY_SCORE_OFFSET, NothingKeptWarning, nothing_kept_message
+from regionspot.extents import prompt_extents
 from regionspot.modeling.left_out import LeftOutImageEncoder, allocate_meta_tensors
 
 OFFICIAL_SAM_FILES = {"vit_b": "sam_vit_b_01ec64.pth", "vit_l": "sam_vit_l_0b3195.pth", "vit_h": "sam_vit_h_4b8939.pth"}
@@ -141,35 +142,20 @@ class SamPrompts:
         return (self.boxes, self.points, self.point_labels, self.mask_logits)
 
     def extents(self, input_size: tuple[int, int], *, square_size: int) -> torch.Tensor:
-        """(N, 4) float32 x1, y1, x2, y2 of where each prompt says its region is, as fractions of the image.
-
-        The box where there is one; else the span of the positive points (of all points where none is positive);
-        else the bounding box of the mask input (logit > 0; the whole image for an empty mask).
+        """(N, 4) float32 x1, y1, x2, y2 of where each prompt says its region is, as fractions of the image, on
+        the prompts' device: `regionspot.extents.prompt_extents` (the rule the ONNX predictor shares) of them.
 
         Args:
             input_size: (h, w) of the resized image inside SAM's square (`PreparedImage.sam_input_size`).
             square_size: the side of SAM's padded square input, on which the mask grid lies.
         """
-        height, width = input_size
-        if self.boxes is not None:
-            extent = self.boxes.float()
-        elif self.points is not None:
-            points = self.points.float()
-            positive = self.point_labels == 1 if self.point_labels is not None else torch.ones_like(points[..., 0])
-            used = (positive.bool() | ~positive.bool().any(dim=1, keepdim=True))[..., None]  # (N, P, 1)
-            extent = torch.cat(
-                [points.masked_fill(~used, float("inf")).amin(dim=1), points.masked_fill(~used, -float("inf")).amax(1)],
-                dim=1,
-            )
-        else:
-            inside = self.mask_logits[:, 0] > 0  # (N, 4h, 4w) on the padded square's grid
-            cell = square_size / inside.shape[-1]
-            extent = torch.cat([_span(inside.any(dim=1), cell), _span(inside.any(dim=2), cell)], dim=1)
-            extent = extent[:, [0, 2, 1, 3]]  # (x1, x2, y1, y2) -> (x1, y1, x2, y2)
-            empty = ~inside.flatten(1).any(dim=1)
-            extent[empty] = torch.tensor([0.0, 0.0, width, height], device=extent.device)
-        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=extent.device)
-        return (extent / scale).clamp(0, 1)
+        fields = {"boxes": self.boxes, "points": self.points, "mask_logits": self.mask_logits}
+        given = {name: value.detach().float().cpu().numpy() for name, value in fields.items() if value is not None}
+        if self.point_labels is not None:
+            given["point_labels"] = self.point_labels.cpu().numpy()
+        extent = prompt_extents(input_size, square_size=square_size, **given)
+        device = next(value.device for value in fields.values() if value is not None)
+        return torch.from_numpy(extent).to(device)
 
     def chunk(self, size: int) -> list[SamPrompts]:
         return [
@@ -186,14 +172,6 @@ class SamPrompts:
             raise ValueError("decoding several images at once needs the same prompt kinds (and points per region)")
         columns = zip(*(p._fields() for p in prompts), strict=True)
         return SamPrompts(*(None if parts[0] is None else torch.cat(parts) for parts in columns))
-
-
-def _span(occupied: torch.Tensor, cell: float) -> torch.Tensor:
-    """(N, G) which grid columns (or rows) hold mask -> (N, 2) their first and past-the-last edge, in pixels."""
-    index = torch.arange(occupied.shape[1], device=occupied.device)
-    first = torch.where(occupied, index, occupied.shape[1]).amin(dim=1)
-    last = torch.where(occupied, index, -1).amax(dim=1)
-    return torch.stack([first, last + 1], dim=1).float() * cell
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """The captioner's greedy decoding on the exported caption_step graph, torch-free (`CaptionDecoder.generate` with
-one beam: the same tokens, tests/test_onnx_heads.py)."""
+one beam: the same tokens, tests/test_onnx_heads.py), and its tokens' text (`CaptionTokenizer.decode`'s)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnxruntime
+from tokenizers import Tokenizer
+
+from regionspot.modeling.caption_vocabulary import CaptionVocabulary
 
 
 def greedy_caption_tokens(
@@ -35,3 +38,21 @@ def greedy_caption_tokens(
         if ended.all():
             break
     return tokens[:, 1:]
+
+
+def caption_vocabulary(head: dict, tokenizer: Tokenizer) -> CaptionVocabulary:
+    """The captioner's vocabulary from the manifest's `heads.caption` (its CLIP BPE ids), decoding CLIP's BPE with
+    the export's tokenizer.json (`tokenizers`' byte-level decoder writes CLIP's bytes back; CLIP's decode then
+    turns each word's `</w>` into a space, as here).
+
+    Raises:
+        ValueError: if the ids it lays out disagree with the manifest's BOS and EOS (a manifest edited by hand).
+    """
+
+    def bpe_decode(clip_ids: list[int]) -> str:
+        return tokenizer.decode(clip_ids, skip_special_tokens=False).replace("</w>", " ")
+
+    vocabulary = CaptionVocabulary(token_ids=head["token_ids"], bpe_decode=bpe_decode)
+    if (vocabulary.bos_id, vocabulary.eos_id) != (head["bos_id"], head["eos_id"]):
+        raise ValueError("the manifest's caption token_ids disagree with its bos_id and eos_id: export the model again")
+    return vocabulary

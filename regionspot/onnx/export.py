@@ -8,8 +8,9 @@ point_masks (SAM's decoder as its automatic mask generator calls it, for `predic
 of an image), text (any number of names), score. They are traced with torch.onnx's
 TorchScript exporter (`dynamo=False`), then each is checked by `onnx.checker` and run once by onnxruntime against
 the torch module it came from. A model with a captioner gets caption_step (one greedy decoding step), one with a VQA
-head gets vqa_projector (its region projector); the VQA head's LLM stays a Hugging Face model, and the manifest says
-so (`not_exported`).
+head gets vqa_projector (its region projector), and either gets condition (the region condition both read, from the
+decoder's and the adapter's outputs and each region's extent); the VQA head's LLM stays a Hugging Face model, and
+the manifest says so (`not_exported`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ OPSET_DYNAMO = 18  # torch.export-based exporter's lowest
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 FORMAT = "regionspot-onnx-1"
-_DYNAMO_GRAPHS = ("adapter", "caption_step")  # exported by torch.export's exporter (see `_Graph.dynamo`)
+_DYNAMO_GRAPHS = ("adapter", "caption_step", "condition")  # exported by torch.export's exporter (see `_Graph.dynamo`)
 
 
 @dataclass
@@ -261,6 +262,8 @@ def _head_graphs(model: RegionSpot, sizes: _Sizes) -> dict[str, _Graph]:
     """The captioner's step graph and the VQA projector's graph, for a model that has them."""
     head_graphs = {}
     condition = torch.randn(sizes.regions, region_condition_dim(model.sam, model.clip))
+    if model.caption_decoder is not None or model.vqa is not None:
+        head_graphs["condition"] = _condition_graph(model, sizes)
     if model.caption_decoder is not None:
         decoder, tokenizer = model.caption_decoder, model.caption_tokenizer
         length = min(sizes.points + 2, decoder.max_length)
@@ -282,6 +285,26 @@ def _head_graphs(model: RegionSpot, sizes: _Sizes) -> dict[str, _Graph]:
             {"conditions": {0: "regions"}, "embeddings": {0: "regions"}},
         )
     return head_graphs
+
+
+def _condition_graph(model: RegionSpot, sizes: _Sizes) -> _Graph:
+    """The region condition that the captioner and the VQA projector read, from the decoder's and adapter's outputs."""
+    regions, per_region = sizes.regions, model.sam.tokens_per_region
+    return _Graph(
+        graphs.ConditionGraph(),
+        {
+            "region_features": torch.randn(regions, per_region, model.clip.embed_dim),
+            "region_tokens": torch.randn(regions, per_region, model.sam.token_dim),
+            "mask_scores": torch.randn(regions, per_region),
+            "region_boxes": torch.rand(regions, 4),
+        },
+        ["condition"],
+        {
+            **{name: {0: "regions"} for name in ("region_features", "region_tokens", "mask_scores", "region_boxes")},
+            "condition": {0: "regions"},
+        },
+        dynamo=True,  # the tracer bakes the number of regions into the rows it picks
+    )
 
 
 def _heads_manifest(config: RegionSpotConfig, model: RegionSpot) -> dict:

@@ -2,10 +2,10 @@
 
 Every graph calls the package's own code (SAM's preprocessing and decoder, `ClipBackbone.feature_map` and
 `encode_prompt_tokens`, the adapter, `RegionSpot.classify`, `SamRegionEncoder.upscale_masks`,
-`mask_prompt_logits`); sizes that vary per image are inputs, so that one graph serves every image and any
-number of regions. Prompts reach the decoder as SAM's own ONNX export takes them (`segment_anything.utils.onnx`):
-points with labels, box corners as points labelled 2 and 3, a padding point labelled -1, and a mask input with a
-flag saying whether it is used.
+`mask_prompt_logits`, `region_condition_rows`); sizes that vary per image are inputs, so that one graph serves
+every image and any number of regions. Prompts reach the decoder as SAM's own ONNX export takes them
+(`segment_anything.utils.onnx`): points with labels, box corners as points labelled 2 and 3, a padding point
+labelled -1, and a mask input with a flag saying whether it is used.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.modeling.preprocess import resize_for_clip
 from regionspot.modeling.region_projector import RegionProjector
-from regionspot.modeling.regionspot import _FEATURE_NORM_EPS, RegionSpot
+from regionspot.modeling.regionspot import _FEATURE_NORM_EPS, RegionSpot, region_condition_rows
 from regionspot.modeling.sam import _MULTIMASK_TOKENS, _SINGLE_MASK_TOKEN
 from regionspot.transforms import mask_prompt_logits
 
@@ -159,6 +159,16 @@ class MaskPromptGraph(nn.Module):
 
     def forward(self, masks: torch.Tensor, input_size: torch.Tensor) -> torch.Tensor:
         return mask_prompt_logits(self.encoder, masks, resized=(input_size[0], input_size[1]))
+
+
+class ConditionGraph(nn.Module):
+    """What the captioner and the VQA projector read of N regions (`region_condition_rows`, as
+    `RegionSpot.region_condition` computes it): region_features (N, T, E), region_tokens (N, T, C), mask_scores
+    (N, T) and region_boxes (N, 4), each region's extent as fractions of the image (`regionspot.extents`) ->
+    condition (N, E + C + 4)."""
+
+    def forward(self, region_features, region_tokens, mask_scores, region_boxes):
+        return region_condition_rows(region_features, region_tokens, mask_scores, region_boxes)
 
 
 class CaptionStepGraph(nn.Module):

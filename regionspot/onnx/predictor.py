@@ -1,5 +1,6 @@
-"""`OnnxRegionPredictor`: `RegionSpotPredictor`'s `set_image` / `predict` / `predict_everything` / `predict_images` on
-the exported ONNX graphs, without torch.
+"""`OnnxRegionPredictor`: `RegionSpotPredictor`'s `set_image` / `predict` / `predict_everything` / `predict_images`
+(captions included) on the exported ONNX graphs, without torch. Questions (`ask`) are refused: the VQA head's LLM is
+a Hugging Face (torch) model that the export leaves out.
 
 Imports onnxruntime, numpy, Pillow, PyYAML and Hugging Face `tokenizers` only (`pip install regionspot[onnx]`); its
 input checks are `regionspot.checks`, the torch predictor's own, so a bad input gets the same error from either.
@@ -13,7 +14,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import onnxruntime
@@ -23,6 +24,7 @@ from tokenizers import Tokenizer
 from regionspot.checks import (
     CheckedPrompts,
     about_image,
+    check_captioner,
     check_image_batch,
     check_integer,
     check_prompts,
@@ -31,6 +33,8 @@ from regionspot.checks import (
     to_rgb_uint8,
 )
 from regionspot.config import MaskGeneratorSettings
+from regionspot.extents import prompt_extents
+from regionspot.onnx.caption import caption_vocabulary, greedy_caption_tokens
 from regionspot.onnx.everything import generate_masks
 from regionspot.predictions import RegionPredictions
 
@@ -75,6 +79,8 @@ class OnnxRegionPredictor:
         }
         text = self.manifest["text"]
         self._tokenizer = Tokenizer.from_file(str(self.folder / text["tokenizer"]))
+        caption = self.manifest.get("heads", {}).get("caption")
+        self._captions = None if caption is None else caption_vocabulary(caption, self._tokenizer)
         self._vocabularies: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
         self._image: dict[str, Any] | None = None
 
@@ -125,26 +131,30 @@ class OnnxRegionPredictor:
         return_masks: bool = True,
     ) -> RegionPredictions:
         """As `RegionSpotPredictor.predict`, with numpy arrays out (class_ids int64, scores float32, masks bool).
+        Captions are decoded greedily (the manifest's `heads.caption.decoding`), whatever beams the model was
+        trained with.
 
         Raises:
-            RuntimeError, TypeError, ValueError: as `RegionSpotPredictor.predict`; ValueError for caption=True
-                (captions are not run here yet).
+            RuntimeError, TypeError, ValueError: as `RegionSpotPredictor.predict`; ValueError also for caption=True
+                on an export made before the condition graph (export it again).
         """
         if self._image is None:
             raise RuntimeError("call set_image(image) before predict(...)")
         vocabulary = check_request(vocabulary, top_k, activation)
-        _check_no_caption(caption)
+        self._check_captioner(caption)
         prompts = check_prompts(
             self._image["original_size"], boxes=boxes, points=points, point_labels=point_labels, masks=masks
         )
-        tokens, scores, mask_logits = self._decode(prompts, with_masks=return_masks)
+        mask_input = self._mask_input(prompts)
+        tokens, scores, mask_logits = self._decode(prompts, mask_input, with_masks=return_masks)
         n, per_region = tokens.shape[:2]
         (features,) = self._sessions["adapter"].run(
             None, {"region_tokens": tokens.reshape(1, n * per_region, -1), "clip_tokens": self._image["clip"]}
         )
+        features = features.reshape(n, per_region, -1)
         best = scores.argmax(axis=1)
         rows = np.arange(n)
-        chosen = features.reshape(n, per_region, -1)[rows, best]
+        chosen = features[rows, best]
         _, softmax, sigmoid = self._sessions["score"].run(
             None, {"region_features": chosen, "class_embeddings": self.encode_vocabulary(vocabulary)}
         )
@@ -159,6 +169,7 @@ class OnnxRegionPredictor:
             mask_scores=scores[rows, best],
             boxes=prompts.boxes,
             all_scores=probs if return_all_scores else None,
+            captions=self._caption(features, tokens, scores, prompts, mask_input) if caption else None,
         )
 
     def predict_images(
@@ -178,11 +189,11 @@ class OnnxRegionPredictor:
 
         Raises:
             TypeError, ValueError: as `RegionSpotPredictor.predict_images` (a refused image, or box of an image, is
-                named: "image 3 (index 2): box 1 (index 0) has no area ..."); ValueError for caption=True.
+                named: "image 3 (index 2): box 1 (index 0) has no area ..."); ValueError as `predict` for caption.
         """
         check_image_batch(images, boxes, batch_size)
         vocabulary = check_request(vocabulary, top_k, activation)
-        _check_no_caption(caption)
+        self._check_captioner(caption)
         current, results = self._image, []
         try:
             for i, (image, image_boxes) in enumerate(zip(images, boxes, strict=True)):
@@ -192,7 +203,7 @@ class OnnxRegionPredictor:
                     self._image = self.embed(rgb)
                     prediction = self.predict(
                         vocabulary=vocabulary, boxes=image_boxes, top_k=top_k, activation=activation,
-                        return_all_scores=return_all_scores,
+                        return_all_scores=return_all_scores, caption=caption,
                     )  # fmt: skip
                 results.append(prediction)
         finally:
@@ -224,7 +235,7 @@ class OnnxRegionPredictor:
             raise RuntimeError("call set_image(image) before predict_everything(...)")
         vocabulary = check_request(vocabulary, top_k, activation)
         check_integer(points_per_side, name="points_per_side")
-        _check_no_caption(caption)
+        self._check_captioner(caption)
         if "point_masks" not in self._sessions:
             raise ValueError(f"{self.folder} has no point_masks graph (an older export): export the model again")
         kept = generate_masks(
@@ -236,12 +247,24 @@ class OnnxRegionPredictor:
             mask_threshold=self.manifest["preprocessing"]["mask_threshold"],
         )
         if len(kept.masks) == 0:
-            return _no_regions(self._image["original_size"], len(vocabulary), top_k, return_all_scores)
+            return _no_regions(self._image["original_size"], len(vocabulary), top_k, return_all_scores, caption)
         result = self.predict(  # the generator's masks replace SAM's decoder's: tokens only, the faster decoding
             vocabulary=vocabulary, boxes=kept.boxes, top_k=top_k, activation=activation,
-            return_all_scores=return_all_scores, return_masks=False,
+            return_all_scores=return_all_scores, caption=caption, return_masks=False,
         )  # fmt: skip
         return dataclasses.replace(result, masks=kept.masks, mask_scores=np.clip(kept.scores, 0, 1))
+
+    def ask(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: answering questions needs the VQA head's LLM, a Hugging Face (torch) model that the export leaves
+        out (the manifest's `not_exported`); `RegionSpotPredictor.ask` answers them (`regionspot-serve --config`).
+
+        Raises:
+            ValueError: always.
+        """
+        raise ValueError(
+            "questions need the VQA head's LLM, a Hugging Face (torch) model the ONNX export leaves out: "
+            "use RegionSpotPredictor.ask (regionspot-serve --config)"
+        )
 
     def _decode_points(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, 2) points in the image's pixels, one region each -> (n, 3, H, W) mask logits and (n, 3) predicted
@@ -283,16 +306,23 @@ class OnnxRegionPredictor:
         (embeddings,) = self._sessions["text"].run(None, {"text_tokens": ids.reshape(len(names), len(templates), -1)})
         return embeddings
 
-    def _decode(self, prompts: CheckedPrompts, *, with_masks: bool) -> tuple[np.ndarray, ...]:
+    def _mask_input(self, prompts: CheckedPrompts) -> np.ndarray | None:
+        """The mask prompts as SAM's (N, 1, 4e, 4e) mask-input logits (the mask_prompt graph), or None."""
+        if prompts.masks is None:
+            return None
+        input_size = np.array(self._image["input_size"], dtype=np.int64)
+        return self._sessions["mask_prompt"].run(None, {"masks": prompts.masks, "input_size": input_size})[0]
+
+    def _decode(
+        self, prompts: CheckedPrompts, mask_input: np.ndarray | None, *, with_masks: bool
+    ) -> tuple[np.ndarray, ...]:
         """SAM's decoder over the regions, `prompt_batch_size` at a time: tokens (N, T, C), scores (N, T), and
         low-resolution mask logits (N, T, 4e, 4e) or None."""
         coords, labels = self._sam_points(prompts)
         grid = self.manifest["preprocessing"]["mask_input_size"]
-        mask_input, has_mask = np.zeros((1, 1, *grid), np.float32), np.zeros(1, np.float32)
-        if prompts.masks is not None:
-            input_size = np.array(self._image["input_size"], dtype=np.int64)
-            (mask_input,) = self._sessions["mask_prompt"].run(None, {"masks": prompts.masks, "input_size": input_size})
-            has_mask = np.ones(1, np.float32)
+        has_mask = np.ones(1, np.float32) if mask_input is not None else np.zeros(1, np.float32)
+        if mask_input is None:
+            mask_input = np.zeros((1, 1, *grid), np.float32)
         session = self._sessions["decoder" if with_masks else "decoder_tokens"]
         size = self.manifest["regions"]["prompt_batch_size"]
         parts = []
@@ -317,21 +347,60 @@ class OnnxRegionPredictor:
         """Points and box corners in SAM's input frame, labelled as SAM's ONNX decoder takes them: (N, P', 2) and
         (N, P'), the points first, then the box's two corners, or one padding point when there is no box (as SAM's
         prompt encoder pads); masks alone give no point at all."""
-        (height, width), (new_h, new_w) = self._image["original_size"], self._image["input_size"]
-        scale = np.array([new_w / width, new_h / height], dtype=np.float32)
+        boxes, points = self._in_sam_frame(prompts)
         n = len(prompts)
         coords = [np.zeros((n, 0, 2), np.float32)]
         labels = [np.zeros((n, 0), np.float32)]
-        if prompts.points is not None:
-            coords.append(prompts.points * scale)
+        if points is not None:
+            coords.append(points)
             labels.append(prompts.point_labels.astype(np.float32))
-        if prompts.boxes is not None:
-            coords.append(prompts.boxes.reshape(n, 2, 2) * scale)
+        if boxes is not None:
+            coords.append(boxes.reshape(n, 2, 2))
             labels.append(np.tile(np.array(_BOX_CORNERS, np.float32), (n, 1)))
         elif prompts.points is not None:
             coords.append(np.zeros((n, 1, 2), np.float32))
             labels.append(np.full((n, 1), _PAD, np.float32))
         return np.concatenate(coords, axis=1), np.concatenate(labels, axis=1)
+
+    def _in_sam_frame(self, prompts: CheckedPrompts) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The boxes (N, 4) and points (N, P, 2), or None, in SAM's input frame (as `ResizeLongestSide` scales
+        them: float32 times the float32 ratio of the sides)."""
+        (height, width), (new_h, new_w) = self._image["original_size"], self._image["input_size"]
+        scale = np.array([new_w / width, new_h / height], dtype=np.float32)
+        boxes = None if prompts.boxes is None else (prompts.boxes.reshape(-1, 2, 2) * scale).reshape(-1, 4)
+        points = None if prompts.points is None else prompts.points * scale
+        return boxes, points
+
+    def _check_captioner(self, caption: bool) -> None:
+        check_captioner(caption, has_captioner=self._captions is not None)
+        if caption and "condition" not in self._sessions:
+            raise ValueError(f"{self.folder} has no condition graph (an older export): export the model again")
+
+    def _caption(
+        self,
+        features: np.ndarray,
+        tokens: np.ndarray,
+        scores: np.ndarray,
+        prompts: CheckedPrompts,
+        mask_input: np.ndarray | None,
+    ) -> list[str]:
+        """A caption for each of N regions: its condition (the condition graph, of its features (N, T, E), SAM's
+        tokens (N, T, C) and scores (N, T), and where its prompt puts it), decoded greedily to text."""
+        boxes, points = self._in_sam_frame(prompts)
+        extents = prompt_extents(
+            self._image["input_size"], square_size=self.sam_size, boxes=boxes, points=points,
+            point_labels=prompts.point_labels, mask_logits=mask_input,
+        )  # fmt: skip
+        (condition,) = self._sessions["condition"].run(
+            None,
+            {"region_features": features, "region_tokens": tokens, "mask_scores": scores, "region_boxes": extents},
+        )
+        head = self.manifest["heads"]["caption"]
+        ids = greedy_caption_tokens(
+            self._sessions["caption_step"], condition, bos_id=head["bos_id"], eos_id=head["eos_id"],
+            max_length=head["max_length"],
+        )  # fmt: skip
+        return self._captions.decode(ids.tolist())
 
     def _upscale(self, mask_logits: np.ndarray) -> np.ndarray:
         """(N, 1, 4e, 4e) -> (N, H, W) bool at the image's size, a few regions at a time."""
@@ -347,15 +416,9 @@ class OnnxRegionPredictor:
         )
 
 
-def _check_no_caption(caption: bool) -> None:
-    if caption:
-        raise ValueError(
-            "caption=True needs the captioner, which OnnxRegionPredictor does not run yet (its caption_step graph "
-            "reads the region condition, which is not exported): use RegionSpotPredictor"
-        )
-
-
-def _no_regions(size: tuple[int, int], num_classes: int, top_k: int, all_scores: bool) -> RegionPredictions:
+def _no_regions(
+    size: tuple[int, int], num_classes: int, top_k: int, all_scores: bool, caption: bool
+) -> RegionPredictions:
     k = min(top_k, num_classes)
     return RegionPredictions(
         labels=[],
@@ -365,6 +428,7 @@ def _no_regions(size: tuple[int, int], num_classes: int, top_k: int, all_scores:
         mask_scores=np.zeros(0, np.float32),
         boxes=np.zeros((0, 4), np.float32),
         all_scores=np.zeros((0, num_classes), np.float32) if all_scores else None,
+        captions=[] if caption else None,
     )
 
 

@@ -114,8 +114,6 @@ class Engine:
             self.predictor._image, self.predictor._rgb = state
 
     def _ask(self, query: Query) -> list[str]:
-        if not hasattr(self.predictor, "ask"):
-            raise ValueError("questions need the VQA head's LLM, which the ONNX export leaves out: serve torch")
         boxes = query.prompts.get("boxes")
         if boxes is None:
             raise ValueError("a question needs boxes: <region1> is boxes[0]")
