@@ -72,7 +72,7 @@ def build_regionspot(config: RegionSpotConfig | str | Path, *, image_encoders: b
         load_weights(adapter, state, path=adapter_path, model_name="the RegionSpot adapter")
     condition_dim = region_condition_dim(sam, clip)  # what `RegionSpot.region_condition` gives each head
     captioner = _build_captioner(config.caption, condition_dim=condition_dim)
-    vqa = _build_vqa(config.vqa, condition_dim=condition_dim) if config.vqa is not None else None
+    vqa = build_vqa_head(config.vqa, condition_dim=condition_dim) if config.vqa is not None else None
     return RegionSpot(sam=sam, clip=clip, adapter=adapter, vqa=vqa, **captioner)
 
 
@@ -111,9 +111,10 @@ def _build_captioner(config: CaptionConfig | None, *, condition_dim: int) -> dic
     return {"caption_decoder": decoder, "caption_tokenizer": tokenizer, "caption_beams": config.num_beams}
 
 
-def _build_vqa(config: VqaConfig, *, condition_dim: int) -> RegionLanguageModel:
+def build_vqa_head(config: VqaConfig, *, condition_dim: int) -> RegionLanguageModel:
     """The LLM of `vqa.llm` (from its local folder), set to train as `vqa.llm_training` says, with a projector
-    sized to it; trained weights loaded from `vqa.checkpoint`."""
+    from `condition_dim` region conditions sized to it; trained weights loaded from `vqa.checkpoint`. RegionSpot's
+    VQA head (`build_regionspot`), and the demo's blind baseline, whose conditions are zeros (`regionspot.demo.vqa`)."""
     llm, tokenizer = load_causal_lm(config.llm, dtype=config.llm_dtype)
     if config.llm_training == "frozen":
         llm.requires_grad_(False)

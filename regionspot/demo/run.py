@@ -268,8 +268,7 @@ def _fit_stand_in_backbones(
 ) -> Path:
     """Write the tiny LLM, fit the tiny SAM and CLIP; write the model YAML that points at them, with the
     captioner's vocabulary (the CLIP BPE tokens the training captions use: a shortlist, as a tiny decoder's
-    49,408-way softmax would cost more than the rest of its step) and a vqa: section (the LLM trains in full: it
-    starts random, a stand-in as SAM and CLIP are)."""
+    49,408-way softmax would cost more than the rest of its step) and its vqa: section (`_vqa_config`)."""
     llm = write_tiny_causal_lm(out / "llm", corpus=_qa_texts(data.question_files["train"]), seed=seed)
     fitted = fit_backbones(
         ann_file=data.annotation_files["pretrain"],
@@ -285,13 +284,7 @@ def _fit_stand_in_backbones(
         str(fitted.clip_checkpoint.resolve()),
     )
     config.caption.token_ids = CaptionTokenizer.from_corpus(a["caption"] for a in train_gt["annotations"]).token_ids
-    config.vqa = VqaConfig(
-        llm=str(llm.resolve()),
-        llm_training="full",
-        tokens_per_region=VQA_TOKENS_PER_REGION,
-        location_token=VQA_LOCATION_TOKEN,
-        max_new_tokens=3,
-    )
+    config.vqa = _vqa_config(llm)
     model_yaml = out / "model.yaml"
     write_text_atomic(model_yaml, yaml.safe_dump(config.to_dict(), sort_keys=False))
     return model_yaml
@@ -301,10 +294,21 @@ def _blind_baseline(data: GeneratedDataset, out: Path, *, size: DemoSize, seed: 
     """The blind LM's training and answers as a job: as many steps and records per step, and the learning rate,
     of the VQA head in the main run."""
     return partial(
-        train_blind_baseline, qa_file=data.question_files["train"], llm=out / "llm",
-        test_file=data.question_files["test"], steps=size.qa_steps, batch_size=VQA_BATCH,
-        lr=_vqa_lr(), tokens_per_region=VQA_TOKENS_PER_REGION, location_token=VQA_LOCATION_TOKEN, seed=seed,
+        train_blind_baseline, qa_file=data.question_files["train"], vqa=_vqa_config(out / "llm"),
+        test_file=data.question_files["test"], steps=size.qa_steps, batch_size=VQA_BATCH, lr=_vqa_lr(), seed=seed,
     )  # fmt: skip
+
+
+def _vqa_config(llm: Path) -> VqaConfig:
+    """The demo's VQA head, and its blind baseline's: the tiny LLM in `llm` trained in full (it starts random, a
+    stand-in as SAM and CLIP are), answers of at most three tokens."""
+    return VqaConfig(
+        llm=str(llm.resolve()),
+        llm_training="full",
+        tokens_per_region=VQA_TOKENS_PER_REGION,
+        location_token=VQA_LOCATION_TOKEN,
+        max_new_tokens=3,
+    )
 
 
 def _vqa_lr() -> float:

@@ -1,8 +1,10 @@
 """The demo's question answering, against what answers without looking: the blind LM and the majority answer.
 
-- **Blind baseline**: the same tiny LM and projector, trained with the same steps, batch and learning rate on the
-  same conversations, but every region embedding made from zeros: it learns what the questions alone tell (the
-  answer priors, and what earlier turns say), nothing of the regions.
+- **Blind baseline**: the VQA head as `build_vqa_head` builds it from the demo's `vqa:` section (the same tiny LM and
+  projector), trained with the same steps, batch and learning rate on the same conversations, but every region
+  condition made from zeros: it learns what the questions alone tell (the answer priors, and what earlier turns
+  say), nothing of the regions. It has its own few-line loop: the training module's step starts from SAM's and
+  CLIP's frozen features, and the baseline's point is to have none.
 - **Majority answer**: the most frequent training answer of each question type.
 
 Both are scored as the model is (`regionspot.evaluation.vqa_eval.accuracy_by_type`), per question type.
@@ -18,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from regionspot.build import build_vqa_head
+from regionspot.config import VqaConfig
 from regionspot.data.region_qa import RegionQA, load_region_qa
 from regionspot.evaluation.vqa_eval import asked_turns, normalize_answer
-from regionspot.modeling.region_lm import RegionLanguageModel, load_causal_lm
-from regionspot.modeling.region_projector import RegionProjector
+from regionspot.modeling.region_lm import RegionLanguageModel
 from regionspot.modeling.regionspot import BOX_COLUMNS
 
 # The blind LM's regions are zeros of this width (a box's columns and one more): whatever the width, the projector
@@ -32,17 +35,15 @@ _NO_REGION = BOX_COLUMNS + 1
 def train_blind_baseline(
     *,
     qa_file: str | Path,
-    llm: str | Path,
+    vqa: VqaConfig,
     test_file: str | Path,
     steps: int,
     batch_size: int,
     lr: float,
-    tokens_per_region: int = 1,
-    location_token: bool = False,
     seed: int = 0,
 ) -> tuple[list[list[str]], float]:
-    """Train the blind LM on `qa_file`'s conversations (no images read) and answer `test_file`'s questions;
-    `tokens_per_region` and `location_token` as the VQA head's, so that both read prompts of the same length.
+    """Train the blind LM, the VQA head `vqa` describes, on `qa_file`'s conversations (no images read) and answer
+    `test_file`'s questions: its LLM, prompt length and answer length are the trained head's.
 
     Returns:
         The answers per test record, turn by turn (each asked with the record's earlier turns, as evaluate.py
@@ -52,24 +53,17 @@ def train_blind_baseline(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     records, _ = load_region_qa(qa_file)
-    model, tokenizer = load_causal_lm(llm)
-    projector = RegionProjector(
-        condition_dim=_NO_REGION,
-        hidden_size=model.get_input_embeddings().embedding_dim,
-        tokens_per_region=tokens_per_region,
-        location_columns=BOX_COLUMNS if location_token else 0,
-    )
-    vqa = RegionLanguageModel(llm=model, tokenizer=tokenizer, projector=projector)
-    optimizer = torch.optim.AdamW(vqa.parameters(), lr=lr, weight_decay=1e-4)
-    vqa.train()
+    head = build_vqa_head(vqa, condition_dim=_NO_REGION)
+    optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
+    head.train()
     for _ in range(steps):
         batch = [records[i] for i in rng.choice(len(records), size=min(batch_size, len(records)), replace=False)]
-        loss = vqa.loss([r.conversation for r in batch], [_no_regions(r) for r in batch])
+        loss = head.loss([r.conversation for r in batch], [_no_regions(r) for r in batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     tests, _ = load_region_qa(test_file)
-    return _answer_blind(vqa, tests), time.perf_counter() - start
+    return _answer_blind(head, tests), time.perf_counter() - start
 
 
 def _no_regions(record: RegionQA) -> torch.Tensor:
@@ -85,7 +79,7 @@ def _answer_blind(vqa: RegionLanguageModel, tests: Sequence[RegionQA], *, chunk:
     answers: list[list[str]] = [[] for _ in tests]
     for first in range(0, len(asked), chunk):
         part = asked[first : first + chunk]
-        replies = vqa.generate([c for _, c, _ in part], [r for _, _, r in part], max_new_tokens=3)
+        replies = vqa.generate([c for _, c, _ in part], [r for _, _, r in part])
         for (n, _, _), reply in zip(part, replies, strict=True):
             answers[n].append(reply)
     return answers
