@@ -323,3 +323,16 @@ def test_images_are_prepared_in_the_workers_and_train_alike(toy_data, tmp_path):
     assert types.seen == [{np.ndarray}] * 4 + [{PreparedImage}] * 4
     for key, value in adapters[0].items():
         torch.testing.assert_close(adapters[1][key], value, rtol=0, atol=0)
+
+
+def test_one_device_trains_as_with_ddps_zero_on_every_weight(toy_data, tmp_path, monkeypatch):
+    """Under DDP each step adds a zero that touches every trained weight (every rank's backward reaches each);
+    one device leaves it out, and trains the same, to the bit."""
+    adapters = []
+    for distributed in (False, True):  # True: the module takes the DDP path on this one CPU
+        monkeypatch.setattr(RegionSpotModule, "_distributed", lambda self, d=distributed: d)
+        module = make_module()
+        make_trainer(tmp_path / str(distributed), max_steps=4).fit(module, datamodule=make_data(toy_data))
+        adapters.append(adapter_state(module))
+    for key, value in adapters[0].items():
+        torch.testing.assert_close(adapters[1][key], value, rtol=0, atol=0)

@@ -345,7 +345,7 @@ def _draw_image(
     rng = np.random.default_rng(seed)
     pixels, objects = render_image(classes, size=image_size, rng=rng, object_size=object_size, rotation=rotation)
     file_name = f"images/{split}/{image_id:06d}.png"
-    # uncompressed: writing and reading it are 2-3x faster than at PNG's default level, for 1.4x the bytes (docs/demo.md)
+    # uncompressed: 2-3x faster to write and to read than at PNG's default level, for 1.4x the bytes (docs/demo.md)
     Image.fromarray(pixels).save(root / file_name, optimize=False, compress_level=0)
     present = {cls.id for cls, _, _ in objects}
     absent = [cid for cid in all_ids if cid not in present]
