@@ -198,8 +198,7 @@ class RegionSpotModule(L.LightningModule):
         return getattr(self.model, name) or torch.nn.Module()
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # A batch is read on the CPU: there it has nowhere to go, and Lightning's walk over its images, boxes and
-        # conversations cost about 1 ms an item (3.7 s of the demo's first 400 steps, docs/demo.md)
+        # Read on the CPU, a batch has nowhere to go there; Lightning's walk over it cost ~1 ms an item (docs/demo.md)
         if device.type == "cpu":
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
@@ -211,10 +210,6 @@ class RegionSpotModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if not batch["images"]:  # every image of this batch was unreadable
             return self._zero_on_every_weight()
-        # Under DDP every rank's backward must reach every trained weight (a zero through each). One device skips
-        # those ~100 autograd nodes a step (~7% of the demo's steps): a weight no loss reached then has no gradient,
-        # and AdamW leaves it alone, as StepGuard makes it for whole heads (the demo's adapter came out identical).
-        loss = self._zero_on_every_weight() if self._distributed() else 0.0
         frozen = self._batch_frozen(batch)
         train_adapter = self.hparams.train_adapter
         with torch.set_grad_enabled(train_adapter):
@@ -222,10 +217,11 @@ class RegionSpotModule(L.LightningModule):
         names = train_adapter and self.objective.names_regions() and bool(self.vocabularies.get(batch["dataset"]))
         text = self.class_embeddings(batch["dataset"]) if names else None
         step = self.objective(self.model, frozen, features, batch, class_embeddings=text, train_adapter=train_adapter)
-        for term in step.weighted:
-            loss = loss + term
-        if not step.weighted:  # no loss applies to this batch: a step that changes nothing
-            loss = self._zero_on_every_weight()
+        # Under DDP every rank's backward must reach every trained weight (a zero through each); one device leaves out
+        # those ~100 autograd nodes a step (~7% of the demo's): AdamW then leaves a weight no loss reached alone, as
+        # StepGuard does for whole heads. A batch that no loss applies to steps on that zero alone.
+        touch = self._distributed() or not step.weighted
+        loss = sum(step.weighted, self._zero_on_every_weight() if touch else 0.0)
         batch_size = len(batch["images"])
         for name, value in step.terms.items():
             self.log(f"train/{name}_loss", value, prog_bar=name in ("caption", "vqa"), batch_size=batch_size)
