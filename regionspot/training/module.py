@@ -235,8 +235,8 @@ class RegionSpotModule(L.LightningModule):
         """A zero that touches every trained weight: a step that has nothing to learn keeps DDP ranks in step."""
         return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
 
-    def _distributed(self) -> bool:
-        return self.trainer.world_size > 1
+    def _distributed(self) -> bool:  # a process group, not the trainer: a notebook may call training_step without one
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
 
     def configure_optimizers(self):
         settings = self.hparams
