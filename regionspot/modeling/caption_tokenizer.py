@@ -30,6 +30,10 @@ def _clip_ids(text: str) -> tuple[int, ...]:
     return tuple(_clip_bpe().encode(text))
 
 
+def _decode_clip_ids(clip_ids: list[int]) -> str:
+    return _clip_bpe().decode(clip_ids)  # the merges load on first use, not when a tokenizer is built
+
+
 class CaptionTokenizer(CaptionVocabulary):
     """CLIP's BPE tokenizer made into a captioning vocabulary (the layout and decoding: `CaptionVocabulary`).
 
@@ -39,7 +43,7 @@ class CaptionTokenizer(CaptionVocabulary):
     """
 
     def __init__(self, *, token_ids: Sequence[int] | None = None) -> None:
-        super().__init__(token_ids=token_ids)
+        super().__init__(token_ids=token_ids, bpe_decode=_decode_clip_ids)
 
     @classmethod
     def from_corpus(cls, captions: Iterable[str]) -> CaptionTokenizer:
@@ -69,9 +73,6 @@ class CaptionTokenizer(CaptionVocabulary):
             raise ValueError(f"caption {index} is empty: {text!r}")
         body = [self._index.get(i, self._unk_id) for i in clip_ids[:body_length]]
         return [self.bos_id, *body, self.eos_id]
-
-    def bpe_text(self, clip_ids: list[int]) -> str:
-        return _clip_bpe().decode(clip_ids)
 
     def decode(self, rows: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
         """`CaptionVocabulary.decode`, rows also as a tensor."""

@@ -29,12 +29,10 @@ class CaptionVocabulary:
         token_ids: the CLIP BPE ids to keep (what a checkpoint stores, and an ONNX manifest's `heads.caption`);
             BOS and EOS are added if missing, order and repeats do not matter. None keeps CLIP's whole vocabulary.
         bpe_decode: CLIP BPE ids -> their text as CLIP's `SimpleTokenizer.decode` writes it (every word followed by
-            a space); None: `CaptionTokenizer`, which subclasses this, decodes with open_clip's.
+            a space): open_clip's in `CaptionTokenizer`, tokenizer.json's in the ONNX predictor.
     """
 
-    def __init__(
-        self, *, token_ids: Sequence[int] | None = None, bpe_decode: Callable[[list[int]], str] | None = None
-    ) -> None:
+    def __init__(self, *, token_ids: Sequence[int] | None, bpe_decode: Callable[[list[int]], str]) -> None:
         ids = set(range(CLIP_VOCAB_SIZE)) if token_ids is None else {int(i) for i in token_ids}
         if bad := sorted(i for i in ids if not 0 <= i < CLIP_VOCAB_SIZE):
             raise ValueError(f"token_ids must be CLIP BPE ids in [0, {CLIP_VOCAB_SIZE}), got {bad[:5]}")
@@ -72,12 +70,6 @@ class CaptionVocabulary:
         """The kept CLIP BPE ids, ascending; `CaptionVocabulary(token_ids=...)` of them rebuilds this layout."""
         return list(self._clip_ids)
 
-    def bpe_text(self, clip_ids: list[int]) -> str:
-        """CLIP BPE ids -> text, as CLIP's `SimpleTokenizer.decode` writes it."""
-        if self._bpe_decode is None:
-            raise NotImplementedError("give CaptionVocabulary a bpe_decode")
-        return self._bpe_decode(clip_ids)
-
     def decode(self, rows: Sequence[Sequence[int]]) -> list[str]:
         """Rows of internal ids (e.g. `CaptionDecoder.generate`'s) -> texts, as CLIP's `SimpleTokenizer.decode`
         writes them (lowercase, single spaces, stripped), with no space before punctuation.
@@ -94,10 +86,10 @@ class CaptionVocabulary:
             if index == self.eos_id:
                 break
             if index == self._unk_id:
-                pieces += [self.bpe_text(run), f" {UNK_TEXT} "]
+                pieces += [self._bpe_decode(run), f" {UNK_TEXT} "]
                 run = []
             elif index not in (self.pad_id, self.bos_id):
                 run.append(self._to_clip[index])
-        pieces.append(self.bpe_text(run))
+        pieces.append(self._bpe_decode(run))
         # CLIP's decode ends every token with a space, so punctuation comes out as "middle , in front"
         return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join("".join(pieces).split()))
