@@ -117,9 +117,8 @@ class RegionDataModule(L.LightningDataModule):
 
     def prepare_images_with(self, preprocessor: ImagePreprocessor) -> None:
         """Resize the images for the backbones in the data-loader workers, so that the training process only moves
-        them to its device (`RegionSpotModule.setup` hands over its model's preprocessor unless it keeps an in-memory
-        frozen-feature cache). Without a preprocessor the workers only read and collate, and the module prepares the
-        images itself, after its frozen-feature cache, where a hit needs no resizing at all."""
+        them to its device (`RegionSpotModule.setup` hands over its model's preprocessor). Without workers the
+        module prepares them itself, after its frozen-feature cache, where a hit needs no resizing at all."""
         self.preprocessor = preprocessor
 
     @property

@@ -111,8 +111,7 @@ class RegionSpotModule(L.LightningModule):
                     "cache (features: DIR, python -m regionspot.extract) or build the image encoders"
                 )
             self.use_data(vocabularies=data.vocabularies, val_set=data.val_set)
-            if not self.frozen_cache.size:  # else images stay raw: a cache hit is a digest of them, a miss resized here
-                data.prepare_images_with(self.model.preprocessor)
+            data.prepare_images_with(self.model.preprocessor)
             for folder, manifest in data.feature_manifests.items():
                 check_backbones(manifest, self.model_config, where=folder)
 
