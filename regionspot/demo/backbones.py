@@ -212,45 +212,48 @@ def fit_sam(
         embeddings = sam.image_encoder(inputs[batch])  # (B, C, h, w)
         # every image's boxes in one decoder call, and its points in another
         from_boxes = boxed.decode(embeddings, [SamPrompts(boxes=_jitter(boxes[b], rng)) for b in batch])
-        points = [_point_prompts(owners[b], pointed, rng) for b in batch]
-        from_points = pointed.decode(embeddings, [prompts for prompts, _ in points])
         box_loss = torch.stack(
             [_sam_loss(r.mask_logits, r.mask_scores, targets[b]) for r, b in zip(from_boxes, batch, strict=True)]
         ).mean()
-        point_loss = _point_loss(
-            sam, from_points, [torch.as_tensor(examples[b].masks) for b in batch], [under for _, under in points]
-        )
+        point_loss = _point_batch_loss(pointed, embeddings, batch, owners, examples, rng)
         _take_step(box_loss + point_loss, optimizer, schedule, losses=losses, bar=bar, step=step)
     losses += _fit_iou_head(
-        sam, inputs, owners, examples, rng=rng, steps=iou_head_steps, batch_size=batch_size, bar_position=bar_position
-    )
+        pointed, inputs, owners, examples, rng=rng, steps=iou_head_steps, batch_size=batch_size,
+        bar_position=bar_position,
+    )  # fmt: skip
     return sam.eval(), losses
 
 
+def _point_batch_loss(pointed: SamRegionEncoder, embeddings: torch.Tensor, batch, owners, examples, rng):
+    """`_point_loss` of fresh point prompts (`_point_prompts`) on the images `batch` of `examples`, whose SAM
+    embeddings are `embeddings`, decoded in one call by `pointed` (the multimask encoder)."""
+    points = [_point_prompts(owners[b], pointed, rng) for b in batch]
+    regions = pointed.decode(embeddings, [prompts for prompts, _ in points])
+    masks = [torch.as_tensor(examples[b].masks) for b in batch]
+    return _point_loss(pointed.sam, regions, masks, [under for _, under in points])
+
+
 def _fit_iou_head(
-    sam: Sam, inputs, owners, examples, *, rng, steps: int, batch_size: int, bar_position: int
+    pointed: SamRegionEncoder, inputs, owners, examples, *, rng, steps: int, batch_size: int, bar_position: int
 ) -> list[float]:
     """`steps` more steps on SAM's IoU head alone, the rest frozen, on the point prompts' masks as the fit
     left them. In the joint fit the masks keep improving under a decaying rate and the head trails them (predicted
     0.84 for masks of true IoU 0.93, median over grid points on objects); the generator keeps a mask only above 0.88.
     Nothing else moves, so the region tokens RegionSpot reads are those of the joint fit."""
+    sam = pointed.sam
     head = list(sam.mask_decoder.iou_prediction_head.parameters())
     for parameter in sam.parameters():
         parameter.requires_grad_(False)
     for parameter in head:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(head, lr=_IOU_HEAD_LR, weight_decay=0.0)
-    pointed = SamRegionEncoder(sam=sam, multimask=True, prompt_batch_size=_FIT_PROMPTS_PER_CALL)
     losses: list[float] = []
     bar = tqdm(range(steps), desc="fitting the stand-in SAM's IoU head", unit="step", position=bar_position)
     for step in bar:
         batch = rng.choice(len(examples), size=min(batch_size, len(examples)), replace=False)
         with torch.no_grad():
             embeddings = sam.image_encoder(inputs[batch])
-        points = [_point_prompts(owners[b], pointed, rng) for b in batch]
-        regions = pointed.decode(embeddings, [prompts for prompts, _ in points])
-        masks = [torch.as_tensor(examples[b].masks) for b in batch]
-        loss = _point_loss(sam, regions, masks, [under for _, under in points])
+        loss = _point_batch_loss(pointed, embeddings, batch, owners, examples, rng)
         _take_step(loss, optimizer, None, losses=losses, bar=bar, step=step)
     for parameter in sam.parameters():
         parameter.requires_grad_(True)
