@@ -42,8 +42,8 @@ from regionspot.files import write_json_atomic, write_text_atomic
 from regionspot.modeling.caption_tokenizer import CaptionTokenizer
 from regionspot.training.cli import RegionSpotCLI
 
-# The packaged configs, so that the demo runs from any working directory and from an installed wheel.
 T = TypeVar("T")
+# The packaged configs, so that the demo runs from any working directory and from an installed wheel.
 TRAIN_CONFIG = resolve_config("demo", kind="training")
 MODEL_CONFIG = resolve_config("demo", kind="model")
 COLUMNS = ("AP", "APr", "APc", "APf", "seen AP", "held-out AP", "seen top-1", "held-out top-1")
