@@ -113,8 +113,8 @@ def _build_captioner(config: CaptionConfig | None, *, condition_dim: int) -> dic
 
 def build_vqa_head(config: VqaConfig, *, condition_dim: int) -> RegionLanguageModel:
     """The LLM of `vqa.llm` (from its local folder), set to train as `vqa.llm_training` says, with a projector
-    from `condition_dim` region conditions sized to it; trained weights loaded from `vqa.checkpoint`. RegionSpot's
-    VQA head (`build_regionspot`), and the demo's blind baseline, whose conditions are zeros (`regionspot.demo.vqa`)."""
+    from `condition_dim` region conditions sized to it; trained weights loaded from `vqa.checkpoint`: RegionSpot's
+    VQA head, as `build_regionspot` builds it."""
     llm, tokenizer = load_causal_lm(config.llm, dtype=config.llm_dtype)
     if config.llm_training == "frozen":
         llm.requires_grad_(False)

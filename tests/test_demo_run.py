@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from transformers import AutoTokenizer
 
+from regionspot.data.region_qa import load_region_qa
 from regionspot.demo.run import EVERYTHING_IMAGES, QUICK, format_table, run_demo
+from regionspot.demo.vqa import blind_questions
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +82,26 @@ def test_shortened_demo_learns_far_above_chance(tmp_path, monkeypatch, capsys):
     # A flip turns "is <region1> left of <region2>?" into "... right of ...": the LM's vocabulary has both words.
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llm")
     assert tokenizer.unk_token_id not in tokenizer("is right of left ?")["input_ids"]
+
+
+def test_blind_questions_leave_nothing_to_see(tmp_path):
+    """The blind LM's conversations: the same turns and region count, every region the whole of one grey image."""
+    records = [
+        {"image": "a.png", "width": 40, "height": 30, "boxes": [[1, 2, 10, 12], [5, 5, 20, 25]],
+         "conversations": [{"from": "human", "value": "is <region2> red?"}, {"from": "gpt", "value": "yes"}],
+         "question_types": ["colour"]},
+        {"image": "b.png", "width": 40, "height": 30, "boxes": [[3, 3, 9, 9]],
+         "conversations": [{"from": "human", "value": "what is <region1>?"}, {"from": "gpt", "value": "a square"}],
+         "question_types": ["shape"]},
+    ]  # fmt: skip
+    (tmp_path / "qa.json").write_text(json.dumps(records))
+    written = blind_questions(tmp_path / "qa.json", tmp_path / "blind" / "qa.json")
+    blind, skipped = load_region_qa(written)
+    assert not skipped and [r.conversation for r in blind] == [
+        [("is <region2> red?", "yes")],
+        [("what is <region1>?", "a square")],
+    ]
+    assert [r.boxes.tolist() for r in blind] == [[[0, 0, 40, 30]] * 2, [[0, 0, 40, 30]]]
+    assert {r.image for r in blind} == {str(written.parent / "grey_40x30.png")}
+    pixels = np.asarray(Image.open(written.parent / "grey_40x30.png"))
+    assert pixels.shape == (30, 40, 3) and (pixels == pixels.flat[0]).all()

@@ -18,17 +18,17 @@
    RegionSpot's, the demo's adapter reads only the CLIP tokens of each region's box (`adapter.box_attention`): in
    its 2500 CPU steps it does not learn where to look on its own; and ViLD's distillation pulls its features towards
    CLIP's own embedding of each box (`model.distill_loss_weight`), which keeps what CLIP knows of the held-out names
-   that the naming losses never train. The blind baseline (`regionspot.demo.vqa`) learns the questions alone during
-   step 2, after SAM's fit, on the core SAM's shorter fit leaves free; during training that core reads and augments
-   the batches.
+   that the naming losses never train. Beside it, on the other core, the blind baseline (`regionspot.demo.vqa`)
+   trains through train.py too: the same configs and question steps, on the same conversations with nothing to
+   look at (every region the whole of one grey image).
 4. The runner that `evaluate.py` runs classifies every ground-truth box of the test split over the whole
    vocabulary (seen and held-out names) and scores it with the official LVIS API. AP is also reported on
    the classes seen in training and on the held-out ones, next to chance: the same protocol fed random
    class probabilities.
 5. `evaluate.py captions` captions every test box and scores it with pycocoevalcap (CIDEr-D, BLEU-4, METEOR,
    ROUGE-L), next to two baselines (`regionspot.demo.captioning`), with attribute words on held-out classes.
-6. `evaluate.py vqa` answers every test question, scored by question type next to the blind LM and the
-   majority answer.
+6. `evaluate.py vqa` answers every test question, scored by question type next to the blind LM (asked through
+   `evaluate.py vqa` on its grey images) and the majority answer.
 7. `RegionSpotPredictor.predict_everything`, at its defaults, segments test images with SAM's automatic mask
    generator (its published thresholds, on the stand-in SAM) and names every mask; scored as the objects found
    (box IoU >= 0.5), those named right, and the extra regions per image (docs/demo.md, "Segment everything").

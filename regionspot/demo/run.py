@@ -30,7 +30,7 @@ from regionspot.demo.language_model import write_tiny_causal_lm
 from regionspot.demo.parallel import cores, running_beside, threads_per_job
 from regionspot.demo.picture import draw_predictions
 from regionspot.demo.synthetic import GeneratedDataset, generate_dataset
-from regionspot.demo.vqa import format_vqa_table, majority_answers, train_blind_baseline
+from regionspot.demo.vqa import blind_questions, format_vqa_table, majority_answers
 from regionspot.evaluation import region_detections, score_detections
 from regionspot.evaluation.caption_eval import CAPTIONS_FILE
 from regionspot.evaluation.cli import run as evaluate_main
@@ -48,7 +48,6 @@ TRAIN_CONFIG = resolve_config("demo", kind="training")
 MODEL_CONFIG = resolve_config("demo", kind="model")
 COLUMNS = ("AP", "APr", "APc", "APf", "seen AP", "held-out AP", "seen top-1", "held-out top-1")
 STEPS = 8
-VQA_BATCH = 16  # region-QA records per step: the demo config's data.batch_size, which the blind baseline matches
 # Embeddings per region in the LLM's prompt, for the VQA head and the blind baseline alike: 4 answered 73.6% of the
 # test questions against 68.9% for 1 (benchmarks/vqa_projector.py, seed 0, same steps).
 VQA_TOKENS_PER_REGION = 4
@@ -132,14 +131,13 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
         model_yaml = _fit_stand_in_backbones(data, out, seed=seed, size=size, train_gt=adapter_gt)
 
     _say(3, _training_note(model_yaml, Path(train_config)))
+    blind_args = _blind_train_args(train_config, out, model_yaml, data, size)
     with (
-        running_beside(_blind_baseline(data, out, size=size, seed=seed)) as blind,
+        running_beside(partial(_fit, blind_args)) as blind,
         _timed(timings, "train adapter + captioner + VQA (train.py), the blind VQA baseline beside"),
-        warnings.catch_warnings(),  # the demo hands the CLI its own arguments, as intended
     ):
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        RegionSpotCLI(args=_train_args(train_config, out, model_yaml, adapter_train, data, size))
-    blind_answers, _ = blind.result()
+        _fit(_train_args(train_config, out, model_yaml, adapter_train, data, size))
+    blind.result()
 
     model, test_file = str(out / "train" / "adapter.yaml"), data.annotation_files["test"]
     segmenting = partial(_timed_job, partial(segment_everything, model, test_file, max_images=EVERYTHING_IMAGES))
@@ -150,7 +148,7 @@ def _run_demo(*, out_dir: str | Path, size: DemoSize, seed: int, train_config: s
         _say(5, "captioning every test box through evaluate.py captions; against two baselines (pycocoevalcap)")
         caption_metrics, captions = _caption(out, data, model, adapter_gt, detections, timings=timings)
         _say(6, "answering every test question through evaluate.py vqa; against the blind LM and the majority answer")
-        vqa_metrics = _answer(out, data, model, blind_answers, timings=timings)
+        vqa_metrics = _answer(out, data, model, timings=timings)
     _say(7, "segment everything (predict_everything at its defaults: SAM's automatic mask generator, published "
             "thresholds), each mask named: done beside steps 4-6")  # fmt: skip
     (everything_metrics, _), timings["segment everything (predict_everything), beside steps 4-6"] = everything.result()
@@ -250,13 +248,22 @@ def _caption(out: Path, data: GeneratedDataset, model: str, adapter_gt: dict, de
         return caption_rows(test_gt, systems, heldout_ids=heldout_ids, scored=scored), captions
 
 
-def _answer(out: Path, data: GeneratedDataset, model: str, blind_answers: list[list[str]], *, timings):
-    """Step 6: evaluate.py vqa on the test questions; the rows of the VQA head, the blind LM and the majority."""
+def _answer(out: Path, data: GeneratedDataset, model: str, *, timings):
+    """Step 6: evaluate.py vqa on the test questions, asked of the VQA head and, with nothing to see, of the blind
+    LM; their rows and the majority answer's."""
     with _timed(timings, "answer and score (evaluate.py vqa)"):
-        shutil.rmtree(out / "vqa", ignore_errors=True)
-        answered = evaluate_main(["vqa", "--config", model, "--ann", str(data.question_files["test"]),
-                                  "--images", str(data.root), "--out", str(out / "vqa")])  # fmt: skip
-        return _vqa_rows(data, answered, blind_answers)
+        blind_test = blind_questions(data.question_files["test"], out / "blind" / "data" / "qa_test.json")
+        answered = _ask(model, data.question_files["test"], data.root, out=out / "vqa")
+        blind_model = str(out / "blind" / "train" / "adapter.yaml")
+        blind = _ask(blind_model, blind_test, blind_test.parent, out=out / "blind" / "vqa")
+        return _vqa_rows(data, answered, blind)
+
+
+def _ask(model: str, questions: Path, images: Path, *, out: Path) -> dict:
+    """evaluate.py vqa: `model` answers every question of `questions` into `out` (made anew)."""
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["vqa", "--config", model, "--ann", str(questions), "--images", str(images), "--out", str(out)]
+    return evaluate_main(args)
 
 
 def _say(step: int, what: str) -> None:
@@ -290,13 +297,33 @@ def _fit_stand_in_backbones(
     return model_yaml
 
 
-def _blind_baseline(data: GeneratedDataset, out: Path, *, size: DemoSize, seed: int):
-    """The blind LM's training and answers as a job: as many steps and records per step, and the learning rate,
-    of the VQA head in the main run."""
-    return partial(
-        train_blind_baseline, qa_file=data.question_files["train"], vqa=_vqa_config(out / "llm"),
-        test_file=data.question_files["test"], steps=size.qa_steps, batch_size=VQA_BATCH, lr=_vqa_lr(), seed=seed,
-    )  # fmt: skip
+def _fit(args: list[str]) -> None:
+    """train.py with `args`, in this process (a module-level function: the blind LM's runs in another)."""
+    with warnings.catch_warnings():  # the demo hands the CLI its own arguments, as intended
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        RegionSpotCLI(args=args)
+
+
+def _blind_train_args(train_config: str, out: Path, model_yaml: Path, data, size: DemoSize) -> list[str]:
+    """train.py's arguments for the blind LM (`regionspot.demo.vqa`): the main run's configs, on the training
+    questions with nothing to see alone, for as many question steps as the main run takes, its learning rate cut
+    as far into them; no validation (its set is the detection one, which the blind LM has no use for)."""
+    questions = blind_questions(data.question_files["train"], out / "blind" / "data" / "qa_train.json")
+    source = {"ann_file": str(questions), "image_dir": str(questions.parent), "questions": True, "flip_prob": 0.0}
+    return [
+        "fit",
+        "--config", str(train_config),
+        "--model.model_config", str(model_yaml),
+        "--data.train", json.dumps({"blind_qa": source}),
+        "--data.val.ann_file", str(data.annotation_files["val"]),  # read, not used: no validation
+        "--data.val.image_dir", str(data.root),
+        "--trainer.max_steps", str(size.qa_steps),
+        "--model.lr_milestones", f"[{round(LR_DECAY_AT * size.qa_steps)}]",
+        "--trainer.limit_val_batches", "0",
+        "--trainer.val_check_interval", str(size.qa_steps),
+        "--trainer.default_root_dir", str(out / "blind" / "train"),
+        "--restart",
+    ]  # fmt: skip
 
 
 def _vqa_config(llm: Path) -> VqaConfig:
@@ -309,12 +336,6 @@ def _vqa_config(llm: Path) -> VqaConfig:
         location_token=VQA_LOCATION_TOKEN,
         max_new_tokens=3,
     )
-
-
-def _vqa_lr() -> float:
-    """The VQA head's learning rate in the demo's training config (`vqa_lr`, else `lr`)."""
-    settings = _model_settings(TRAIN_CONFIG)
-    return settings.get("vqa_lr") or settings["lr"]
 
 
 def _model_settings(train_config: Path) -> dict[str, Any]:
@@ -330,14 +351,13 @@ def _qa_texts(qa_file: Path) -> list[str]:
     return turns + [mirror_left_right(turn) for turn in turns]
 
 
-def _vqa_rows(data: GeneratedDataset, answered: dict, blind: list[list[str]]) -> dict[str, dict[str, float]]:
-    """Accuracy per question type of the VQA head (evaluate.py's numbers), the blind LM and the majority answer."""
+def _vqa_rows(data: GeneratedDataset, answered: dict, blind: dict) -> dict[str, dict[str, float]]:
+    """Accuracy per question type of the VQA head and the blind LM (evaluate.py's numbers), and the majority answer."""
     train, _ = load_region_qa(data.question_files["train"])
     test, _ = load_region_qa(data.question_files["test"])
-    columns = list(accuracy_by_type(test, blind))
     return {
-        "regionspot VQA": {kind: answered["accuracy"][kind] for kind in columns},
-        "blind LM (no regions)": accuracy_by_type(test, blind),
+        "regionspot VQA": answered["accuracy"],
+        "blind LM (no regions)": blind["accuracy"],
         "majority answer": accuracy_by_type(test, majority_answers(train, test)),
     }
 

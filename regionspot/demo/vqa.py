@@ -1,10 +1,10 @@
 """The demo's question answering, against what answers without looking: the blind LM and the majority answer.
 
-- **Blind baseline**: the VQA head as `build_vqa_head` builds it from the demo's `vqa:` section (the same tiny LM and
-  projector), trained with the same steps, batch and learning rate on the same conversations, but every region
-  condition made from zeros: it learns what the questions alone tell (the answer priors, and what earlier turns
-  say), nothing of the regions. It has its own few-line loop: the training module's step starts from SAM's and
-  CLIP's frozen features, and the baseline's point is to have none.
+- **Blind baseline**: the demo's VQA head trained and asked as the real one is (train.py and evaluate.py vqa, the same
+  model and training configs, steps, batch and learning rate), on the same conversations with nothing to look at:
+  `blind_questions` puts every record on one grey image and makes each of its boxes the whole image, so every
+  region's features are the same and the LM learns only what the questions tell (the answer priors, and what
+  earlier turns say). `<regionK>` still names the K-th of as many regions as before.
 - **Majority answer**: the most frequent training answer of each question type.
 
 Both are scored as the model is (`regionspot.evaluation.vqa_eval.accuracy_by_type`), per question type.
@@ -12,77 +12,36 @@ Both are scored as the model is (`regionspot.evaluation.vqa_eval.accuracy_by_typ
 
 from __future__ import annotations
 
-import time
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
+from PIL import Image
 
-from regionspot.build import build_vqa_head
-from regionspot.config import VqaConfig
-from regionspot.data.region_qa import RegionQA, load_region_qa
-from regionspot.evaluation.vqa_eval import asked_turns, normalize_answer
-from regionspot.modeling.region_lm import RegionLanguageModel
-from regionspot.modeling.regionspot import BOX_COLUMNS
+from regionspot.data.region_qa import RegionQA
+from regionspot.evaluation.vqa_eval import normalize_answer
+from regionspot.files import write_json_atomic
 
-# The blind LM's regions are zeros of this width (a box's columns and one more): whatever the width, the projector
-# makes one constant of them.
-_NO_REGION = BOX_COLUMNS + 1
+_GREY = 128  # the blind image's every pixel, in each channel
 
 
-def train_blind_baseline(
-    *,
-    qa_file: str | Path,
-    vqa: VqaConfig,
-    test_file: str | Path,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int = 0,
-) -> tuple[list[list[str]], float]:
-    """Train the blind LM, the VQA head `vqa` describes, on `qa_file`'s conversations (no images read) and answer
-    `test_file`'s questions: its LLM, prompt length and answer length are the trained head's.
-
-    Returns:
-        The answers per test record, turn by turn (each asked with the record's earlier turns, as evaluate.py
-        asks), and the seconds it took.
-    """
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    records, _ = load_region_qa(qa_file)
-    head = build_vqa_head(vqa, condition_dim=_NO_REGION)
-    optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
-    head.train()
-    for _ in range(steps):
-        batch = [records[i] for i in rng.choice(len(records), size=min(batch_size, len(records)), replace=False)]
-        loss = head.loss([r.conversation for r in batch], [_no_regions(r) for r in batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    tests, _ = load_region_qa(test_file)
-    return _answer_blind(head, tests), time.perf_counter() - start
-
-
-def _no_regions(record: RegionQA) -> torch.Tensor:
-    return torch.zeros(len(record.boxes), _NO_REGION)
-
-
-def _answer_blind(vqa: RegionLanguageModel, tests: Sequence[RegionQA], *, chunk: int = 64) -> list[list[str]]:
-    asked = [
-        (n, conversation, _no_regions(record))
-        for n, record in enumerate(tests)
-        for conversation in asked_turns(record.conversation)
-    ]
-    answers: list[list[str]] = [[] for _ in tests]
-    for first in range(0, len(asked), chunk):
-        part = asked[first : first + chunk]
-        replies = vqa.generate([c for _, c, _ in part], [r for _, _, r in part])
-        for (n, _, _), reply in zip(part, replies, strict=True):
-            answers[n].append(reply)
-    return answers
+def blind_questions(qa_file: str | Path, out_file: str | Path) -> Path:
+    """Write `qa_file`'s records (ours, with "width" and "height", as the demo's generator writes them) to
+    `out_file` with nothing to see: each on a grey image of its size, written beside `out_file`, every box the
+    whole image. Returns `out_file`; its images are in its folder."""
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads(Path(qa_file).read_text())
+    for record in records:
+        width, height = record["width"], record["height"]
+        record["image"] = f"grey_{width}x{height}.png"
+        record["boxes"] = [[0, 0, width, height] for _ in record["boxes"]]
+        image = out_file.parent / record["image"]
+        if not image.exists():
+            Image.new("RGB", (width, height), (_GREY,) * 3).save(image)
+    write_json_atomic(out_file, records, indent=None)
+    return out_file
 
 
 def majority_answers(train: Sequence[RegionQA], test: Sequence[RegionQA]) -> list[list[str]]:
