@@ -194,6 +194,12 @@ class _ImageSide:
     image_to_token_q: torch.Tensor  # (B, H, hw, c) image-to-token attention queries
 
 
+def _runs(prompts: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """`prompts` split into runs of `sizes` along its first axis; one run is the tensor itself, so that a graph
+    traced over one image's prompts (`regionspot.onnx`) keeps their number dynamic instead of baking in a split."""
+    return (prompts,) if len(sizes) == 1 else prompts.split(sizes)
+
+
 def _tokens_attend_image(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Scaled dot-product attention of n prompts' tokens over one image's keys, which are not copied per prompt.
 
@@ -335,7 +341,8 @@ class SamRegionEncoder(nn.Module):
         mask_input = None if prompts.mask_logits is None else prompts.mask_logits.to(dtype)
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         if shared is not None:
-            return *self._decode_tokens(shared, owners, sparse), None
+            images, sizes = zip(*[(image, len(list(run))) for image, run in itertools.groupby(owners)], strict=True)
+            return *self._decode_tokens(shared, images, sizes, sparse), None
         # (n, C, h, w): what SAM's decoder builds from one image's embedding
         src = embeddings[torch.tensor(owners, device=embeddings.device)] + dense
         tokens, scores, masks = self._decode_with_masks(src, self.sam.prompt_encoder.get_dense_pe(), sparse)
@@ -365,12 +372,12 @@ class SamRegionEncoder(nn.Module):
             image_to_token_q=to_tokens._separate_heads(to_tokens.q_proj(keys + key_pe), to_tokens.num_heads),
         )
 
-    def _decode_tokens(self, shared: _ImageSide, owners: list[int], sparse: torch.Tensor):
+    def _decode_tokens(self, shared: _ImageSide, images: tuple[int, ...], sizes: tuple[int, ...], sparse: torch.Tensor):
         """SAM's decoder up to its two-way transformer's output tokens and its IoU head, composed from its modules.
 
         Args:
             shared: the image side of the first block for the B images.
-            owners: n image indices (non-decreasing), the image of each prompt.
+            images, sizes: the n prompts as consecutive runs, `sizes[i]` prompts of image `images[i]`.
             sparse: (n, P, C) the prompts' sparse embeddings.
 
         Returns:
@@ -379,8 +386,7 @@ class SamRegionEncoder(nn.Module):
         decoder = self.sam.mask_decoder
         transformer = decoder.transformer
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        point_pe = torch.cat([output_tokens[None].expand(len(sparse), -1, -1), sparse], dim=1)  # (n, 5 + P, C)
-        images, sizes = zip(*[(image, len(list(rows))) for image, rows in itertools.groupby(owners)], strict=True)
+        point_pe = torch.cat([output_tokens[None].expand(sparse.shape[0], -1, -1), sparse], dim=1)  # (n, 5 + P, C)
         queries, keys = self._first_block(shared, images, sizes, point_pe)
         for layer in transformer.layers[1:]:
             queries, keys = layer(queries=queries, keys=keys, query_pe=point_pe, key_pe=shared.key_pe)
@@ -410,7 +416,7 @@ class SamRegionEncoder(nn.Module):
         out = torch.cat(
             [
                 _tokens_attend_image(q_i, shared.token_to_image_k[image], shared.token_to_image_v[image])
-                for image, q_i in zip(images, q.split(sizes), strict=True)
+                for image, q_i in zip(images, _runs(q, sizes), strict=True)
             ]
         )
         queries = block.norm2(queries + to_image.out_proj(to_image._recombine_heads(out)))
@@ -422,11 +428,11 @@ class SamRegionEncoder(nn.Module):
         out = torch.cat(
             [
                 _image_attends_tokens(shared.image_to_token_q[image], k_i, v_i)
-                for image, k_i, v_i in zip(images, k.split(sizes), v.split(sizes), strict=True)
+                for image, k_i, v_i in zip(images, _runs(k, sizes), _runs(v, sizes), strict=True)
             ]
         )  # (n, H, hw, c)
         update = to_tokens.out_proj(to_tokens._recombine_heads(out))  # (n, hw, C): from here on, keys are per prompt
-        keys = torch.cat([shared.keys[image] + u for image, u in zip(images, update.split(sizes), strict=True)])
+        keys = torch.cat([shared.keys[image] + u for image, u in zip(images, _runs(update, sizes), strict=True)])
         return queries, block.norm4(keys)
 
     def _decode_with_masks(self, src: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor):

@@ -3,14 +3,14 @@
     regionspot-export onnx --config tiny [--adapter adapter.safetensors] --out DIR
 
 The graphs (see `regionspot.onnx.graphs`): image (once per image), decoder and decoder_tokens (SAM's decoder with
-and without masks, any number of regions), mask_prompt (mask prompts into SAM's mask input), masks (upscaling),
-point_masks (SAM's decoder as its automatic mask generator calls it, for `predict_everything`), adapter (all regions
-of an image), text (any number of names), score. They are traced with torch.onnx's
-TorchScript exporter (`dynamo=False`), then each is checked by `onnx.checker` and run once by onnxruntime against
-the torch module it came from. A model with a captioner gets caption_step (one greedy decoding step), one with a VQA
-head gets vqa_projector (its region projector), and either gets condition (the region condition both read, from the
-decoder's and the adapter's outputs and each region's extent); the VQA head's LLM stays a Hugging Face model, and
-the manifest says so (`not_exported`).
+masks, and tokens only for regions prompted without masks; any number of regions), mask_prompt (mask prompts into
+SAM's mask input), masks (upscaling), point_masks (SAM's decoder as its automatic mask generator calls it, for
+`predict_everything`), adapter (all regions of an image), text (any number of names), score. They are traced with
+torch.onnx's TorchScript exporter (`dynamo=False`; a few with torch.export's, `_DYNAMO_GRAPHS`), then each is
+checked by `onnx.checker` and run once by onnxruntime against the torch module it came from. A model with a
+captioner gets caption_step (one greedy decoding step), one with a VQA head gets vqa_projector (its region
+projector), and either gets condition (the region condition both read, from the decoder's and the adapter's outputs
+and each region's extent); the VQA head's LLM stays a Hugging Face model, and the manifest says so (`not_exported`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ OPSET = 17
 OPSET_DYNAMO = 18  # torch.export-based exporter's lowest
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
-FORMAT = "regionspot-onnx-1"
-_DYNAMO_GRAPHS = ("adapter", "caption_step", "condition")  # exported by torch.export's exporter (see `_Graph.dynamo`)
+FORMAT = "regionspot-onnx-2"
+# exported by torch.export's exporter (see `_Graph.dynamo`)
+_DYNAMO_GRAPHS = ("adapter", "caption_step", "condition", "decoder_tokens")
 
 
 @dataclass
@@ -156,15 +157,26 @@ def _decoder_inputs(model: RegionSpot, sizes: _Sizes) -> dict[str, torch.Tensor]
 _POINT_AXES = {"point_coords": {0: "regions", 1: "points"}, "point_labels": {0: "regions", 1: "points"}}
 
 
-def _decoder_graph(model: RegionSpot, decoder_inputs: dict[str, torch.Tensor], *, with_masks: bool) -> _Graph:
-    """SAM's mask decoder over any number of prompted regions, with or without its mask logits."""
-    outputs = ["region_tokens", "mask_scores", "mask_logits"] if with_masks else ["region_tokens", "mask_scores"]
-    return _Graph(
-        graphs.DecoderGraph(model, with_masks=with_masks),
-        decoder_inputs,
-        outputs,
-        {**_POINT_AXES, "mask_input": {0: "regions"}, **{name: {0: "regions"} for name in outputs}},
-    )
+def _decoder_graphs(model: RegionSpot, decoder_inputs: dict[str, torch.Tensor]) -> dict[str, _Graph]:
+    """SAM's mask decoder over any number of prompted regions: with its mask logits (any prompts), and tokens only
+    for prompts without masks (the first block's image side once for all regions)."""
+    tokens_only = ("region_tokens", "mask_scores")
+    with_masks = [*tokens_only, "mask_logits"]
+    return {
+        "decoder": _Graph(
+            graphs.DecoderGraph(model),
+            decoder_inputs,
+            with_masks,
+            {**_POINT_AXES, "mask_input": {0: "regions"}, **{name: {0: "regions"} for name in with_masks}},
+        ),
+        "decoder_tokens": _Graph(
+            graphs.TokensGraph(model),
+            {name: decoder_inputs[name] for name in ("image_embedding", "point_coords", "point_labels")},
+            list(tokens_only),
+            {**_POINT_AXES, **{name: {0: "regions"} for name in tokens_only}},
+            dynamo=True,  # the tracer bakes the number of regions into the shared attention's reshapes
+        ),
+    }
 
 
 def _sam_graphs(model: RegionSpot, sizes: _Sizes, decoder_inputs: dict[str, torch.Tensor]) -> dict[str, _Graph]:
@@ -181,8 +193,7 @@ def _sam_graphs(model: RegionSpot, sizes: _Sizes, decoder_inputs: dict[str, torc
             ["sam_embedding", "clip_tokens"],
             {"sam_pixels": {2: "sam_height", 3: "sam_width"}, "image": {2: "height", 3: "width"}},
         ),
-        "decoder": _decoder_graph(model, decoder_inputs, with_masks=True),
-        "decoder_tokens": _decoder_graph(model, decoder_inputs, with_masks=False),
+        **_decoder_graphs(model, decoder_inputs),
         "mask_prompt": _Graph(
             graphs.MaskPromptGraph(model),
             {"masks": (torch.rand(regions, sizes.height, sizes.width) > 0.5).float(), "input_size": sam_size},

@@ -18,7 +18,6 @@ from regionspot.modeling.caption_decoder import CaptionDecoder
 from regionspot.modeling.preprocess import resize_for_clip
 from regionspot.modeling.region_projector import RegionProjector
 from regionspot.modeling.regionspot import _FEATURE_NORM_EPS, RegionSpot, region_condition_rows
-from regionspot.modeling.sam import _MULTIMASK_TOKENS, _SINGLE_MASK_TOKEN
 from regionspot.transforms import mask_prompt_logits
 
 
@@ -39,33 +38,41 @@ class ImageGraph(nn.Module):
 
 class DecoderGraph(nn.Module):
     """SAM's prompt encoder and mask decoder over n regions of one image -> region tokens (n, T, C), mask scores
-    (n, T), and, `with_masks`, low-resolution mask logits (n, T, 4e, 4e).
+    (n, T) and low-resolution mask logits (n, T, 4e, 4e): SAM's own decoder, each region with its own image embedding.
 
     Inputs: image_embedding (1, C, e, e); point_coords (n, P, 2) in SAM's input frame; point_labels (n, P) as SAM's
     ONNX export labels them; mask_input (n, 1, 4e, 4e) logits; has_mask_input (1,) 1.0 to use them, else 0.0.
     """
 
-    def __init__(self, model: RegionSpot, *, with_masks: bool) -> None:
+    def __init__(self, model: RegionSpot) -> None:
         super().__init__()
         self.encoder = model.sam
         self.prompts = SamOnnxModel(model.sam.sam, return_single_mask=False)  # SAM's own ONNX prompt embedding
-        self.with_masks = with_masks
 
     def forward(self, image_embedding, point_coords, point_labels, mask_input, has_mask_input):
         sparse = self.prompts._embed_points(point_coords, point_labels)
         dense = self.prompts._embed_masks(mask_input, has_mask_input)
         src = image_embedding + dense  # (n, C, e, e): each region's own image embedding, as the torch path adds it
-        image_pe = self.encoder.sam.prompt_encoder.get_dense_pe()
-        if self.with_masks:
-            return self.encoder._decode_with_masks(src, image_pe, sparse)
-        decoder = self.encoder.sam.mask_decoder
-        tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-        tokens = torch.cat([tokens[None].expand(sparse.shape[0], -1, -1), sparse], dim=1)  # (n, 5 + P, C)
-        hidden, _ = decoder.transformer(src, image_pe, tokens)
-        scores = decoder.iou_prediction_head(hidden[:, 0])
-        multimask = self.encoder.multimask
-        scores = scores[:, 1:] if multimask else scores[:, :1]
-        return hidden[:, _MULTIMASK_TOKENS if multimask else _SINGLE_MASK_TOKEN], scores
+        return self.encoder._decode_with_masks(src, self.encoder.sam.prompt_encoder.get_dense_pe(), sparse)
+
+
+class TokensGraph(nn.Module):
+    """Region tokens (n, T, C) and mask scores (n, T) of n regions of one image prompted without masks, as the
+    torch path decodes tokens only (`SamRegionEncoder.decode(..., with_masks=False)`): the image side of the first
+    two-way block computed once for all regions, no mask upscaling or hypernetworks.
+
+    Inputs: image_embedding (1, C, e, e); point_coords (n, P, 2) and point_labels (n, P) as `DecoderGraph`'s.
+    """
+
+    def __init__(self, model: RegionSpot) -> None:
+        super().__init__()
+        self.encoder = model.sam
+        self.prompts = SamOnnxModel(model.sam.sam, return_single_mask=False)
+
+    def forward(self, image_embedding, point_coords, point_labels):
+        sparse = self.prompts._embed_points(point_coords, point_labels)
+        shared = self.encoder._image_side(image_embedding)
+        return self.encoder._decode_tokens(shared, (0,), (sparse.shape[0],), sparse)
 
 
 class PointMasksGraph(nn.Module):

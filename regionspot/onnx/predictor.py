@@ -38,7 +38,9 @@ from regionspot.onnx.caption import caption_vocabulary, greedy_caption_tokens
 from regionspot.onnx.everything import generate_masks
 from regionspot.predictions import RegionPredictions
 
-FORMAT = "regionspot-onnx-1"  # the manifest format `regionspot.onnx.export` writes
+# The manifest format `regionspot.onnx.export` writes. 2 (2026-12-08): decoder_tokens takes no mask input and shares
+# the first block's image side across regions.
+FORMAT = "regionspot-onnx-2"
 _VOCABULARIES_KEPT = 8
 _MASK_UPSCALE_CHUNK = 32  # as the torch predictor: SAM upsamples to its full input size first
 # SAM's ONNX point labels (segment_anything.utils.onnx): -1 padding, 0/1 background/foreground, 2/3 box corners.
@@ -317,29 +319,23 @@ class OnnxRegionPredictor:
         self, prompts: CheckedPrompts, mask_input: np.ndarray | None, *, with_masks: bool
     ) -> tuple[np.ndarray, ...]:
         """SAM's decoder over the regions, `prompt_batch_size` at a time: tokens (N, T, C), scores (N, T), and
-        low-resolution mask logits (N, T, 4e, 4e) or None."""
+        low-resolution mask logits (N, T, 4e, 4e) or None. Tokens only, regions prompted without masks take the
+        decoder_tokens graph; with mask prompts the decoder graph runs and its masks are dropped, as in torch."""
         coords, labels = self._sam_points(prompts)
-        grid = self.manifest["preprocessing"]["mask_input_size"]
-        has_mask = np.ones(1, np.float32) if mask_input is not None else np.zeros(1, np.float32)
-        if mask_input is None:
-            mask_input = np.zeros((1, 1, *grid), np.float32)
-        session = self._sessions["decoder" if with_masks else "decoder_tokens"]
+        inputs = {"image_embedding": self._image["sam"], "point_coords": coords, "point_labels": labels}
+        if with_masks or mask_input is not None:
+            session = self._sessions["decoder"]
+            grid = self.manifest["preprocessing"]["mask_input_size"]
+            inputs["has_mask_input"] = np.array([float(mask_input is not None)], np.float32)
+            inputs["mask_input"] = mask_input if mask_input is not None else np.zeros((1, 1, *grid), np.float32)
+        else:
+            session = self._sessions["decoder_tokens"]
+        per_region = {"point_coords", "point_labels"} | ({"mask_input"} if mask_input is not None else set())
         size = self.manifest["regions"]["prompt_batch_size"]
         parts = []
         for start in range(0, len(prompts), size):
             chunk = slice(start, start + size)
-            parts.append(
-                session.run(
-                    None,
-                    {
-                        "image_embedding": self._image["sam"],
-                        "point_coords": coords[chunk],
-                        "point_labels": labels[chunk],
-                        "mask_input": mask_input if len(mask_input) == 1 else mask_input[chunk],
-                        "has_mask_input": has_mask,
-                    },
-                )
-            )
+            parts.append(session.run(None, {k: v[chunk] if k in per_region else v for k, v in inputs.items()}))
         columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
         return columns[0], columns[1], columns[2] if with_masks else None
 
@@ -438,7 +434,10 @@ def _read_manifest(folder: Path, *, verify: bool) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: give the folder `regionspot-export onnx --out` wrote")
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is of format {manifest.get('format')!r}, this predictor reads {FORMAT!r}")
+        raise ValueError(
+            f"{path} is of format {manifest.get('format')!r}, this predictor reads {FORMAT!r}: export the model again "
+            "with this version (regionspot-export onnx)"
+        )
     if verify:
         files = [(e["file"], e["sha256"]) for e in manifest["graphs"].values()]
         for name, expected in [*files, (manifest["text"]["tokenizer"], manifest["text"]["tokenizer_sha256"])]:
