@@ -7,7 +7,8 @@
 Both predictors load the same files (onnx_setup.py; float32 both) and see the same photo (scikit-image's
 astronaut, 512 x 512) and the same random boxes, against 80 names whose text embeddings are computed before the
 timing (both cache a vocabulary). "first query" = set_image + predict (a new image), "repeat" = predict alone (an
-image already embedded, as the server's cache serves it). Masks are decoded and upscaled (return_masks=True).
+image already embedded, as the server's cache serves it). Masks are decoded and upscaled (return_masks=True), or
+with --tokens-only not (return_masks=False: the decoder_tokens graph, the first block's image side shared).
 Times are medians of --repeats calls after one warm-up, with --threads compute threads for both. On a GPU:
 --device cuda for torch, --providers CUDAExecutionProvider CPUExecutionProvider for onnxruntime (install
 onnxruntime-gpu in place of onnxruntime); benchmarks/gpu.sh runs it so.
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="the torch predictor's device (cuda: on the GPU)")
     parser.add_argument("--providers", nargs="+", help="onnxruntime's, e.g. CUDAExecutionProvider CPUExecutionProvider")
+    parser.add_argument("--tokens-only", action="store_true", help="predict(return_masks=False): names, no masks")
     args = parser.parse_args()
     work, config = onnx_setup.held_config_of(args, work=Path(args.work) if args.work else None)
     start = time.perf_counter()
@@ -67,14 +69,18 @@ def main() -> None:
     names = [f"object number {i}" for i in range(args.names)]
     print(f"# {args.config}, {platform.processor() or platform.machine()}, {args.threads} threads, torch on "
           f"{args.device}, onnxruntime on {onnx_predictor.providers}, "
-          f"repeats {args.repeats}, image {rgb.shape[1]}x{rgb.shape[0]}, {args.names} names")  # fmt: skip
+          f"repeats {args.repeats}, image {rgb.shape[1]}x{rgb.shape[0]}, {args.names} names, "
+          f"masks {'not ' if args.tokens_only else ''}returned")  # fmt: skip
     rows = []
     for name, predictor in (("torch eager", torch_predictor), ("onnxruntime", onnx_predictor)):
         embed = median_s(lambda p=predictor: p.set_image(rgb), args.repeats)
         predictor.predict(vocabulary=names, boxes=random_boxes(1, *rgb.shape[:2]))  # the text embeddings, once
         for count in args.regions:
             boxes = random_boxes(count, *rgb.shape[:2])
-            query = median_s(lambda p=predictor, b=boxes: p.predict(vocabulary=names, boxes=b), args.repeats)
+            query = median_s(
+                lambda p=predictor, b=boxes: p.predict(vocabulary=names, boxes=b, return_masks=not args.tokens_only),
+                args.repeats,
+            )
             rows.append((name, count, embed, query))
             print(f"# {name}: set_image {embed:.2f} s, {count} regions {query:.2f} s", flush=True)
     print("\n| backend | regions | set_image (ms) | predict (ms) | ms / region | first query (ms) | first / repeat |")
