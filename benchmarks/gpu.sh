@@ -42,6 +42,9 @@ run benchmarks/bench_data_loading.py --workers 0 4 8 16 --batches 16
 if "$PYTHON" -c "import sys, onnxruntime; sys.exit('CUDAExecutionProvider' not in onnxruntime.get_available_providers())"; then
     run benchmarks/bench_onnx.py "${REAL[@]}" --device cuda --providers CUDAExecutionProvider CPUExecutionProvider \
         --repeats 5 --threads 8
+    # tokens only (the shared first block): the repeated-query target, 10x at 100 regions, is a GPU one
+    run benchmarks/bench_onnx.py "${REAL[@]}" --device cuda --providers CUDAExecutionProvider CPUExecutionProvider \
+        --repeats 5 --threads 8 --tokens-only --regions 1 10 100 300
     run benchmarks/bench_serve.py "${REAL[@]}" --providers CUDAExecutionProvider CPUExecutionProvider \
         --clients 1 4 16 --requests 64 --regions 100 --threads 8
 else
