@@ -154,6 +154,7 @@ def test_manifest_names_what_was_exported_and_catches_a_changed_file(tiny_onnx_e
     assert decoder["inputs"][1]["shape"] == ["regions", "points", 2]
     tokens = manifest["graphs"]["decoder_tokens"]  # no mask input: its regions share the first block's image side
     assert [i["name"] for i in tokens["inputs"]] == ["image_embedding", "point_coords", "point_labels"]
+    assert (decoder["opset"], tokens["opset"]) == (17, 18)  # the TorchScript exporter's, torch.export's
     copy = tmp_path / "export"
     copy.mkdir()
     for file in folder.iterdir():

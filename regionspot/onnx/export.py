@@ -6,7 +6,7 @@ The graphs (see `regionspot.onnx.graphs`): image (once per image), decoder and d
 masks, and tokens only for regions prompted without masks; any number of regions), mask_prompt (mask prompts into
 SAM's mask input), masks (upscaling), point_masks (SAM's decoder as its automatic mask generator calls it, for
 `predict_everything`), adapter (all regions of an image), text (any number of names), score. They are traced with
-torch.onnx's TorchScript exporter (`dynamo=False`; a few with torch.export's, `_DYNAMO_GRAPHS`), then each is
+torch.onnx's TorchScript exporter (`dynamo=False`; a few with torch.export's, `_Graph.dynamo`), then each is
 checked by `onnx.checker` and run once by onnxruntime against the torch module it came from. A model with a
 captioner gets caption_step (one greedy decoding step), one with a VQA head gets vqa_projector (its region
 projector), and either gets condition (the region condition both read, from the decoder's and the adapter's outputs
@@ -43,8 +43,6 @@ OPSET_DYNAMO = 18  # torch.export-based exporter's lowest
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 FORMAT = "regionspot-onnx-2"
-# exported by torch.export's exporter (see `_Graph.dynamo`)
-_DYNAMO_GRAPHS = ("adapter", "caption_step", "condition", "decoder_tokens")
 
 
 @dataclass
@@ -58,6 +56,10 @@ class _Graph:
     dynamic: dict[str, dict[int, str]]
     dynamo: bool = False
     largest: dict[str, int] = field(default_factory=dict)  # a dynamic axis' largest size, where the model has one
+
+    @property
+    def opset(self) -> int:
+        return OPSET_DYNAMO if self.dynamo else OPSET
 
 
 @dataclass
@@ -375,7 +377,7 @@ def _export_graph(name: str, graph: _Graph, path: Path, *, check: dict[str, torc
         tuple(graph.inputs.values()),
         str(path),
         dynamo=graph.dynamo,
-        opset_version=OPSET_DYNAMO if graph.dynamo else OPSET,
+        opset_version=graph.opset,
         external_data=False,
         **options,
     )
@@ -386,6 +388,7 @@ def _export_graph(name: str, graph: _Graph, path: Path, *, check: dict[str, torc
     return {  # read from the session: loading the graph again would hold a second copy of its weights
         "file": path.name,
         "sha256": file_sha256(path),
+        "opset": graph.opset,
         "inputs": [_value_info(v) for v in session.get_inputs()],
         "outputs": [_value_info(v) for v in session.get_outputs()],
     }
@@ -476,7 +479,6 @@ def _manifest(config: RegionSpotConfig, model: RegionSpot, files: dict, out: Pat
     return {
         "format": FORMAT,
         "regionspot_version": regionspot.__version__,
-        "opset": {name: OPSET_DYNAMO if name in _DYNAMO_GRAPHS else OPSET for name in files},
         "onnx_version": onnx.__version__,
         "torch_version": torch.__version__,
         "backbones": {"sam": config.sam.variant, "clip": config.clip.model_name, "clip_precision": "float32"},
