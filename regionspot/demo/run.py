@@ -305,24 +305,15 @@ def _fit(args: list[str]) -> None:
 
 
 def _blind_train_args(train_config: str, out: Path, model_yaml: Path, data, size: DemoSize) -> list[str]:
-    """train.py's arguments for the blind LM (`regionspot.demo.vqa`): the main run's configs, on the training
-    questions with nothing to see alone, for as many question steps as the main run takes, its learning rate cut
-    as far into them; no validation (its set is the detection one, which the blind LM has no use for)."""
+    """train.py's arguments for the blind LM (`regionspot.demo.vqa`): the main run's, on the training questions with
+    nothing to see alone, for as many question steps as the main run takes; no validation (its set is the
+    detection one, which the blind LM has no use for)."""
     questions = blind_questions(data.question_files["train"], out / "blind" / "data" / "qa_train.json")
     source = {"ann_file": str(questions), "image_dir": str(questions.parent), "questions": True, "flip_prob": 0.0}
     return [
-        "fit",
-        "--config", str(train_config),
-        "--model.model_config", str(model_yaml),
+        *_fit_args(train_config, model_yaml, data, steps=size.qa_steps, root=out / "blind" / "train"),
         "--data.train", json.dumps({"blind_qa": source}),
-        "--data.val.ann_file", str(data.annotation_files["val"]),  # read, not used: no validation
-        "--data.val.image_dir", str(data.root),
-        "--trainer.max_steps", str(size.qa_steps),
-        "--model.lr_milestones", f"[{round(LR_DECAY_AT * size.qa_steps)}]",
         "--trainer.limit_val_batches", "0",
-        "--trainer.val_check_interval", str(size.qa_steps),
-        "--trainer.default_root_dir", str(out / "blind" / "train"),
-        "--restart",
     ]  # fmt: skip
 
 
@@ -365,20 +356,28 @@ def _vqa_rows(data: GeneratedDataset, answered: dict, blind: dict) -> dict[str, 
 def _train_args(train_config: str, out: Path, model_yaml: Path, train_file: Path, data, size: DemoSize) -> list[str]:
     steps = size.adapter_steps + size.qa_steps  # the region questions mixed in among the detection batches
     return [
-        "fit",
-        "--config", str(train_config),
-        "--model.model_config", str(model_yaml),
+        *_fit_args(train_config, model_yaml, data, steps=steps, root=out / "train"),
         "--data.train.shapes.ann_file", str(train_file),
         "--data.train.shapes.image_dir", str(data.root),
-        "--data.val.ann_file", str(data.annotation_files["val"]),
-        "--data.val.image_dir", str(data.root),
         "--data.train.shapes_qa.ann_file", str(data.question_files["train"]),
         "--data.train.shapes_qa.image_dir", str(data.root),
         "--data.train.shapes_qa.ratio", str(size.qa_steps / size.adapter_steps),
+    ]  # fmt: skip
+
+
+def _fit_args(train_config: str, model_yaml: Path, data, *, steps: int, root: Path) -> list[str]:
+    """What the demo's train.py runs share: its configs, the val split, `steps` steps with the learning rate cut
+    `LR_DECAY_AT` into them, validation at the end, `root` made anew."""
+    return [
+        "fit",
+        "--config", str(train_config),
+        "--model.model_config", str(model_yaml),
+        "--data.val.ann_file", str(data.annotation_files["val"]),
+        "--data.val.image_dir", str(data.root),
         "--trainer.max_steps", str(steps),
         "--model.lr_milestones", f"[{round(LR_DECAY_AT * steps)}]",
         "--trainer.val_check_interval", str(steps),
-        "--trainer.default_root_dir", str(out / "train"),
+        "--trainer.default_root_dir", str(root),
         "--restart",  # new stand-ins every run: never continue an older run's adapter
     ]  # fmt: skip
 
